@@ -1,0 +1,393 @@
+// capture.bpf.c: uprobes on OpenSSL's SSL_write/SSL_read and their _ex forms; every byte a
+// call really moved is copied into the ring buffer, in chunks, up to a per-call cap.
+//
+// Flow: the entry probe stashes the call's arguments per thread (map `active`); the return
+// probe reads how many bytes the call moved, advances the connection's per-direction byte
+// offset (map `conns`) by exactly that many, and writes up to `call_cap` bytes as records of
+// at most CAP_CHUNK_MAX bytes each. Bytes past the cap, or in records the ring buffer had no
+// room for, are still counted in the offsets, so user space sees every missing byte as a gap
+// of exact size; `counters` says why each one is missing.
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_core_read.h>
+#include "capture.h"
+
+char LICENSE[] SEC("license") = "GPL";
+
+// Load-time settings (set by the bridge between open and load).
+const volatile __u32 targ_self_tgid = 0; // the helper itself: never traced
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 32 << 20); // resized at load time
+} events SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, CAP_CTR_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} counters SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct cap_config);
+} settings SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32);
+	__type(value, __u8);
+} filter_pids SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, char[CAP_COMM_LEN]);
+	__type(value, __u8);
+} filter_comms SEC(".maps");
+
+// Arguments of a TLS call in progress, per thread, from entry to return.
+struct call_args {
+	__u64 ssl;
+	__u64 buf;
+	__u64 outlen; // size_t * of the _ex functions
+	__u32 func;
+	__u32 pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u64); // pid_tgid
+	__type(value, struct call_args);
+} active SEC(".maps");
+
+struct conn_key {
+	__u32 tgid;
+	__u32 pad;
+	__u64 ssl;
+};
+
+struct conn_state {
+	__u64 conn_id;
+	__u64 off[2]; // bytes moved so far, per enum cap_dir
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct conn_key);
+	__type(value, struct conn_state);
+} conns SEC(".maps");
+
+// Processes that made at least one captured call: only their exits are reported.
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u32);
+	__type(value, __u8);
+} procs SEC(".maps");
+
+__u64 last_conn_id = 0;
+
+#ifndef barrier_var
+#define barrier_var(var) asm volatile("" : "+r"(var))
+#endif
+
+static __always_inline void count(__u32 key, __u64 n)
+{
+	__u64 *v = bpf_map_lookup_elem(&counters, &key);
+
+	if (v)
+		__sync_fetch_and_add(v, n);
+}
+
+static __always_inline bool traced(__u32 tgid)
+{
+	__u32 zero = 0;
+	struct cap_config *cfg;
+	char comm[CAP_COMM_LEN] = {};
+
+	if (tgid == targ_self_tgid)
+		return false;
+	cfg = bpf_map_lookup_elem(&settings, &zero);
+	if (!cfg || !cfg->filter)
+		return true;
+	if ((cfg->filter & CAP_FILTER_PID) && bpf_map_lookup_elem(&filter_pids, &tgid))
+		return true;
+	if (cfg->filter & CAP_FILTER_COMM) {
+		bpf_get_current_comm(comm, sizeof(comm));
+		if (bpf_map_lookup_elem(&filter_comms, comm))
+			return true;
+	}
+	return false;
+}
+
+static __always_inline int call_enter(void *ssl, const void *buf, void *outlen, __u32 func)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	struct call_args args = {
+		.ssl = (__u64)ssl,
+		.buf = (__u64)buf,
+		.outlen = (__u64)outlen,
+		.func = func,
+	};
+
+	if (!traced(id >> 32))
+		return 0;
+	// A nested TLS call on the same thread replaces the outer one: the innermost
+	// call is the one that reports the bytes, the outer return then finds nothing.
+	bpf_map_update_elem(&active, &id, &args, BPF_ANY);
+	return 0;
+}
+
+// What every chunk of one call shares, plus where its bytes are.
+struct emit_ctx {
+	struct cap_data tmpl;
+	__u64 buf;
+	__u64 ncap; // bytes of the call to capture: min(call_len, call_cap)
+};
+
+// One chunk in a record of CLS data bytes: records are reserved in a few size classes so
+// that small calls do not take 16 KiB of ring each; the record's `size` says what is used.
+static __always_inline long emit_sized(struct emit_ctx *c, __u32 off, __u32 n, const __u32 cls)
+{
+	struct cap_data *r = bpf_ringbuf_reserve(&events, sizeof(*r) + cls, 0);
+
+	if (!r) {
+		count(CAP_CTR_RECORDS_LOST, 1);
+		count(CAP_CTR_BYTES_LOST, n);
+		return 0; // keep going: later chunks may find room, and each loss is counted
+	}
+	__builtin_memcpy(r, &c->tmpl, sizeof(*r));
+	r->seq = c->tmpl.seq + off;
+	r->chunk_off = off;
+	r->data_len = n;
+	r->h.size = sizeof(*r) + n;
+	barrier_var(n);
+	if (n > cls)
+		n = cls;
+	if (bpf_probe_read_user((void *)(r + 1), n, (const void *)(c->buf + off))) {
+		bpf_ringbuf_discard(r, 0);
+		count(CAP_CTR_READ_FAULTS, 1);
+		count(CAP_CTR_BYTES_FAULTED, n);
+		return 0;
+	}
+	bpf_ringbuf_submit(r, 0);
+	count(CAP_CTR_BYTES_CAPTURED, n);
+	return 0;
+}
+
+static long emit_chunk(__u32 i, void *ctx)
+{
+	struct emit_ctx *c = ctx;
+	__u64 off = (__u64)i * CAP_CHUNK_MAX;
+	__u64 n;
+
+	if (off >= c->ncap)
+		return 1;
+	n = c->ncap - off;
+	if (n > CAP_CHUNK_MAX)
+		n = CAP_CHUNK_MAX;
+	if (n <= 256)
+		return emit_sized(c, off, n, 256);
+	if (n <= 1024)
+		return emit_sized(c, off, n, 1024);
+	if (n <= 4096)
+		return emit_sized(c, off, n, 4096);
+	return emit_sized(c, off, n, CAP_CHUNK_MAX);
+}
+
+static __always_inline struct conn_state *conn_lookup(__u32 tgid, __u64 ssl)
+{
+	struct conn_key key = { .tgid = tgid, .ssl = ssl };
+	struct conn_state *s = bpf_map_lookup_elem(&conns, &key);
+	struct conn_state fresh = {};
+
+	if (s)
+		return s;
+	fresh.conn_id = __sync_fetch_and_add(&last_conn_id, 1) + 1;
+	bpf_map_update_elem(&conns, &key, &fresh, BPF_NOEXIST);
+	return bpf_map_lookup_elem(&conns, &key);
+}
+
+static __always_inline void emit_call(__u64 id, struct call_args *a, __u64 len, __u32 dir)
+{
+	__u32 zero = 0, tgid = id >> 32;
+	__u8 one = 1;
+	struct cap_config *cfg = bpf_map_lookup_elem(&settings, &zero);
+	struct conn_state *s;
+	struct emit_ctx c = {};
+	__u64 cap = cfg ? cfg->call_cap : 0;
+
+	dir &= 1;
+	s = conn_lookup(tgid, a->ssl);
+	if (!s)
+		return;
+	c.tmpl.seq = s->off[dir];
+	c.tmpl.ack = s->off[dir ^ 1];
+	// One SSL* is used by one thread at a time (OpenSSL requires it), so this is no race.
+	s->off[dir] += len;
+
+	if (cap > (__u64)CAP_CHUNK_MAX * CAP_MAX_CHUNKS)
+		cap = (__u64)CAP_CHUNK_MAX * CAP_MAX_CHUNKS;
+	c.tmpl.h.kind = CAP_EV_DATA;
+	c.tmpl.h.flags = len > cap ? CAP_F_TRUNCATED : 0;
+	c.tmpl.h.ts_ns = bpf_ktime_get_ns();
+	c.tmpl.h.pid = tgid;
+	c.tmpl.h.tid = (__u32)id;
+	c.tmpl.conn_id = s->conn_id;
+	c.tmpl.ssl = a->ssl;
+	c.tmpl.call_len = len;
+	c.tmpl.dir = dir;
+	c.tmpl.func = a->func;
+	bpf_get_current_comm(c.tmpl.comm, sizeof(c.tmpl.comm));
+	c.buf = a->buf;
+	c.ncap = len < cap ? len : cap;
+	c.tmpl.cap_len = c.ncap;
+
+	bpf_map_update_elem(&procs, &tgid, &one, BPF_ANY);
+	count(CAP_CTR_CALLS, 1);
+	count(CAP_CTR_BYTES_MOVED, len);
+	count(CAP_CTR_BYTES_TRUNCATED, len - c.ncap);
+	bpf_loop((c.ncap + CAP_CHUNK_MAX - 1) / CAP_CHUNK_MAX, emit_chunk, &c, 0);
+}
+
+static __always_inline int call_return(struct pt_regs *ctx, __u32 func, __u32 dir, bool ex)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	struct call_args *ap = bpf_map_lookup_elem(&active, &id);
+	struct call_args a;
+	int rc = (int)PT_REGS_RC(ctx);
+	__u64 len = 0;
+
+	if (!ap)
+		return 0;
+	a = *ap;
+	bpf_map_delete_elem(&active, &id);
+	if (a.func != func)
+		return 0;
+	if (ex) {
+		// SSL_*_ex and the internal functions: > 0 on success, the count through the
+		// size_t * argument.
+		if (rc <= 0 || bpf_probe_read_user(&len, sizeof(len), (const void *)a.outlen))
+			return 0;
+	} else {
+		// SSL_write/SSL_read: the count, or <= 0 (WANT_READ/WANT_WRITE, error, close).
+		if (rc <= 0)
+			return 0;
+		len = rc;
+	}
+	if (len)
+		emit_call(id, &a, len, dir);
+	return 0;
+}
+
+SEC("uprobe")
+int BPF_KPROBE(ssl_write_enter, void *ssl, const void *buf)
+{
+	return call_enter(ssl, buf, NULL, CAP_FN_SSL_WRITE);
+}
+
+SEC("uretprobe")
+int BPF_KRETPROBE(ssl_write_exit)
+{
+	return call_return(ctx, CAP_FN_SSL_WRITE, CAP_DIR_EGRESS, false);
+}
+
+SEC("uprobe")
+int BPF_KPROBE(ssl_read_enter, void *ssl, void *buf)
+{
+	return call_enter(ssl, buf, NULL, CAP_FN_SSL_READ);
+}
+
+SEC("uretprobe")
+int BPF_KRETPROBE(ssl_read_exit)
+{
+	return call_return(ctx, CAP_FN_SSL_READ, CAP_DIR_INGRESS, false);
+}
+
+SEC("uprobe")
+int BPF_KPROBE(ssl_write_ex_enter, void *ssl, const void *buf, size_t num, size_t *written)
+{
+	return call_enter(ssl, buf, written, CAP_FN_SSL_WRITE_EX);
+}
+
+SEC("uretprobe")
+int BPF_KRETPROBE(ssl_write_ex_exit)
+{
+	return call_return(ctx, CAP_FN_SSL_WRITE_EX, CAP_DIR_EGRESS, true);
+}
+
+SEC("uprobe")
+int BPF_KPROBE(ssl_read_ex_enter, void *ssl, void *buf, size_t num, size_t *readbytes)
+{
+	return call_enter(ssl, buf, readbytes, CAP_FN_SSL_READ_EX);
+}
+
+SEC("uretprobe")
+int BPF_KRETPROBE(ssl_read_ex_exit)
+{
+	return call_return(ctx, CAP_FN_SSL_READ_EX, CAP_DIR_INGRESS, true);
+}
+
+// ssl_write_internal/ssl_read_internal have the _ex signature. Their first instruction is
+// one the kernel emulates, so these are the cheap probes (see helper/openssl.ts).
+SEC("uprobe")
+int BPF_KPROBE(ssl_write_internal_enter, void *ssl, const void *buf, size_t num, size_t *written)
+{
+	return call_enter(ssl, buf, written, CAP_FN_SSL_WRITE_INTERNAL);
+}
+
+SEC("uretprobe")
+int BPF_KRETPROBE(ssl_write_internal_exit)
+{
+	return call_return(ctx, CAP_FN_SSL_WRITE_INTERNAL, CAP_DIR_EGRESS, true);
+}
+
+SEC("uprobe")
+int BPF_KPROBE(ssl_read_internal_enter, void *ssl, void *buf, size_t num, size_t *readbytes)
+{
+	return call_enter(ssl, buf, readbytes, CAP_FN_SSL_READ_INTERNAL);
+}
+
+SEC("uretprobe")
+int BPF_KRETPROBE(ssl_read_internal_exit)
+{
+	return call_return(ctx, CAP_FN_SSL_READ_INTERNAL, CAP_DIR_INGRESS, true);
+}
+
+// A process that made captured calls ended: user space ends its connections.
+SEC("tp_btf/sched_process_exit")
+int BPF_PROG(process_exit, struct task_struct *task)
+{
+	__u32 tgid = BPF_CORE_READ(task, tgid);
+	struct cap_exit *e;
+
+	if (BPF_CORE_READ(task, signal, live.counter) != 0)
+		return 0; // other threads of the process live on
+	if (!bpf_map_lookup_elem(&procs, &tgid))
+		return 0;
+	bpf_map_delete_elem(&procs, &tgid);
+	e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e) {
+		count(CAP_CTR_EVENTS_LOST, 1);
+		return 0;
+	}
+	e->h.size = sizeof(*e);
+	e->h.kind = CAP_EV_EXIT;
+	e->h.flags = 0;
+	e->h.ts_ns = bpf_ktime_get_ns();
+	e->h.pid = tgid;
+	e->h.tid = BPF_CORE_READ(task, pid);
+	e->exit_code = BPF_CORE_READ(task, exit_code);
+	e->pad = 0;
+	bpf_probe_read_kernel_str(e->comm, sizeof(e->comm), task->comm);
+	bpf_ringbuf_submit(e, 0);
+	return 0;
+}

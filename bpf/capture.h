@@ -1,0 +1,110 @@
+/* capture.h: the records bpf/capture.bpf.c writes to the ring buffer and the maps
+ * user space fills. Shared by bpf/ and bridge/ (which exports the layout so that
+ * helper/'s decoder is tested against this file). Fixed-width types, explicit
+ * padding, payload last. */
+#ifndef HTTPS_CAPTURE_H
+#define HTTPS_CAPTURE_H
+
+#define CAP_COMM_LEN 16
+/* Most plaintext bytes one ring-buffer record carries; a larger call becomes
+ * several records (chunks) with consecutive chunk_off. */
+#define CAP_CHUNK_MAX 16384
+/* Upper bound on chunks per call, so the per-call cap is at most 64 MiB. */
+#define CAP_MAX_CHUNKS 4096
+
+enum cap_kind {
+	CAP_EV_DATA = 1, /* plaintext moved by one TLS call (one chunk of it) */
+	CAP_EV_EXIT = 2, /* a traced process ended (its connections end with it) */
+};
+
+/* The function whose call produced a data record. */
+enum cap_func {
+	CAP_FN_SSL_WRITE = 1,
+	CAP_FN_SSL_READ = 2,
+	CAP_FN_SSL_WRITE_EX = 3,
+	CAP_FN_SSL_READ_EX = 4,
+	/* ssl_write_internal/ssl_read_internal: what SSL_write(_ex), SSL_read(_ex) and the
+	 * SSL BIO all call (found by helper/openssl.ts) */
+	CAP_FN_SSL_WRITE_INTERNAL = 5,
+	CAP_FN_SSL_READ_INTERNAL = 6,
+};
+
+enum cap_dir {
+	CAP_DIR_EGRESS = 0,  /* written by the traced process */
+	CAP_DIR_INGRESS = 1, /* read by the traced process */
+};
+
+enum cap_flags {
+	CAP_F_TRUNCATED = 1, /* the call moved more than the per-call cap */
+};
+
+/* Every record starts with this; `size` is the number of meaningful bytes of the
+ * record (records are reserved in a few size classes, the rest is slack). */
+struct cap_hdr {
+	__u32 size;
+	__u16 kind;
+	__u16 flags;
+	__u64 ts_ns; /* CLOCK_MONOTONIC (bpf_ktime_get_ns) */
+	__u32 pid;   /* tgid */
+	__u32 tid;
+};
+
+struct cap_data {
+	struct cap_hdr h;
+	__u64 conn_id;    /* new for every (process, SSL*) lifetime seen */
+	__u64 ssl;        /* the SSL* */
+	__u64 seq;        /* offset, within this connection and direction, of data[0] */
+	__u64 ack;        /* bytes moved so far in the other direction */
+	__u64 call_len;   /* bytes the whole call moved */
+	__u32 chunk_off;  /* offset of data[0] within the call */
+	__u32 data_len;   /* bytes of data[] */
+	__u8 dir;         /* enum cap_dir */
+	__u8 func;        /* enum cap_func */
+	__u16 pad;
+	__u32 cap_len;    /* bytes of the call captured: min(call_len, call_cap) */
+	char comm[CAP_COMM_LEN];
+	/* data_len plaintext bytes follow the struct */
+};
+
+struct cap_exit {
+	struct cap_hdr h;
+	__s32 exit_code;
+	__u32 pad;
+	char comm[CAP_COMM_LEN];
+};
+
+/* Counters, one slot each in the per-CPU array `counters`. */
+enum cap_counter {
+	CAP_CTR_CALLS = 0,          /* calls that moved at least one byte */
+	CAP_CTR_BYTES_MOVED,        /* bytes those calls moved */
+	CAP_CTR_BYTES_CAPTURED,     /* bytes written to the ring buffer */
+	CAP_CTR_BYTES_TRUNCATED,    /* bytes past the per-call cap */
+	CAP_CTR_RECORDS_LOST,       /* records the ring buffer had no room for */
+	CAP_CTR_BYTES_LOST,         /* plaintext bytes in those records */
+	CAP_CTR_READ_FAULTS,        /* records dropped: user memory unreadable */
+	CAP_CTR_BYTES_FAULTED,      /* plaintext bytes in those records */
+	CAP_CTR_EVENTS_LOST,        /* non-data records the ring had no room for */
+	CAP_CTR_MAX,
+};
+
+/* Live settings, one entry in the array map `settings`. */
+enum cap_filter {
+	CAP_FILTER_PID = 1,  /* only tgids in map `filter_pids` */
+	CAP_FILTER_COMM = 2, /* only comms in map `filter_comms` */
+};
+
+struct cap_config {
+	__u32 filter;   /* enum cap_filter bits; a call passes if it matches any set filter */
+	__u32 pad;
+	__u64 call_cap; /* most bytes captured per call (<= CAP_CHUNK_MAX * CAP_MAX_CHUNKS) */
+};
+
+#ifdef __cplusplus
+#define _Static_assert static_assert
+#endif
+_Static_assert(sizeof(struct cap_hdr) == 24, "cap_hdr layout");
+_Static_assert(sizeof(struct cap_data) == 96, "cap_data layout");
+_Static_assert(sizeof(struct cap_exit) == 48, "cap_exit layout");
+_Static_assert(sizeof(struct cap_config) == 16, "cap_config layout");
+
+#endif

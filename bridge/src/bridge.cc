@@ -1,0 +1,589 @@
+// bridge.cc: the native part of https-capture. A node-addon-api addon over libbpf that does
+// only what needs native code: open, configure and load a BPF object; attach and detach
+// probes; read and write its maps; and drain its ring buffer on a native thread, handing
+// whole batches of records to JavaScript. Everything else (what to attach where, decoding
+// records, connections, output) is TypeScript in helper/; helper/bridge.ts is the only
+// importer of this addon.
+#include <napi.h>
+
+#include <bpf/bpf.h>
+#include <bpf/btf.h>
+#include <bpf/libbpf.h>
+#include <linux/types.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <cstdarg>
+#include <cstring>
+#include <ctime>
+#include <map>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "capture.h"
+
+namespace {
+
+// ---- libbpf's own messages: kept so that an error can say what libbpf said -------------
+
+std::mutex g_log_mutex;
+std::string g_log;      // libbpf's messages since the last LogReset()
+bool g_log_echo = false; // HTTPS_CAPTURE_LIBBPF_DEBUG=1 also prints them to stderr
+constexpr size_t kLogKeep = 8192;
+
+int LibbpfPrint(enum libbpf_print_level level, const char *fmt, va_list args) {
+  char line[1024];
+  vsnprintf(line, sizeof(line), fmt, args);
+  if (g_log_echo) fputs(line, stderr);
+  if (level == LIBBPF_DEBUG) return 0;
+  std::lock_guard<std::mutex> lock(g_log_mutex);
+  g_log += line;
+  if (g_log.size() > 2 * kLogKeep) g_log.erase(0, g_log.size() - kLogKeep);
+  return 0;
+}
+
+void LogReset() {
+  std::lock_guard<std::mutex> lock(g_log_mutex);
+  g_log.clear();
+}
+
+std::string LogTail() {
+  std::lock_guard<std::mutex> lock(g_log_mutex);
+  return g_log.size() > kLogKeep ? g_log.substr(g_log.size() - kLogKeep) : g_log;
+}
+
+// An Error with `code` (errno name), `errno`, `op`, `target` and libbpf's messages in `log`;
+// helper/bridge.ts turns it into a BridgeError.
+Napi::Error BridgeError(Napi::Env env, const char *op, const std::string &target, int err) {
+  if (err < 0) err = -err;
+  if (err == 0) err = EINVAL;
+  std::string msg = std::string(op) + " " + target + ": " + strerror(err);
+  Napi::Error e = Napi::Error::New(env, msg);
+  const char *name = strerrorname_np(err);
+  e.Set("code", Napi::String::New(env, name ? name : "EUNKNOWN"));
+  e.Set("errno", Napi::Number::New(env, err));
+  e.Set("op", Napi::String::New(env, op));
+  e.Set("target", Napi::String::New(env, target));
+  e.Set("log", Napi::String::New(env, LogTail()));
+  return e;
+}
+
+// An argument error: the TypeScript wrapper validates first, so this means a bug there.
+Napi::TypeError ArgError(Napi::Env env, const std::string &what) {
+  return Napi::TypeError::New(env, "bridge: " + what);
+}
+
+struct Batch {
+  std::vector<uint8_t> bytes;
+  uint32_t records = 0;
+};
+
+class Capture : public Napi::ObjectWrap<Capture> {
+ public:
+  static Napi::Function Init(Napi::Env env) {
+    return DefineClass(env, "Capture",
+                       {
+                           InstanceMethod("attachUprobe", &Capture::AttachUprobe),
+                           InstanceMethod("attach", &Capture::Attach),
+                           InstanceMethod("detach", &Capture::Detach),
+                           InstanceMethod("mapLookup", &Capture::MapLookup),
+                           InstanceMethod("mapUpdate", &Capture::MapUpdate),
+                           InstanceMethod("mapDelete", &Capture::MapDelete),
+                           InstanceMethod("mapKeys", &Capture::MapKeys),
+                           InstanceMethod("startRing", &Capture::StartRing),
+                           InstanceMethod("stopRing", &Capture::StopRing),
+                           InstanceMethod("ringStats", &Capture::RingStats),
+                           InstanceMethod("close", &Capture::Close),
+                       });
+  }
+
+  // new Capture(objectPath, { consts: {name: number|bigint}, maxEntries: {map: number} })
+  explicit Capture(const Napi::CallbackInfo &info) : Napi::ObjectWrap<Capture>(info) {
+    Napi::Env env = info.Env();
+    if (info.Length() < 2 || !info[0].IsString() || !info[1].IsObject())
+      throw ArgError(env, "Capture(path, options)");
+    std::string path = info[0].As<Napi::String>();
+    Napi::Object opts = info[1].As<Napi::Object>();
+
+    LogReset();
+    obj_ = bpf_object__open_file(path.c_str(), nullptr);
+    if (!obj_) throw BridgeError(env, "open", path, errno);
+
+    if (opts.Has("consts")) SetConsts(env, opts.Get("consts").As<Napi::Object>());
+    if (opts.Has("maxEntries")) {
+      Napi::Object sizes = opts.Get("maxEntries").As<Napi::Object>();
+      Napi::Array names = sizes.GetPropertyNames();
+      for (uint32_t i = 0; i < names.Length(); i++) {
+        std::string name = names.Get(i).As<Napi::String>();
+        bpf_map *map = FindMap(env, name);
+        uint32_t n = sizes.Get(name).As<Napi::Number>().Uint32Value();
+        int err = bpf_map__set_max_entries(map, n);
+        if (err) throw BridgeError(env, "resize map", name, err);
+      }
+    }
+    LogReset();
+    int err = bpf_object__load(obj_);
+    if (err) throw BridgeError(env, "load", path, err);
+  }
+
+  ~Capture() override { Free(); }
+
+ private:
+  bpf_object *obj_ = nullptr;
+  std::map<uint32_t, bpf_link *> links_;
+  uint32_t next_link_ = 1;
+
+  ring_buffer *rb_ = nullptr;
+  int stop_fd_ = -1;
+  std::thread thread_;
+  Napi::ThreadSafeFunction tsfn_;
+  Napi::Promise::Deferred *stopped_ = nullptr;
+  bool ring_running_ = false;
+  bool close_pending_ = false;
+  size_t batch_bytes_ = 1 << 20;
+  Batch cur_;
+  std::atomic<uint64_t> batches_{0}, records_{0}, bytes_{0};
+
+  bpf_map *FindMap(Napi::Env env, const std::string &name) {
+    bpf_map *map = bpf_object__find_map_by_name(obj_, name.c_str());
+    if (!map) throw BridgeError(env, "find map", name, ENOENT);
+    return map;
+  }
+
+  bpf_program *FindProgram(Napi::Env env, const std::string &name) {
+    bpf_program *prog = bpf_object__find_program_by_name(obj_, name.c_str());
+    if (!prog) throw BridgeError(env, "find program", name, ENOENT);
+    return prog;
+  }
+
+  void CheckOpen(Napi::Env env) {
+    if (!obj_) throw BridgeError(env, "use", "closed capture", EBADF);
+  }
+
+  // Load-time constants are `const volatile` globals in .rodata; their offsets come from the
+  // object's BTF, so the bridge needs no knowledge of a particular program.
+  void SetConsts(Napi::Env env, Napi::Object consts) {
+    bpf_map *rodata = nullptr;
+    bpf_map *m;
+    bpf_object__for_each_map(m, obj_) {
+      const char *name = bpf_map__name(m);
+      size_t len = strlen(name);
+      if (bpf_map__is_internal(m) && len >= 7 && strcmp(name + len - 7, ".rodata") == 0) rodata = m;
+    }
+    if (!rodata) throw BridgeError(env, "find", ".rodata", ENOENT);
+    size_t size = 0;
+    auto *data = const_cast<uint8_t *>(static_cast<const uint8_t *>(bpf_map__initial_value(rodata, &size)));
+    const btf *btf = bpf_object__btf(obj_);
+    int sec_id = btf ? btf__find_by_name_kind(btf, ".rodata", BTF_KIND_DATASEC) : -1;
+    if (!data || sec_id < 0) throw BridgeError(env, "find BTF of", ".rodata", ENOENT);
+    const btf_type *sec = btf__type_by_id(btf, sec_id);
+    const btf_var_secinfo *vars = btf_var_secinfos(sec);
+
+    Napi::Array names = consts.GetPropertyNames();
+    for (uint32_t i = 0; i < names.Length(); i++) {
+      std::string want = names.Get(i).As<Napi::String>();
+      Napi::Value val = consts.Get(want);
+      bool found = false;
+      for (int v = 0; v < btf_vlen(sec); v++) {
+        const btf_type *var = btf__type_by_id(btf, vars[v].type);
+        if (want != btf__name_by_offset(btf, var->name_off)) continue;
+        uint64_t x = val.IsBigInt() ? val.As<Napi::BigInt>().Uint64Value(nullptr)
+                                    : static_cast<uint64_t>(val.As<Napi::Number>().Int64Value());
+        uint32_t off = vars[v].offset, sz = vars[v].size;
+        if (off + sz > size || (sz != 1 && sz != 2 && sz != 4 && sz != 8))
+          throw BridgeError(env, "set constant", want, EINVAL);
+        memcpy(data + off, &x, sz);  // little-endian: the low `sz` bytes
+        found = true;
+      }
+      if (!found) throw BridgeError(env, "set constant", want, ENOENT);
+    }
+  }
+
+  uint32_t Keep(bpf_link *link) {
+    uint32_t id = next_link_++;
+    links_[id] = link;
+    return id;
+  }
+
+  // attachUprobe(program, binaryPath, { func?, offset?, pid?, retprobe? }) -> link id
+  Napi::Value AttachUprobe(const Napi::CallbackInfo &info) {
+    Napi::Env env = info.Env();
+    CheckOpen(env);
+    if (info.Length() < 3 || !info[0].IsString() || !info[1].IsString() || !info[2].IsObject())
+      throw ArgError(env, "attachUprobe(program, path, options)");
+    std::string prog_name = info[0].As<Napi::String>();
+    std::string path = info[1].As<Napi::String>();
+    Napi::Object o = info[2].As<Napi::Object>();
+    std::string func = o.Has("func") ? o.Get("func").As<Napi::String>().Utf8Value() : "";
+    int64_t offset = o.Has("offset") ? o.Get("offset").As<Napi::Number>().Int64Value() : 0;
+    int pid = o.Has("pid") ? o.Get("pid").As<Napi::Number>().Int32Value() : -1;
+    bool ret = o.Has("retprobe") && o.Get("retprobe").ToBoolean();
+
+    bpf_program *prog = FindProgram(env, prog_name);
+    LIBBPF_OPTS(bpf_uprobe_opts, uo, .retprobe = ret, .func_name = func.empty() ? nullptr : func.c_str());
+    LogReset();
+    bpf_link *link = bpf_program__attach_uprobe_opts(prog, pid, path.c_str(), (size_t)offset, &uo);
+    if (!link) {
+      std::string target = path + (func.empty() ? "" : ":" + func) + (offset ? "+" + std::to_string(offset) : "");
+      throw BridgeError(env, ret ? "attach uretprobe" : "attach uprobe", target, errno);
+    }
+    return Napi::Number::New(env, Keep(link));
+  }
+
+  // attach(program) -> link id, for programs whose section says where (tp_btf/, raw_tp/).
+  Napi::Value Attach(const Napi::CallbackInfo &info) {
+    Napi::Env env = info.Env();
+    CheckOpen(env);
+    if (info.Length() < 1 || !info[0].IsString()) throw ArgError(env, "attach(program)");
+    std::string name = info[0].As<Napi::String>();
+    LogReset();
+    bpf_link *link = bpf_program__attach(FindProgram(env, name));
+    if (!link) throw BridgeError(env, "attach", name, errno);
+    return Napi::Number::New(env, Keep(link));
+  }
+
+  Napi::Value Detach(const Napi::CallbackInfo &info) {
+    Napi::Env env = info.Env();
+    if (info.Length() < 1 || !info[0].IsNumber()) throw ArgError(env, "detach(linkId)");
+    auto it = links_.find(info[0].As<Napi::Number>().Uint32Value());
+    if (it == links_.end()) return Napi::Boolean::New(env, false);
+    bpf_link__destroy(it->second);
+    links_.erase(it);
+    return Napi::Boolean::New(env, true);
+  }
+
+  // Per-CPU maps hold one value per possible CPU, each rounded up to 8 bytes.
+  size_t ValueBytes(bpf_map *map) {
+    size_t v = bpf_map__value_size(map);
+    switch (bpf_map__type(map)) {
+      case BPF_MAP_TYPE_PERCPU_ARRAY:
+      case BPF_MAP_TYPE_PERCPU_HASH:
+      case BPF_MAP_TYPE_LRU_PERCPU_HASH:
+        return ((v + 7) & ~size_t(7)) * libbpf_num_possible_cpus();
+      default:
+        return v;
+    }
+  }
+
+  bpf_map *MapArgs(const Napi::CallbackInfo &info, const char *usage, size_t nbufs) {
+    Napi::Env env = info.Env();
+    CheckOpen(env);
+    if (info.Length() < 1 + nbufs || !info[0].IsString()) throw ArgError(env, usage);
+    for (size_t i = 1; i <= nbufs; i++)
+      if (!info[i].IsBuffer()) throw ArgError(env, usage);
+    bpf_map *map = FindMap(env, info[0].As<Napi::String>());
+    if (nbufs >= 1 && info[1].As<Napi::Buffer<uint8_t>>().Length() != bpf_map__key_size(map))
+      throw ArgError(env, std::string(usage) + ": key size");
+    if (nbufs >= 2 && info[2].As<Napi::Buffer<uint8_t>>().Length() != ValueBytes(map))
+      throw ArgError(env, std::string(usage) + ": value size");
+    return map;
+  }
+
+  // mapLookup(map, key) -> Buffer | null
+  Napi::Value MapLookup(const Napi::CallbackInfo &info) {
+    Napi::Env env = info.Env();
+    bpf_map *map = MapArgs(info, "mapLookup(map, key)", 1);
+    Napi::Buffer<uint8_t> value = Napi::Buffer<uint8_t>::New(env, ValueBytes(map));
+    if (bpf_map_lookup_elem(bpf_map__fd(map), info[1].As<Napi::Buffer<uint8_t>>().Data(), value.Data())) {
+      if (errno == ENOENT) return env.Null();
+      throw BridgeError(env, "map lookup", bpf_map__name(map), errno);
+    }
+    return value;
+  }
+
+  // mapUpdate(map, key, value)
+  Napi::Value MapUpdate(const Napi::CallbackInfo &info) {
+    Napi::Env env = info.Env();
+    bpf_map *map = MapArgs(info, "mapUpdate(map, key, value)", 2);
+    if (bpf_map_update_elem(bpf_map__fd(map), info[1].As<Napi::Buffer<uint8_t>>().Data(),
+                            info[2].As<Napi::Buffer<uint8_t>>().Data(), BPF_ANY))
+      throw BridgeError(env, "map update", bpf_map__name(map), errno);
+    return env.Undefined();
+  }
+
+  // mapDelete(map, key) -> whether the key was there
+  Napi::Value MapDelete(const Napi::CallbackInfo &info) {
+    Napi::Env env = info.Env();
+    bpf_map *map = MapArgs(info, "mapDelete(map, key)", 1);
+    if (bpf_map_delete_elem(bpf_map__fd(map), info[1].As<Napi::Buffer<uint8_t>>().Data())) {
+      if (errno == ENOENT) return Napi::Boolean::New(env, false);
+      throw BridgeError(env, "map delete", bpf_map__name(map), errno);
+    }
+    return Napi::Boolean::New(env, true);
+  }
+
+  // mapKeys(map) -> Buffer[] (all keys of a hash map)
+  Napi::Value MapKeys(const Napi::CallbackInfo &info) {
+    Napi::Env env = info.Env();
+    bpf_map *map = MapArgs(info, "mapKeys(map)", 0);
+    size_t ks = bpf_map__key_size(map);
+    std::vector<uint8_t> key(ks), next(ks);
+    Napi::Array out = Napi::Array::New(env);
+    const void *prev = nullptr;
+    while (bpf_map_get_next_key(bpf_map__fd(map), prev, next.data()) == 0) {
+      out.Set(out.Length(), Napi::Buffer<uint8_t>::Copy(env, next.data(), ks));
+      key.swap(next);
+      prev = key.data();
+    }
+    if (errno != ENOENT) throw BridgeError(env, "map keys", bpf_map__name(map), errno);
+    return out;
+  }
+
+  // ---- ring buffer: a native thread drains it and hands batches to JavaScript ------------
+
+  static int OnSample(void *ctx, void *data, size_t size) {
+    auto *self = static_cast<Capture *>(ctx);
+    // Records are reserved in size classes; their first u32 says how much is meaningful.
+    uint32_t used = 0;
+    if (size >= sizeof(uint32_t)) memcpy(&used, data, sizeof(used));
+    if (used < sizeof(uint32_t) || used > size) used = static_cast<uint32_t>(size);
+    Batch &b = self->cur_;
+    b.bytes.insert(b.bytes.end(), static_cast<uint8_t *>(data), static_cast<uint8_t *>(data) + used);
+    b.records++;
+    if (b.bytes.size() >= self->batch_bytes_) self->Flush();
+    return 0;
+  }
+
+  static void CallJs(Napi::Env env, Napi::Function cb, Batch *batch) {
+    if (env == nullptr) {  // the function is being torn down
+      delete batch;
+      return;
+    }
+    Napi::Buffer<uint8_t> buf = Napi::Buffer<uint8_t>::New(
+        env, batch->bytes.data(), batch->bytes.size(), [](Napi::Env, uint8_t *, Batch *b) { delete b; }, batch);
+    try {
+      cb.Call({buf, Napi::Number::New(env, batch->records)});
+    } catch (const Napi::Error &e) {
+      napi_fatal_exception(env, e.Value());
+    }
+  }
+
+  // Runs on the ring thread. Blocks while JavaScript has `queue` batches pending: that is
+  // the back-pressure that makes the ring buffer fill, where BPF counts every lost record.
+  void Flush() {
+    if (cur_.bytes.empty()) return;
+    auto *b = new Batch(std::move(cur_));
+    cur_ = Batch();
+    cur_.bytes.reserve(batch_bytes_ + CAP_CHUNK_MAX + sizeof(cap_data));
+    batches_++;
+    records_ += b->records;
+    bytes_ += b->bytes.size();
+    if (tsfn_.BlockingCall(b, CallJs) != napi_ok) delete b;
+  }
+
+  void RingLoop() {
+    int ep = epoll_create1(EPOLL_CLOEXEC);
+    epoll_event ev{};
+    ev.events = EPOLLIN;
+    ev.data.fd = ring_buffer__epoll_fd(rb_);
+    epoll_ctl(ep, EPOLL_CTL_ADD, ev.data.fd, &ev);
+    ev.data.fd = stop_fd_;
+    epoll_ctl(ep, EPOLL_CTL_ADD, stop_fd_, &ev);
+    bool stop = false;
+    while (!stop) {
+      epoll_event got[2];
+      int n = epoll_wait(ep, got, 2, -1);
+      if (n < 0 && errno != EINTR) break;
+      for (int i = 0; i < n; i++)
+        if (got[i].data.fd == stop_fd_) stop = true;
+      ring_buffer__consume(rb_);  // on stop too: what is in the ring is delivered
+      Flush();
+    }
+    close(ep);
+    tsfn_.Release();
+  }
+
+  // startRing(map, onBatch(buffer, records), { batchBytes?, queue? })
+  Napi::Value StartRing(const Napi::CallbackInfo &info) {
+    Napi::Env env = info.Env();
+    CheckOpen(env);
+    if (info.Length() < 3 || !info[0].IsString() || !info[1].IsFunction() || !info[2].IsObject())
+      throw ArgError(env, "startRing(map, onBatch, options)");
+    if (ring_running_) throw BridgeError(env, "start ring", "already running", EBUSY);
+    std::string name = info[0].As<Napi::String>();
+    Napi::Object o = info[2].As<Napi::Object>();
+    if (o.Has("batchBytes")) batch_bytes_ = o.Get("batchBytes").As<Napi::Number>().Uint32Value();
+    uint32_t queue = o.Has("queue") ? o.Get("queue").As<Napi::Number>().Uint32Value() : 16;
+
+    bpf_map *map = FindMap(env, name);
+    LogReset();
+    rb_ = ring_buffer__new(bpf_map__fd(map), OnSample, this, nullptr);
+    if (!rb_) throw BridgeError(env, "open ring buffer", name, errno);
+    stop_fd_ = eventfd(0, EFD_CLOEXEC);
+    if (stop_fd_ < 0) {
+      int err = errno;
+      ring_buffer__free(rb_);
+      rb_ = nullptr;
+      throw BridgeError(env, "eventfd", name, err);
+    }
+    cur_.bytes.reserve(batch_bytes_ + CAP_CHUNK_MAX + sizeof(cap_data));
+    // The finalizer runs on the JS thread once the ring thread has released the function
+    // and every batch it sent has been handled: then the thread is joined.
+    tsfn_ = Napi::ThreadSafeFunction::New(env, info[1].As<Napi::Function>(), "https-capture ring", queue, 1,
+                                          [this](Napi::Env) { RingEnded(); });
+    ring_running_ = true;
+    Ref();  // keep this object alive while the thread runs
+    thread_ = std::thread([this] { RingLoop(); });
+    return env.Undefined();
+  }
+
+  void RingEnded() {
+    if (thread_.joinable()) thread_.join();
+    ring_buffer__free(rb_);
+    rb_ = nullptr;
+    close(stop_fd_);
+    stop_fd_ = -1;
+    ring_running_ = false;
+    if (stopped_) {
+      stopped_->Resolve(Env().Undefined());
+      delete stopped_;
+      stopped_ = nullptr;
+    }
+    if (close_pending_) Free();
+    Unref();
+  }
+
+  // stopRing() -> Promise that resolves once every record in the ring has been delivered.
+  Napi::Value StopRing(const Napi::CallbackInfo &info) {
+    Napi::Env env = info.Env();
+    auto d = Napi::Promise::Deferred::New(env);
+    if (!ring_running_) {
+      d.Resolve(env.Undefined());
+      return d.Promise();
+    }
+    if (!stopped_) {
+      stopped_ = new Napi::Promise::Deferred(d);
+      uint64_t one = 1;
+      if (write(stop_fd_, &one, sizeof(one)) < 0) {
+        // cannot happen for an eventfd below its maximum; the thread then ends at exit
+      }
+      return d.Promise();
+    }
+    return stopped_->Promise();
+  }
+
+  Napi::Value RingStats(const Napi::CallbackInfo &info) {
+    Napi::Env env = info.Env();
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("batches", Napi::Number::New(env, static_cast<double>(batches_.load())));
+    o.Set("records", Napi::Number::New(env, static_cast<double>(records_.load())));
+    o.Set("bytes", Napi::Number::New(env, static_cast<double>(bytes_.load())));
+    return o;
+  }
+
+  // close(): detaches every probe now; the object goes once the ring thread has ended.
+  Napi::Value Close(const Napi::CallbackInfo &info) {
+    for (auto &l : links_) bpf_link__destroy(l.second);
+    links_.clear();
+    if (ring_running_) {
+      close_pending_ = true;
+      uint64_t one = 1;
+      if (write(stop_fd_, &one, sizeof(one)) < 0) {
+      }
+    } else {
+      Free();
+    }
+    return info.Env().Undefined();
+  }
+
+  void Free() {
+    for (auto &l : links_) bpf_link__destroy(l.second);
+    links_.clear();
+    if (ring_running_) return;  // RingEnded() frees the rest
+    if (rb_) ring_buffer__free(rb_);
+    rb_ = nullptr;
+    if (obj_) bpf_object__close(obj_);
+    obj_ = nullptr;
+  }
+};
+
+// layout(): sizes, offsets and values from capture.h, so helper/'s decoder is checked
+// against the header the BPF program was built with.
+Napi::Value Layout(const Napi::CallbackInfo &info) {
+  Napi::Env env = info.Env();
+  Napi::Object o = Napi::Object::New(env);
+  auto set = [&](const char *k, size_t v) { o.Set(k, Napi::Number::New(env, static_cast<double>(v))); };
+#define OFF(type, field) set(#type "." #field, offsetof(struct type, field))
+  set("cap_hdr", sizeof(struct cap_hdr));
+  OFF(cap_hdr, size);
+  OFF(cap_hdr, kind);
+  OFF(cap_hdr, flags);
+  OFF(cap_hdr, ts_ns);
+  OFF(cap_hdr, pid);
+  OFF(cap_hdr, tid);
+  set("cap_data", sizeof(struct cap_data));
+  OFF(cap_data, conn_id);
+  OFF(cap_data, ssl);
+  OFF(cap_data, seq);
+  OFF(cap_data, ack);
+  OFF(cap_data, call_len);
+  OFF(cap_data, chunk_off);
+  OFF(cap_data, data_len);
+  OFF(cap_data, dir);
+  OFF(cap_data, func);
+  OFF(cap_data, cap_len);
+  OFF(cap_data, comm);
+  set("cap_exit", sizeof(struct cap_exit));
+  OFF(cap_exit, exit_code);
+  OFF(cap_exit, comm);
+  set("cap_config", sizeof(struct cap_config));
+  OFF(cap_config, filter);
+  OFF(cap_config, call_cap);
+#undef OFF
+  set("CAP_COMM_LEN", CAP_COMM_LEN);
+  set("CAP_CHUNK_MAX", CAP_CHUNK_MAX);
+  set("CAP_MAX_CHUNKS", CAP_MAX_CHUNKS);
+  set("CAP_EV_DATA", CAP_EV_DATA);
+  set("CAP_EV_EXIT", CAP_EV_EXIT);
+  set("CAP_F_TRUNCATED", CAP_F_TRUNCATED);
+  set("CAP_FILTER_PID", CAP_FILTER_PID);
+  set("CAP_FILTER_COMM", CAP_FILTER_COMM);
+  set("CAP_CTR_MAX", CAP_CTR_MAX);
+  set("CAP_CTR_BYTES_LOST", CAP_CTR_BYTES_LOST);
+  set("CAP_CTR_EVENTS_LOST", CAP_CTR_EVENTS_LOST);
+  return o;
+}
+
+// clock(): [CLOCK_REALTIME ns, CLOCK_MONOTONIC ns] read back to back, to turn the BPF
+// timestamps (monotonic) into wall-clock time.
+Napi::Value Clock(const Napi::CallbackInfo &info) {
+  Napi::Env env = info.Env();
+  timespec mono1, real, mono2;
+  clock_gettime(CLOCK_MONOTONIC, &mono1);
+  clock_gettime(CLOCK_REALTIME, &real);
+  clock_gettime(CLOCK_MONOTONIC, &mono2);
+  auto ns = [](const timespec &t) -> uint64_t { return uint64_t(t.tv_sec) * 1000000000u + uint64_t(t.tv_nsec); };
+  Napi::Array a = Napi::Array::New(env, 2);
+  a.Set(0u, Napi::BigInt::New(env, ns(real)));
+  a.Set(1u, Napi::BigInt::New(env, (ns(mono1) + ns(mono2)) / 2));
+  return a;
+}
+
+Napi::Value PossibleCpus(const Napi::CallbackInfo &info) {
+  return Napi::Number::New(info.Env(), libbpf_num_possible_cpus());
+}
+
+Napi::Value LibbpfVersion(const Napi::CallbackInfo &info) {
+  return Napi::String::New(info.Env(), libbpf_version_string());
+}
+
+Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  const char *dbg = getenv("HTTPS_CAPTURE_LIBBPF_DEBUG");
+  g_log_echo = dbg && *dbg && strcmp(dbg, "0") != 0;
+  libbpf_set_print(LibbpfPrint);
+  exports.Set("Capture", Capture::Init(env));
+  exports.Set("layout", Napi::Function::New(env, Layout));
+  exports.Set("clock", Napi::Function::New(env, Clock));
+  exports.Set("possibleCpus", Napi::Function::New(env, PossibleCpus));
+  exports.Set("libbpfVersion", Napi::Function::New(env, LibbpfVersion));
+  return exports;
+}
+
+}  // namespace
+
+NODE_API_MODULE(bridge, Init)

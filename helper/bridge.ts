@@ -1,0 +1,217 @@
+// bridge.ts: the typed face of bridge/ (the native addon over libbpf) and its only importer.
+// It finds the built addon, validates arguments before they cross, and turns the addon's
+// errors into BridgeError {code, op, target, errno, log}.
+import * as fs from 'fs';
+import * as path from 'path';
+
+/** Root of the package (dist/helper/ → ../..), where bpf/build and bridge/build live. */
+export const PACKAGE_ROOT = path.resolve(__dirname, '..', '..');
+export const ADDON_PATH = path.join(PACKAGE_ROOT, 'bridge', 'build', 'Release', 'bridge.node');
+export const BPF_OBJECT_PATH = path.join(PACKAGE_ROOT, 'bpf', 'build', 'capture.bpf.o');
+
+/** A failed libbpf/kernel operation: `code` is the errno name (EPERM, ENOENT, …). */
+export class BridgeError extends Error {
+  constructor(
+    message: string,
+    readonly code: string,
+    readonly errno: number,
+    readonly op: string,
+    readonly target: string,
+    /** What libbpf printed while it failed (verifier log, ELF errors). */
+    readonly log: string,
+  ) {
+    super(message);
+    this.name = 'BridgeError';
+  }
+}
+
+export interface UprobeOptions {
+  /** Symbol to attach at; `offset` is then relative to it. */
+  func?: string;
+  /** File offset (or offset from `func`). */
+  offset?: number;
+  /** Only this process; -1 (default) for every process mapping the file. */
+  pid?: number;
+  retprobe?: boolean;
+}
+
+export interface RingOptions {
+  /** A batch is handed over once it holds this many bytes (default 1 MiB). */
+  batchBytes?: number;
+  /** Batches JavaScript may have pending before the ring thread waits (default 16). */
+  queue?: number;
+}
+
+export interface RingStats {
+  batches: number;
+  records: number;
+  bytes: number;
+}
+
+/** The layout of bpf/capture.h as the addon was compiled with it. */
+export type Layout = Record<string, number>;
+
+interface NativeCapture {
+  attachUprobe(prog: string, file: string, opts: UprobeOptions): number;
+  attach(prog: string): number;
+  detach(id: number): boolean;
+  mapLookup(map: string, key: Buffer): Buffer | null;
+  mapUpdate(map: string, key: Buffer, value: Buffer): void;
+  mapDelete(map: string, key: Buffer): boolean;
+  mapKeys(map: string): Buffer[];
+  startRing(map: string, onBatch: (batch: Buffer, records: number) => void, opts: RingOptions): void;
+  stopRing(): Promise<void>;
+  ringStats(): RingStats;
+  close(): void;
+}
+
+interface Addon {
+  Capture: new (
+    objectPath: string,
+    opts: { consts: Record<string, number | bigint>; maxEntries: Record<string, number> },
+  ) => NativeCapture;
+  layout(): Layout;
+  clock(): [bigint, bigint];
+  possibleCpus(): number;
+  libbpfVersion(): string;
+}
+
+let addon: Addon | undefined;
+
+function load(): Addon {
+  if (!addon) {
+    if (!fs.existsSync(ADDON_PATH)) {
+      throw new BridgeError(
+        `the native bridge is not built (${ADDON_PATH})`,
+        'ENOENT',
+        2,
+        'load addon',
+        ADDON_PATH,
+        '',
+      );
+    }
+    // eslint-disable-next-line @typescript-eslint/no-require-imports
+    addon = require(ADDON_PATH) as Addon;
+  }
+  return addon;
+}
+
+function wrap<T>(fn: () => T): T {
+  try {
+    return fn();
+  } catch (e) {
+    throw toBridgeError(e);
+  }
+}
+
+function toBridgeError(e: unknown): unknown {
+  if (e instanceof Error && typeof (e as { op?: unknown }).op === 'string') {
+    const x = e as Error & { code: string; errno: number; op: string; target: string; log: string };
+    return new BridgeError(x.message, x.code, x.errno, x.op, x.target, x.log);
+  }
+  return e;
+}
+
+/** Sizes, offsets and constants of bpf/capture.h, as compiled into the addon. */
+export function layout(): Layout {
+  return load().layout();
+}
+
+/** Nanoseconds to add to a BPF (CLOCK_MONOTONIC) timestamp to get Unix wall-clock time. */
+export function monotonicToWallOffset(): bigint {
+  const [real, mono] = load().clock();
+  return real - mono;
+}
+
+export function possibleCpus(): number {
+  return load().possibleCpus();
+}
+
+export function libbpfVersion(): string {
+  return load().libbpfVersion();
+}
+
+/**
+ * One loaded BPF object. Owns its probes (links), its ring-buffer thread and its maps;
+ * `close()` releases all of them. The kernel releases them too if the process dies,
+ * because nothing is pinned.
+ */
+export class BpfObject {
+  private readonly native: NativeCapture;
+  private closed = false;
+
+  constructor(
+    objectPath: string,
+    opts: { consts?: Record<string, number | bigint>; maxEntries?: Record<string, number> } = {},
+  ) {
+    const a = load();
+    this.native = wrap(() => new a.Capture(objectPath, { consts: opts.consts ?? {}, maxEntries: opts.maxEntries ?? {} }));
+  }
+
+  /** Attaches `prog` to a function or offset of an executable or library; returns a link id. */
+  attachUprobe(prog: string, file: string, opts: UprobeOptions): number {
+    if (opts.func === undefined && opts.offset === undefined) throw new TypeError('attachUprobe needs func or offset');
+    if (opts.offset !== undefined && (!Number.isSafeInteger(opts.offset) || opts.offset < 0)) {
+      throw new TypeError(`attachUprobe: bad offset ${opts.offset}`);
+    }
+    return wrap(() => this.native.attachUprobe(prog, file, opts));
+  }
+
+  /** Attaches a program whose section names its attach point (tp_btf/…, raw_tp/…). */
+  attach(prog: string): number {
+    return wrap(() => this.native.attach(prog));
+  }
+
+  detach(linkId: number): boolean {
+    return this.native.detach(linkId);
+  }
+
+  lookup(map: string, key: Buffer): Buffer | null {
+    return wrap(() => this.native.mapLookup(map, key));
+  }
+
+  update(map: string, key: Buffer, value: Buffer): void {
+    wrap(() => this.native.mapUpdate(map, key, value));
+  }
+
+  delete(map: string, key: Buffer): boolean {
+    return wrap(() => this.native.mapDelete(map, key));
+  }
+
+  keys(map: string): Buffer[] {
+    return wrap(() => this.native.mapKeys(map));
+  }
+
+  /**
+   * Starts the native thread that drains ring buffer `map` and calls `onBatch` on the event
+   * loop with a buffer of whole records, back to back (each starts with its u32 size).
+   */
+  startRing(map: string, onBatch: (batch: Buffer, records: number) => void, opts: RingOptions = {}): void {
+    const safe = (batch: Buffer, records: number): void => {
+      try {
+        onBatch(batch, records);
+      } catch (e) {
+        process.nextTick(() => {
+          throw e;
+        });
+      }
+    };
+    wrap(() => this.native.startRing(map, safe, opts));
+  }
+
+  /** Resolves once everything in the ring has been delivered and the thread has ended. */
+  stopRing(): Promise<void> {
+    return this.native.stopRing();
+  }
+
+  ringStats(): RingStats {
+    return this.native.ringStats();
+  }
+
+  /** Detaches every probe and frees the object (after the ring thread, if running, ends). */
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.native.close();
+  }
+}

@@ -1,0 +1,206 @@
+// capture.ts: one capture session. Loads bpf/capture.bpf.o through the bridge, sets the
+// filters and the per-call cap, attaches the OpenSSL probe set to library files, drains the
+// ring buffer into decoded records, and reads the kernel-side counters.
+import { BpfObject, BPF_OBJECT_PATH, BridgeError, monotonicToWallOffset, RingStats, UprobeOptions } from './bridge';
+import { LibraryFile } from './libraries';
+import { planOpenSsl, ProbePlan } from './openssl';
+import { CALL_CAP_MAX, CaptureRecord, COMM_LEN, decodeBatch, encodeConfig } from './records';
+
+export const DEFAULT_CALL_CAP = 1 << 20;
+export const DEFAULT_RING_BYTES = 32 << 20;
+
+/** Entry and return programs of bpf/capture.bpf.c for each exported OpenSSL function. */
+export const OPENSSL_PROBES = [
+  { func: 'SSL_write', enter: 'ssl_write_enter', exit: 'ssl_write_exit' },
+  { func: 'SSL_read', enter: 'ssl_read_enter', exit: 'ssl_read_exit' },
+  { func: 'SSL_write_ex', enter: 'ssl_write_ex_enter', exit: 'ssl_write_ex_exit' },
+  { func: 'SSL_read_ex', enter: 'ssl_read_ex_enter', exit: 'ssl_read_ex_exit' },
+] as const;
+
+const FILTER_PID = 1;
+const FILTER_COMM = 2;
+
+export interface CaptureOptions {
+  /** Only these processes (and any process whose name is in `comms`). */
+  pids?: number[];
+  comms?: string[];
+  /** Most bytes captured of one call; the rest is counted. */
+  callCap?: number;
+  /** Size of the ring buffer in bytes (a power of two, at least one page). */
+  ringBytes?: number;
+  /** Never trace this process (default: ourselves). */
+  selfPid?: number;
+}
+
+/**
+ * 'auto': the internal functions when helper/openssl.ts recognizes the build, else the
+ * exported ones; 'exported': always the four exported functions.
+ */
+export type ProbeMode = 'auto' | 'exported';
+
+export interface AttachResult {
+  library: LibraryFile;
+  plan: ProbePlan;
+  /** Functions probed (entry and return). */
+  attached: string[];
+  /** Functions the file lacks or that could not be probed, with the reason. */
+  failed: { func: string; reason: string }[];
+}
+
+/** Counters kept by the BPF program, summed over CPUs. */
+export interface KernelCounters {
+  calls: number;
+  bytesMoved: number;
+  bytesCaptured: number;
+  bytesTruncated: number;
+  recordsLost: number;
+  bytesLost: number;
+  readFaults: number;
+  bytesFaulted: number;
+  eventsLost: number;
+}
+
+const COUNTER_NAMES: (keyof KernelCounters)[] = [
+  'calls',
+  'bytesMoved',
+  'bytesCaptured',
+  'bytesTruncated',
+  'recordsLost',
+  'bytesLost',
+  'readFaults',
+  'bytesFaulted',
+  'eventsLost',
+];
+
+export class Capture {
+  readonly bpf: BpfObject;
+  /** Add to a record's tsNs (CLOCK_MONOTONIC) to get Unix time in ns. */
+  readonly wallOffsetNs: bigint;
+  private readonly links = new Map<string, number[]>();
+  private running = false;
+
+  constructor(opts: CaptureOptions = {}) {
+    const ringBytes = opts.ringBytes ?? DEFAULT_RING_BYTES;
+    if (ringBytes < 4096 || (ringBytes & (ringBytes - 1)) !== 0) {
+      throw new RangeError(`ring buffer size ${ringBytes} is not a power of two of at least 4096 bytes`);
+    }
+    this.bpf = new BpfObject(BPF_OBJECT_PATH, {
+      consts: { targ_self_tgid: opts.selfPid ?? process.pid },
+      maxEntries: { events: ringBytes },
+    });
+    try {
+      this.configure(opts);
+      this.bpf.attach('process_exit');
+    } catch (e) {
+      this.bpf.close();
+      throw e;
+    }
+    this.wallOffsetNs = monotonicToWallOffset();
+  }
+
+  /** Sets filters and cap; takes effect for calls that start afterwards. */
+  configure(opts: Pick<CaptureOptions, 'pids' | 'comms' | 'callCap'>): void {
+    const cap = opts.callCap ?? DEFAULT_CALL_CAP;
+    if (!Number.isSafeInteger(cap) || cap < 0 || cap > CALL_CAP_MAX) {
+      throw new RangeError(`per-call cap ${cap} is outside 0..${CALL_CAP_MAX}`);
+    }
+    for (const key of this.bpf.keys('filter_pids')) this.bpf.delete('filter_pids', key);
+    for (const key of this.bpf.keys('filter_comms')) this.bpf.delete('filter_comms', key);
+    let filter = 0;
+    for (const pid of opts.pids ?? []) {
+      const k = Buffer.alloc(4);
+      k.writeUInt32LE(pid);
+      this.bpf.update('filter_pids', k, Buffer.from([1]));
+      filter |= FILTER_PID;
+    }
+    for (const comm of opts.comms ?? []) {
+      // The kernel keeps the first 15 bytes of a process name.
+      const k = Buffer.alloc(COMM_LEN);
+      k.write(comm.slice(0, COMM_LEN - 1), 'utf8');
+      this.bpf.update('filter_comms', k, Buffer.from([1]));
+      filter |= FILTER_COMM;
+    }
+    this.bpf.update('settings', Buffer.alloc(4), encodeConfig(filter, cap));
+  }
+
+  /**
+   * Attaches the OpenSSL probe set to one library file for all processes. Functions the file
+   * does not export are reported in `failed`; it throws only if nothing could be attached.
+   */
+  attachOpenSsl(library: LibraryFile, mode: ProbeMode = 'auto'): AttachResult {
+    const plan: ProbePlan = mode === 'auto' ? planOpenSsl(library.path) : { kind: 'exported', reason: 'asked for' };
+    const result: AttachResult = { library, plan, attached: [], failed: [] };
+    const probes: { name: string; enter: string; exit: string; where: UprobeOptions }[] =
+      plan.kind === 'internal'
+        ? [
+            { name: 'ssl_write_internal', enter: 'ssl_write_internal_enter', exit: 'ssl_write_internal_exit', where: { offset: plan.write } },
+            { name: 'ssl_read_internal', enter: 'ssl_read_internal_enter', exit: 'ssl_read_internal_exit', where: { offset: plan.read } },
+          ]
+        : OPENSSL_PROBES.map((p) => ({ name: p.func, enter: p.enter, exit: p.exit, where: { func: p.func } }));
+    const ids: number[] = [];
+    for (const p of probes) {
+      let exitId: number | undefined;
+      try {
+        // Return probe first: an entry without its return would leave a stale argument stash.
+        exitId = this.bpf.attachUprobe(p.exit, library.path, { ...p.where, retprobe: true });
+        ids.push(this.bpf.attachUprobe(p.enter, library.path, p.where), exitId);
+        result.attached.push(p.name);
+      } catch (e) {
+        if (exitId !== undefined) this.bpf.detach(exitId);
+        result.failed.push({ func: p.name, reason: e instanceof BridgeError ? `${e.code}: ${e.message}` : String(e) });
+      }
+    }
+    if (ids.length === 0) {
+      const why = result.failed.map((f) => `${f.func}: ${f.reason}`).join('; ');
+      throw new BridgeError(`no TLS function of ${library.path} could be probed (${why})`, 'ENOENT', 2, 'attach', library.path, '');
+    }
+    this.links.set(library.path, ids);
+    return result;
+  }
+
+  /** Detaches the probes of one library. */
+  detachLibrary(path: string): void {
+    for (const id of this.links.get(path) ?? []) this.bpf.detach(id);
+    this.links.delete(path);
+  }
+
+  get attachedLibraries(): string[] {
+    return [...this.links.keys()];
+  }
+
+  /** Starts delivering records; `onRecords` runs on the event loop, once per batch. */
+  start(onRecords: (records: CaptureRecord[]) => void, opts: { batchBytes?: number; queue?: number } = {}): void {
+    this.bpf.startRing('events', (batch) => onRecords(decodeBatch(batch)), opts);
+    this.running = true;
+  }
+
+  /**
+   * Detaches every probe, delivers what is left in the ring buffer, frees everything, and
+   * returns the final counters.
+   */
+  async stop(): Promise<KernelCounters> {
+    for (const path of [...this.links.keys()]) this.detachLibrary(path);
+    if (this.running) await this.bpf.stopRing();
+    this.running = false;
+    const final = this.counters();
+    this.bpf.close();
+    return final;
+  }
+
+  counters(): KernelCounters {
+    const out = {} as KernelCounters;
+    COUNTER_NAMES.forEach((name, i) => {
+      const key = Buffer.alloc(4);
+      key.writeUInt32LE(i);
+      const v = this.bpf.lookup('counters', key);
+      let sum = 0n;
+      for (let at = 0; v && at < v.length; at += 8) sum += v.readBigUInt64LE(at);
+      out[name] = Number(sum);
+    });
+    return out;
+  }
+
+  ringStats(): RingStats {
+    return this.bpf.ringStats();
+  }
+}

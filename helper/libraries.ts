@@ -1,0 +1,93 @@
+// libraries.ts: finds the OpenSSL library files to attach to: those in the linker cache
+// (`ldconfig -p`) and those mapped by running processes (/proc/*/maps), one entry per file
+// (device, inode) however many paths and processes lead to it.
+import { execFileSync } from 'child_process';
+import * as fs from 'fs';
+
+export interface LibraryFile {
+  /** A path that opens this file from our mount namespace. */
+  path: string;
+  dev: number;
+  ino: number;
+  /** How it was found. */
+  source: 'ldconfig' | 'maps' | 'user';
+}
+
+const LIBSSL = /(^|\/)libssl\.so(\.[0-9.]+)?$/;
+
+function statKey(path: string): { dev: number; ino: number } | undefined {
+  try {
+    const st = fs.statSync(path);
+    return st.isFile() ? { dev: st.dev, ino: st.ino } : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** Paths of libssl in the system linker cache. */
+export function ldconfigLibraries(): string[] {
+  let out = '';
+  for (const cmd of ['ldconfig', '/sbin/ldconfig', '/usr/sbin/ldconfig']) {
+    try {
+      out = execFileSync(cmd, ['-p'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] });
+      break;
+    } catch {
+      // try the next location; a system without ldconfig still has /proc/*/maps
+    }
+  }
+  const paths: string[] = [];
+  for (const line of out.split('\n')) {
+    const m = /=>\s*(\S+)$/.exec(line.trim());
+    if (m && LIBSSL.test(m[1]!)) paths.push(m[1]!);
+  }
+  return paths;
+}
+
+/**
+ * libssl files mapped by running processes. A file of another mount namespace is opened
+ * through /proc/<pid>/root, so it is the same inode the process maps.
+ */
+export function mappedLibraries(): { path: string; pid: number }[] {
+  const found = new Map<string, { path: string; pid: number }>();
+  let pids: string[];
+  try {
+    pids = fs.readdirSync('/proc').filter((d) => /^\d+$/.test(d));
+  } catch {
+    return [];
+  }
+  for (const pid of pids) {
+    let maps: string;
+    try {
+      maps = fs.readFileSync(`/proc/${pid}/maps`, 'utf8');
+    } catch {
+      continue; // the process ended, or is not ours to read
+    }
+    for (const line of maps.split('\n')) {
+      // address perms offset dev inode path
+      const m = /^\S+ \S+ \S+ \S+ (\d+)\s+(\/.*)$/.exec(line);
+      if (!m || !LIBSSL.test(m[2]!)) continue;
+      const ino = Number(m[1]);
+      const key = `${ino}:${m[2]}`;
+      if (found.has(key)) continue;
+      const direct = statKey(m[2]!);
+      const path = direct && direct.ino === ino ? m[2]! : `/proc/${pid}/root${m[2]}`;
+      found.set(key, { path, pid: Number(pid) });
+    }
+  }
+  return [...found.values()];
+}
+
+/** Every OpenSSL library file on the system, once each. `extra` are files the user named. */
+export function findOpenSslLibraries(extra: string[] = []): LibraryFile[] {
+  const byFile = new Map<string, LibraryFile>();
+  const add = (path: string, source: LibraryFile['source']): void => {
+    const key = statKey(path);
+    if (!key) return;
+    const id = `${key.dev}:${key.ino}`;
+    if (!byFile.has(id)) byFile.set(id, { path, ...key, source });
+  };
+  for (const p of extra) add(p, 'user');
+  for (const p of ldconfigLibraries()) add(p, 'ldconfig');
+  for (const m of mappedLibraries()) add(m.path, 'maps');
+  return [...byFile.values()];
+}

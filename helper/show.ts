@@ -1,0 +1,60 @@
+// show.ts: renders captured calls for people: a header line (time, process, direction,
+// function, length, connection) then the bytes, as text when they are text and as a hex
+// dump when they are not. Pure code.
+import { Call } from './calls';
+
+export interface ShowOptions {
+  /** Most bytes of a call to print (0: all). */
+  limit: number;
+  /** Add to tsNs for Unix time in ns. */
+  wallOffsetNs: bigint;
+  color: boolean;
+}
+
+const C = { dim: '\x1b[2m', bold: '\x1b[1m', green: '\x1b[32m', cyan: '\x1b[36m', yellow: '\x1b[33m', reset: '\x1b[0m' };
+
+export function formatTime(ns: bigint): string {
+  const ms = Number(ns / 1_000_000n);
+  const d = new Date(ms);
+  const pad = (n: number, w = 2): string => String(n).padStart(w, '0');
+  const us = Number((ns / 1000n) % 1_000_000n);
+  return `${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}.${pad(us, 6)}`;
+}
+
+/** True when the bytes read well as text: UTF-8 with no control characters but tab, CR, LF. */
+export function isText(b: Buffer): boolean {
+  if (b.length === 0) return true;
+  const s = b.toString('utf8');
+  if (s.includes('\ufffd')) return false;
+  // eslint-disable-next-line no-control-regex
+  return !/[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]/.test(s);
+}
+
+/** `xxd`-style lines: offset, 16 bytes in hex, the printable ones as ASCII. */
+export function hexDump(b: Buffer): string {
+  const lines: string[] = [];
+  for (let at = 0; at < b.length; at += 16) {
+    const row = b.subarray(at, at + 16);
+    const hex = [...row].map((x) => x.toString(16).padStart(2, '0')).join(' ');
+    const ascii = [...row].map((x) => (x >= 0x20 && x < 0x7f ? String.fromCharCode(x) : '.')).join('');
+    lines.push(`${at.toString(16).padStart(8, '0')}  ${hex.padEnd(47)}  ${ascii}`);
+  }
+  return lines.join('\n');
+}
+
+export function showCall(call: Call, o: ShowOptions): string {
+  const c = o.color ? C : { dim: '', bold: '', green: '', cyan: '', yellow: '', reset: '' };
+  const arrow = call.dir === 'egress' ? `${c.green}>> sent${c.reset}` : `${c.cyan}<< received${c.reset}`;
+  const head =
+    `${c.dim}${formatTime(call.tsNs + o.wallOffsetNs)}${c.reset} ` +
+    `${c.bold}${call.comm}${c.reset}[${call.pid}${call.tid !== call.pid ? `/${call.tid}` : ''}] ` +
+    `${arrow} ${call.callLen} bytes ${c.dim}(${call.func}, conn ${call.connId}, offset ${call.seq})${c.reset}`;
+  const notes: string[] = [];
+  if (call.truncatedBytes) notes.push(`${call.truncatedBytes} bytes past the per-call cap not captured`);
+  if (call.lostBytes) notes.push(`${call.lostBytes} bytes LOST (ring buffer full or memory unreadable)`);
+  const shown = o.limit > 0 && call.data.length > o.limit ? call.data.subarray(0, o.limit) : call.data;
+  if (shown.length < call.data.length) notes.push(`${call.data.length - shown.length} more bytes not shown (--print-limit)`);
+  const body = isText(shown) ? shown.toString('utf8').replace(/\r\n/g, '\n').replace(/\n$/, '') : hexDump(shown);
+  const tail = notes.length ? `\n${c.yellow}[${notes.join('; ')}]${c.reset}` : '';
+  return `${head}\n${body}${tail}\n`;
+}
