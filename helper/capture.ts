@@ -78,6 +78,7 @@ export class Capture {
   readonly wallOffsetNs: bigint;
   private readonly links = new Map<string, number[]>();
   private running = false;
+  private stopped?: Promise<KernelCounters>;
 
   constructor(opts: CaptureOptions = {}) {
     const ringBytes = opts.ringBytes ?? DEFAULT_RING_BYTES;
@@ -178,13 +179,16 @@ export class Capture {
    * Detaches every probe, delivers what is left in the ring buffer, frees everything, and
    * returns the final counters.
    */
-  async stop(): Promise<KernelCounters> {
-    for (const path of [...this.links.keys()]) this.detachLibrary(path);
-    if (this.running) await this.bpf.stopRing();
-    this.running = false;
-    const final = this.counters();
-    this.bpf.close();
-    return final;
+  stop(): Promise<KernelCounters> {
+    this.stopped ??= (async () => {
+      for (const path of [...this.links.keys()]) this.detachLibrary(path);
+      if (this.running) await this.bpf.stopRing();
+      this.running = false;
+      const final = this.counters();
+      this.bpf.close();
+      return final;
+    })();
+    return this.stopped;
   }
 
   counters(): KernelCounters {

@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# setup.sh: makes a fresh Debian/Ubuntu machine able to build and run https-capture, then
+# builds whatever is stale. Idempotent and quick when nothing is missing.
+#   setup.sh               system packages for building, npm modules, build  (npm start)
+#   setup.sh --test        the same, plus the programs the tests drive           (npm test)
+#   setup.sh --build-only  build only; say what is missing instead of installing (npm run build)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+mode=${1:-run}
+say() { echo "setup: $*" >&2; }
+
+# Debian packages: to build the BPF object and the addon; to run the kernel tests.
+build_pkgs=(clang llvm libbpf-dev libelf-dev zlib1g-dev bpftool make g++ pkg-config python3)
+test_pkgs=(curl openssl nginx-light wget procps util-linux)
+
+missing=()
+want=("${build_pkgs[@]}")
+[ "$mode" = --test ] && want+=("${test_pkgs[@]}")
+for p in "${want[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+# Any nginx will do for the tests.
+if command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ]; then
+  missing=("${missing[@]/nginx-light/}")
+fi
+missing=($(printf '%s\n' "${missing[@]}" | grep . || true))
+
+if [ ${#missing[@]} -gt 0 ]; then
+  if ! command -v apt-get >/dev/null 2>&1; then
+    say "missing system packages: ${missing[*]}; this script knows only apt-get (Debian, Ubuntu): install their equivalents"
+    exit 1
+  fi
+  if [ "$(id -u)" != 0 ] || [ "$mode" = --build-only ]; then
+    say "missing system packages: ${missing[*]}"
+    say "install them with: sudo apt-get update && sudo apt-get install -y ${missing[*]}"
+    exit 1
+  fi
+  say "installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq >/dev/null
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# npm modules: when absent or older than the lock file.
+if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+  say "installing npm modules"
+  npm ci --no-audit --no-fund --loglevel=error 2>&1 | grep -v 'Unknown user config' >&2 || true
+  [ -d node_modules/typescript ] || { say "npm ci failed"; exit 1; }
+fi
+
+# The CO-RE BPF object is built here, from this machine's kernel BTF (make rebuilds it when
+# its sources change); it is not shipped, because it is quick to build and clang is a package.
+make -s -C bpf >&2
+
+# The addon, when its sources or the shared header are newer than it.
+addon=bridge/build/Release/bridge.node
+if [ ! -f "$addon" ] || [ -n "$(find bridge/src bridge/binding.gyp bpf/capture.h -newer "$addon" 2>/dev/null)" ]; then
+  say "building bridge/"
+  node_modules/.bin/node-gyp rebuild -C bridge --loglevel=error 2>&1 | grep -v 'Unknown user config' >&2
+  [ -f "$addon" ] || { say "building bridge/ failed"; exit 1; }
+fi
+
+# TypeScript.
+node_modules/.bin/tsc -p . >&2

@@ -1,0 +1,183 @@
+// capture.test.ts: the kernel path end to end, against real programs on loopback: what was
+// captured must be byte-identical to what was sent, on both ends of each exchange.
+import * as assert from 'assert';
+import * as fs from 'fs';
+import { DataRecord } from '../helper/records';
+import { Recorder, requireKernel } from './lib/kernel';
+import {
+  CertPair,
+  curl,
+  makeCert,
+  NginxServer,
+  pattern,
+  pyClient,
+  run,
+  Server,
+  startNginx,
+  startPyServer,
+  startSServer,
+  stopAll,
+  tmpDir,
+  waitFor,
+} from './lib/servers';
+
+const MiB = 1 << 20;
+
+describe('capture (kernel, real programs)', function () {
+  let dir: string;
+  let cert: CertPair;
+  let nginx: NginxServer;
+  let py: Server;
+  let rec: Recorder | undefined;
+
+  before(async function () {
+    requireKernel(this);
+    dir = tmpDir('https-capture-test-');
+    cert = await makeCert(dir);
+    nginx = await startNginx({ dir: `${dir}/nginx`, files: { 'big.bin': pattern(MiB, 7), 'small.txt': Buffer.from('hello\n') }, cert });
+    py = await startPyServer({ dir, ...cert });
+  });
+
+  afterEach(async () => {
+    if (rec) await rec.stop();
+    rec = undefined;
+  });
+
+  after(async () => {
+    await stopAll();
+    if (dir) fs.rmSync(dir, { recursive: true, force: true });
+  });
+
+  /** Waits until the records of pid/dir hold at least n bytes. */
+  const until = (r: Recorder, pid: number, dir: 'egress' | 'ingress', n: number): Promise<boolean> =>
+    waitFor(() => r.bytes(pid, dir) >= n, { timeoutMs: 10000, what: `${n} bytes of pid ${pid} ${dir}` });
+
+  it('curl <-> nginx: a 1 MiB response, identical on both ends', async () => {
+    rec = new Recorder();
+    const res = await curl(`https://127.0.0.1:${nginx.port}/big.bin`);
+    assert.strictEqual(res.code, 0, res.stderr.toString());
+    assert.ok(res.stdout.equals(pattern(MiB, 7)), 'curl got the file');
+    const worker = nginx.workerPids()[0]!;
+    await until(rec, res.pid, 'ingress', MiB);
+    await until(rec, worker, 'egress', MiB);
+
+    const request = rec.stream(res.pid, 'egress');
+    const response = rec.stream(res.pid, 'ingress');
+    assert.match(request.toString(), /^GET \/big\.bin HTTP\/1\.1\r\nHost: 127\.0\.0\.1:\d+\r\n/);
+    assert.match(response.subarray(0, 20).toString(), /^HTTP\/1\.1 200 OK\r\n/);
+    assert.ok(response.subarray(response.length - MiB).equals(pattern(MiB, 7)), 'response body is the file, byte for byte');
+    // The server's side of the same connection.
+    assert.ok(rec.stream(worker, 'ingress').equals(request), 'nginx read exactly what curl wrote');
+    assert.ok(rec.stream(worker, 'egress').equals(response), 'curl read exactly what nginx wrote');
+    const k = await rec.stop();
+    assert.strictEqual(k.bytesLost + k.bytesFaulted, 0, 'nothing lost');
+    assert.ok(rec.of(res.pid).every((r) => r.comm === 'curl' && r.tid === res.pid));
+  });
+
+  it('python http.client <-> python server: 1 MiB each way, each a whole call', async () => {
+    rec = new Recorder();
+    const body = pattern(MiB, 3);
+    const res = await pyClient(`https://127.0.0.1:${py.port}/echo`, { method: 'POST', body });
+    assert.strictEqual(res.code, 0, res.stderr.toString());
+    assert.ok(res.stdout.equals(body));
+    await until(rec, res.pid, 'ingress', MiB);
+    await until(rec, py.pid, 'egress', MiB);
+
+    const sent = rec.stream(res.pid, 'egress');
+    const got = rec.stream(res.pid, 'ingress');
+    assert.ok(sent.subarray(sent.length - MiB).equals(body), 'the request body, byte for byte');
+    assert.ok(got.subarray(got.length - MiB).equals(body), 'the echoed body, byte for byte');
+    assert.ok(rec.stream(py.pid, 'ingress').equals(sent));
+    assert.ok(rec.stream(py.pid, 'egress').equals(got));
+    // A 1 MiB write arrives whole: one call, in 64 records of 16 KiB with consecutive chunk offsets.
+    for (const pid of [res.pid, py.pid]) {
+      const whole: DataRecord[] = rec.of(pid, 'egress').filter((r) => r.callLen === MiB);
+      assert.strictEqual(whole.length, 64, `pid ${pid}: one 1 MiB call in 64 records`);
+      assert.deepStrictEqual(whole.map((r) => r.chunkOff), [...Array(64).keys()].map((i) => i * 16384));
+      assert.ok(whole.every((r) => !r.truncated && r.capLen === MiB));
+    }
+  });
+
+  it('openssl s_client <-> s_server -www: the SSL BIO path is captured', async () => {
+    const server = await startSServer({ dir, ...cert, mode: 'www' });
+    rec = new Recorder();
+    const res = await run('openssl', ['s_client', '-connect', `127.0.0.1:${server.port}`, '-quiet'], {
+      input: Buffer.from('GET /status HTTP/1.0\r\n\r\n'),
+    });
+    assert.match(res.stdout.toString(), /HTTP\/1\.0 200 ok/);
+    await until(rec, server.pid, 'egress', res.stdout.length);
+    await until(rec, res.pid, 'ingress', res.stdout.length);
+    const request = rec.stream(res.pid, 'egress');
+    assert.strictEqual(request.toString(), 'GET /status HTTP/1.0\r\n\r\n');
+    assert.ok(rec.stream(server.pid, 'ingress').equals(request));
+    const page = rec.stream(server.pid, 'egress');
+    assert.ok(page.equals(rec.stream(res.pid, 'ingress')));
+    assert.ok(page.equals(res.stdout), 's_client printed exactly the captured bytes');
+    await server.stop();
+  });
+
+  it('exported-function probes: SSL_write/SSL_read (curl) and SSL_write_ex/SSL_read_ex (python)', async () => {
+    rec = new Recorder({ mode: 'exported' });
+    const a = await curl(`https://127.0.0.1:${nginx.port}/small.txt`);
+    const body = pattern(200000, 5);
+    const b = await pyClient(`https://127.0.0.1:${py.port}/echo`, { method: 'POST', body });
+    assert.strictEqual(a.code, 0);
+    assert.strictEqual(b.code, 0);
+    await until(rec, a.pid, 'ingress', 6);
+    await until(rec, b.pid, 'ingress', body.length);
+    const funcs = (pid: number): string[] => [...new Set(rec!.of(pid).map((r) => r.func))].sort();
+    assert.deepStrictEqual(funcs(a.pid), ['SSL_read', 'SSL_write']);
+    assert.deepStrictEqual(funcs(b.pid), ['SSL_read_ex', 'SSL_write_ex']);
+    assert.ok(rec.stream(a.pid, 'ingress').toString().endsWith('\r\n\r\nhello\n'));
+    const got = rec.stream(b.pid, 'ingress');
+    assert.ok(got.subarray(got.length - body.length).equals(body));
+  });
+
+  it('a call past the per-call cap is marked, says its full length, and the offsets stay exact', async () => {
+    rec = new Recorder({ callCap: 100000 });
+    // Two responses on one keep-alive connection: 1 MiB (capped), then 10 bytes (curl()
+    // puts its own URL last).
+    const res = await curl(`https://127.0.0.1:${py.port}/bytes/10?seed=2`, [
+      '-o', '/dev/null', `https://127.0.0.1:${py.port}/bytes/${MiB}?seed=1`,
+    ]);
+    assert.strictEqual(res.code, 0, res.stderr.toString());
+    await waitFor(() => rec!.of(py.pid, 'egress').some((r) => r.callLen === 10), { what: 'second response' });
+    const out = rec.of(py.pid, 'egress');
+    const big = out.filter((r) => r.callLen === MiB);
+    assert.ok(big.length > 0 && big.every((r) => r.truncated && r.capLen === 100000));
+    assert.strictEqual(big.reduce((n, r) => n + r.data.length, 0), 100000, 'exactly the cap was captured');
+    assert.ok(Buffer.concat(big.map((r) => r.data)).equals(pattern(MiB, 1).subarray(0, 100000)));
+    // Every call's offset is the previous call's offset plus its full length, cap or not.
+    const calls = out.filter((r) => r.chunkOff === 0);
+    for (let i = 1; i < calls.length; i++) assert.strictEqual(calls[i]!.seq, calls[i - 1]!.seq + calls[i - 1]!.callLen);
+    const last = calls[calls.length - 1]!;
+    assert.strictEqual(last.data.toString(), pattern(10, 2).toString());
+    const k = await rec.stop();
+    assert.ok(k.bytesTruncated >= MiB - 100000, `counted ${k.bytesTruncated} truncated bytes`);
+  });
+
+  it('filters by process name and by pid, inside BPF', async () => {
+    rec = new Recorder({ comms: ['curl'] });
+    const a = await curl(`https://127.0.0.1:${nginx.port}/small.txt`);
+    const b = await pyClient(`https://127.0.0.1:${py.port}/bytes/100`);
+    await until(rec, a.pid, 'ingress', 6);
+    assert.strictEqual(b.code, 0);
+    await rec.stop();
+    assert.strictEqual(rec.of(b.pid).length + rec.of(py.pid).length + rec.of(nginx.workerPids()[0]!).length, 0, 'only curl');
+
+    rec = new Recorder({ pids: [py.pid] });
+    const c = await pyClient(`https://127.0.0.1:${py.port}/bytes/100`);
+    await until(rec, py.pid, 'egress', 100);
+    await rec.stop();
+    assert.strictEqual(rec.of(c.pid).length, 0, 'not the client');
+    assert.ok(rec.data.every((r) => r.pid === py.pid));
+  });
+
+  it('reports the exit of a process it captured', async () => {
+    rec = new Recorder();
+    const res = await curl(`https://127.0.0.1:${nginx.port}/small.txt`);
+    const exit = await waitFor(() => rec!.exits.find((e) => e.pid === res.pid), { what: 'exit record' });
+    assert.strictEqual(exit.comm, 'curl');
+    assert.ok(rec.of(res.pid).length > 0);
+  });
+});

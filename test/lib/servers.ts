@@ -1,0 +1,417 @@
+// Test fixtures: loopback TLS servers (nginx, s_server, python) and clients (curl, python), tracked for stopAll().
+import { ChildProcess, SpawnOptions, spawn } from 'child_process';
+import * as fs from 'fs';
+import * as net from 'net';
+import * as os from 'os';
+import * as path from 'path';
+
+export interface RunResult {
+  pid: number;
+  code: number | null;
+  signal: string | null;
+  stdout: Buffer;
+  stderr: Buffer;
+}
+
+export interface RunOptions {
+  input?: Buffer;
+  timeoutMs?: number;
+  cwd?: string;
+  env?: NodeJS.ProcessEnv;
+  /** Called with the child's pid as soon as it has been spawned. */
+  onSpawn?: (pid: number) => void;
+}
+
+export interface CertPair {
+  cert: string;
+  key: string;
+}
+
+export interface Server {
+  port: number;
+  pid: number;
+  stop(): Promise<void>;
+}
+
+export interface NginxServer extends Server {
+  /** pid of the master process */
+  pid: number;
+  workerPids(): number[];
+  accessLog: string;
+  root: string;
+}
+
+const PYTHON = '/usr/bin/python3';
+const NGINX = '/usr/sbin/nginx';
+const START_TIMEOUT_MS = 10_000;
+
+interface Proc {
+  child: ChildProcess;
+  exited: Promise<void>;
+  output(): string;
+}
+
+/** Every process we started and that has not exited yet, with the function that stops it. */
+const live = new Map<number, () => Promise<void>>();
+
+process.once('exit', () => {
+  for (const pid of live.keys()) {
+    try {
+      process.kill(pid, 'SIGTERM');
+    } catch {
+      // already gone
+    }
+  }
+});
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+/** Resolves true if p settles within ms, false otherwise. */
+async function within(p: Promise<void>, ms: number): Promise<boolean> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<boolean>((resolve) => {
+    timer = setTimeout(() => resolve(false), ms);
+  });
+  try {
+    return await Promise.race([p.then(() => true), timeout]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+function hasExited(child: ChildProcess): boolean {
+  return child.pid === undefined || child.exitCode !== null || child.signalCode !== null;
+}
+
+/** SIGTERM, then SIGKILL if still alive after 2 s. */
+async function terminate(proc: Proc): Promise<void> {
+  if (hasExited(proc.child)) return;
+  proc.child.kill('SIGTERM');
+  if (!(await within(proc.exited, 2000))) {
+    proc.child.kill('SIGKILL');
+    await proc.exited;
+  }
+}
+
+function spawnTracked(cmd: string, args: string[], opts: SpawnOptions, keepOutput = true): Proc {
+  const child = spawn(cmd, args, opts);
+  const chunks: Buffer[] = [];
+  if (keepOutput) {
+    child.stdout?.on('data', (b: Buffer) => chunks.push(b));
+    child.stderr?.on('data', (b: Buffer) => chunks.push(b));
+  }
+  const exited = new Promise<void>((resolve) => {
+    child.once('exit', () => resolve());
+    child.on('error', () => {
+      if (hasExited(child)) resolve();
+    });
+  });
+  const proc: Proc = { child, exited, output: () => Buffer.concat(chunks).toString('utf8') };
+  const pid = child.pid;
+  if (pid !== undefined) {
+    live.set(pid, () => terminate(proc));
+    void exited.then(() => live.delete(pid));
+  }
+  return proc;
+}
+
+/** Kill every process started by this module that is still running. */
+export async function stopAll(): Promise<void> {
+  await Promise.all([...live.values()].map((stop) => stop()));
+}
+
+export function tmpDir(prefix: string): string {
+  return fs.mkdtempSync(path.join(os.tmpdir(), prefix));
+}
+
+export function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer();
+    srv.once('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      const addr = srv.address();
+      const port = typeof addr === 'object' && addr !== null ? addr.port : 0;
+      srv.close(() => (port > 0 ? resolve(port) : reject(new Error('freePort: no port'))));
+    });
+  });
+}
+
+/** Deterministic printable ASCII, exactly n bytes; test/lib/tls_server.py implements the same. */
+export function pattern(n: number, seed = 0): Buffer {
+  const out = Buffer.alloc(n);
+  for (let off = 0, k = 0; off < n; k++) {
+    off += out.write(`seed-${seed} line ${k} the quick brown fox jumps over the lazy dog\n`, off, 'latin1');
+  }
+  return out;
+}
+
+export async function waitFor<T>(
+  fn: () => T | undefined | null | false | Promise<T | undefined | null | false>,
+  opts: { timeoutMs?: number; intervalMs?: number; what?: string } = {},
+): Promise<T> {
+  const deadline = Date.now() + (opts.timeoutMs ?? 10_000);
+  for (;;) {
+    const v = await fn();
+    if (v !== undefined && v !== null && v !== false) return v;
+    if (Date.now() >= deadline) {
+      throw new Error(`timed out after ${opts.timeoutMs ?? 10_000} ms waiting for ${opts.what ?? 'condition'}`);
+    }
+    await sleep(opts.intervalMs ?? 50);
+  }
+}
+
+export function run(cmd: string, args: string[], opts: RunOptions = {}): Promise<RunResult> {
+  return new Promise((resolve, reject) => {
+    const proc = spawnTracked(cmd, args, { cwd: opts.cwd, env: opts.env, stdio: 'pipe' }, false);
+    const { child } = proc;
+    const stdout: Buffer[] = [];
+    const stderr: Buffer[] = [];
+    let settled = false;
+    const timeoutMs = opts.timeoutMs ?? 30_000;
+    const timer = setTimeout(() => {
+      settled = true;
+      void terminate(proc).then(() =>
+        reject(
+          new Error(
+            `${cmd} ${args.join(' ')}: timed out after ${timeoutMs} ms; stderr: ${Buffer.concat(stderr).toString()}`,
+          ),
+        ),
+      );
+    }, timeoutMs);
+    child.stdout?.on('data', (b: Buffer) => stdout.push(b));
+    child.stderr?.on('data', (b: Buffer) => stderr.push(b));
+    child.stdin?.on('error', () => undefined); // child may exit without reading its input
+    child.stdin?.end(opts.input);
+    child.once('spawn', () => {
+      if (child.pid !== undefined) opts.onSpawn?.(child.pid);
+    });
+    child.once('error', (e) => {
+      if (settled || !hasExited(child)) return;
+      settled = true;
+      clearTimeout(timer);
+      reject(e);
+    });
+    child.once('close', (code, signal) => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(timer);
+      resolve({
+        pid: child.pid ?? -1,
+        code,
+        signal,
+        stdout: Buffer.concat(stdout),
+        stderr: Buffer.concat(stderr),
+      });
+    });
+  });
+}
+
+export async function makeCert(dir: string, alg: 'ec' | 'rsa' = 'ec'): Promise<CertPair> {
+  const cert = path.join(dir, 'cert.pem');
+  const key = path.join(dir, 'key.pem');
+  const newkey = alg === 'ec' ? ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1'] : ['-newkey', 'rsa:2048'];
+  const r = await run('openssl', [
+    'req', '-x509', '-nodes', ...newkey, '-keyout', key, '-out', cert, '-days', '2',
+    '-subj', '/CN=localhost', '-addext', 'subjectAltName=IP:127.0.0.1,IP:::1,DNS:localhost',
+  ]);
+  if (r.code !== 0) throw new Error(`openssl req failed (${r.code}): ${r.stderr.toString()}`);
+  return { cert, key };
+}
+
+function canConnect(host: string, port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const sock = net.connect({ host, port });
+    sock.once('connect', () => {
+      sock.destroy();
+      resolve(true);
+    });
+    sock.once('error', () => resolve(false));
+  });
+}
+
+/** Wait until host:port accepts TCP connections; fail early if proc exits. */
+async function waitForPort(proc: Proc, host: string, port: number, diag: () => string): Promise<void> {
+  const deadline = Date.now() + START_TIMEOUT_MS;
+  for (;;) {
+    if (hasExited(proc.child)) throw new Error(`server exited before listening on ${port}:\n${diag()}`);
+    if (await canConnect(host, port)) return;
+    if (Date.now() >= deadline) {
+      await terminate(proc);
+      throw new Error(`server did not listen on ${host}:${port} within ${START_TIMEOUT_MS} ms:\n${diag()}`);
+    }
+    await sleep(50);
+  }
+}
+
+function readIfExists(file: string): string {
+  try {
+    return fs.readFileSync(file, 'utf8');
+  } catch {
+    return '';
+  }
+}
+
+/** pids whose parent is ppid, from /proc/<pid>/stat. */
+function childPids(ppid: number): number[] {
+  const pids: number[] = [];
+  for (const ent of fs.readdirSync('/proc')) {
+    if (!/^\d+$/.test(ent)) continue;
+    const stat = readIfExists(`/proc/${ent}/stat`);
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    if (Number(fields[1]) === ppid) pids.push(Number(ent));
+  }
+  return pids.sort((a, b) => a - b);
+}
+
+export async function startNginx(opts: {
+  dir: string;
+  files?: Record<string, Buffer>;
+  ipv6?: boolean;
+  workers?: number;
+  cert?: CertPair;
+}): Promise<NginxServer> {
+  const { dir } = opts;
+  const root = path.join(dir, 'root');
+  fs.mkdirSync(path.join(dir, 'tmp'), { recursive: true });
+  fs.mkdirSync(root, { recursive: true });
+  for (const [rel, data] of Object.entries(opts.files ?? {})) {
+    const file = path.resolve(root, rel);
+    if (!file.startsWith(root + path.sep)) throw new Error(`startNginx: bad file name ${rel}`);
+    fs.mkdirSync(path.dirname(file), { recursive: true });
+    fs.writeFileSync(file, data);
+  }
+  const { cert, key } = opts.cert ?? (await makeCert(dir));
+  const port = await freePort();
+  const accessLog = path.join(dir, 'access.log');
+  const errorLog = path.join(dir, 'error.log');
+  const q = (p: string): string => JSON.stringify(p);
+  const conf = `# generated by test/lib/servers.ts
+daemon off;
+master_process on;
+worker_processes ${opts.workers ?? 1};
+${process.getuid?.() === 0 ? 'user root;' : ''}
+pid ${q(path.join(dir, 'nginx.pid'))};
+error_log ${q(errorLog)} warn;
+events { worker_connections 512; }
+http {
+  log_format capture '$remote_addr:$remote_port $request_method $request_uri $status $body_bytes_sent '
+                     '$connection $connection_requests';
+  access_log ${q(accessLog)} capture;
+  client_body_temp_path ${q(path.join(dir, 'tmp/body'))};
+  proxy_temp_path ${q(path.join(dir, 'tmp/proxy'))};
+  fastcgi_temp_path ${q(path.join(dir, 'tmp/fastcgi'))};
+  uwsgi_temp_path ${q(path.join(dir, 'tmp/uwsgi'))};
+  scgi_temp_path ${q(path.join(dir, 'tmp/scgi'))};
+  types {}
+  default_type application/octet-stream;
+  sendfile off;
+  keepalive_timeout 65s;
+  keepalive_requests 10000;
+  server {
+    listen 127.0.0.1:${port} ssl;
+${opts.ipv6 ? `    listen [::1]:${port} ssl;\n` : ''}    server_name localhost;
+    ssl_certificate ${q(cert)};
+    ssl_certificate_key ${q(key)};
+    root ${q(root)};
+    location / { }
+  }
+}
+`;
+  const confFile = path.join(dir, 'nginx.conf');
+  fs.writeFileSync(confFile, conf);
+  const proc = spawnTracked(NGINX, ['-p', dir, '-c', confFile, '-e', errorLog], {
+    cwd: dir,
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  const pid = proc.child.pid;
+  if (pid === undefined) throw new Error(`cannot spawn ${NGINX}`);
+  const workerPids = (): number[] => childPids(pid);
+  const stop = async (): Promise<void> => {
+    const workers = workerPids();
+    await terminate(proc);
+    for (const w of workers) {
+      // only if the master had to be SIGKILLed and left an orphaned worker behind
+      if (readIfExists(`/proc/${w}/cmdline`).startsWith('nginx: worker')) {
+        try {
+          process.kill(w, 'SIGKILL');
+        } catch {
+          // already gone
+        }
+      }
+    }
+  };
+  live.set(pid, stop);
+  const diag = (): string => `${proc.output()}\n--- ${errorLog} ---\n${readIfExists(errorLog)}`;
+  await waitForPort(proc, '127.0.0.1', port, diag);
+  return { port, pid, workerPids, accessLog, root, stop };
+}
+
+export async function startSServer(opts: {
+  dir: string;
+  cert: string;
+  key: string;
+  mode: 'www' | 'WWW' | 'rev';
+}): Promise<Server> {
+  const port = await freePort();
+  const args = ['s_server', '-accept', `127.0.0.1:${port}`, '-cert', opts.cert, '-key', opts.key, `-${opts.mode}`];
+  const proc = spawnTracked('openssl', args, { cwd: opts.dir, stdio: ['ignore', 'pipe', 'pipe'] });
+  const pid = proc.child.pid;
+  if (pid === undefined) throw new Error('cannot spawn openssl');
+  await waitForPort(proc, '127.0.0.1', port, proc.output);
+  return { port, pid, stop: () => terminate(proc) };
+}
+
+function libFile(name: string): string {
+  // compiled code runs from dist/test/lib; the python scripts stay in test/lib
+  const candidates = [path.join(__dirname, name), path.resolve(__dirname, '../../../test/lib', name)];
+  const found = candidates.find((f) => fs.existsSync(f));
+  if (found === undefined) throw new Error(`${name} not found in ${candidates.join(', ')}`);
+  return found;
+}
+
+export async function startPyServer(opts: {
+  dir: string;
+  cert: string;
+  key: string;
+  ipv6?: boolean;
+}): Promise<Server> {
+  const args = [libFile('tls_server.py'), '--port', '0', '--cert', opts.cert, '--key', opts.key];
+  if (opts.ipv6) args.push('--host', '::1');
+  const proc = spawnTracked(PYTHON, args, { cwd: opts.dir, stdio: ['ignore', 'pipe', 'pipe'] });
+  const pid = proc.child.pid;
+  if (pid === undefined) throw new Error(`cannot spawn ${PYTHON}`);
+  const stop = (): Promise<void> => terminate(proc);
+  try {
+    const port = await waitFor(
+      () => {
+        const m = /^READY (\d+)$/m.exec(proc.output());
+        if (m) return Number(m[1]);
+        if (hasExited(proc.child)) throw new Error(`tls_server.py exited:\n${proc.output()}`);
+        return undefined;
+      },
+      { timeoutMs: START_TIMEOUT_MS, what: 'tls_server.py READY' },
+    );
+    return { port, pid, stop };
+  } catch (e) {
+    await stop();
+    throw e;
+  }
+}
+
+export function curl(url: string, extra: string[] = [], opts: RunOptions = {}): Promise<RunResult> {
+  // -g: no URL globbing, so [::1] is taken literally; --noproxy: never leave loopback
+  return run('curl', ['-sS', '-k', '--http1.1', '-g', '--noproxy', '*', ...extra, url], opts);
+}
+
+export function pyClient(
+  url: string,
+  opts: { method?: 'GET' | 'POST'; body?: Buffer } & RunOptions = {},
+): Promise<RunResult> {
+  const method = opts.method ?? (opts.body ? 'POST' : 'GET');
+  return run(PYTHON, [libFile('tls_client.py'), '--url', url, '--method', method], {
+    ...opts,
+    input: opts.body ?? opts.input,
+  });
+}
