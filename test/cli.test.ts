@@ -1,0 +1,142 @@
+// cli.test.ts: the `https-capture` command as a person runs it: output of a real curl
+// request, clean exit on signals, no probe left behind even after SIGKILL, a private
+// output file, and one-line errors that name a cause and a fix.
+import * as assert from 'assert';
+import { ChildProcess, spawn } from 'child_process';
+import * as fs from 'fs';
+import * as path from 'path';
+import { requireKernel } from './lib/kernel';
+import { curl, makeCert, run, Server, startSServer, stopAll, tmpDir, waitFor } from './lib/servers';
+
+const CLI = path.resolve(__dirname, '..', 'helper', 'cli.js');
+
+interface Running {
+  child: ChildProcess;
+  stdout: () => string;
+  stderr: () => string;
+  exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+}
+
+function start(args: string[]): Running {
+  const child = spawn(process.execPath, [CLI, '--no-color', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  let err = '';
+  child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
+  child.stderr!.on('data', (d: Buffer) => (err += d.toString()));
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
+    child.on('exit', (code, signal) => resolve({ code, signal })),
+  );
+  return { child, stdout: () => out, stderr: () => err, exited };
+}
+
+async function ready(r: Running): Promise<void> {
+  await waitFor(() => r.stderr().includes('capturing TLS plaintext'), { timeoutMs: 20000, what: `the helper to attach (stderr: ${r.stderr()})` });
+}
+
+/** Names of loaded BPF programs that are ours (the kernel keeps 15 characters of a name). */
+async function ourPrograms(): Promise<string[]> {
+  const res = await run('bpftool', ['-j', 'prog', 'show']);
+  const progs = JSON.parse(res.stdout.toString() || '[]') as { name?: string }[];
+  return progs.map((p) => p.name ?? '').filter((n) => /^(ssl_(write|read)|process_exit)/.test(n));
+}
+
+/** The kernel frees a detached tp_btf program after an RCU grace period: allow it a moment. */
+async function noProgramsLeft(): Promise<void> {
+  let left: string[] = [];
+  await waitFor(async () => (left = await ourPrograms()).length === 0, { timeoutMs: 5000, what: `programs to be freed (left: ${left})` }).catch(() => {
+    assert.deepStrictEqual(left, [], 'no program of ours is left loaded');
+  });
+}
+
+/** Error output of a failed run: a cause line and a fix line, no stack trace. */
+function assertOneLineError(stderr: string, cause: RegExp): void {
+  const lines = stderr.trim().split('\n');
+  assert.match(lines[0]!, /^https-capture: error: /);
+  assert.match(lines[0]!, cause);
+  assert.match(lines[1]!, /^ {2}fix: ./);
+  assert.ok(!/^\s+at /m.test(stderr), `no stack trace: ${stderr}`);
+}
+
+describe('https-capture command', function () {
+  let dir: string;
+  let server: Server;
+
+  before(async function () {
+    requireKernel(this);
+    dir = tmpDir('https-capture-cli-');
+    const cert = await makeCert(dir);
+    server = await startSServer({ dir, ...cert, mode: 'www' });
+  });
+
+  after(async () => {
+    await stopAll();
+    if (dir) fs.rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('prints a curl request and its response with curl\'s pid and name; SIGINT exits 0', async () => {
+    const r = start([]);
+    await ready(r);
+    const res = await curl(`https://127.0.0.1:${server.port}/some/path`);
+    assert.strictEqual(res.code, 0);
+    await waitFor(() => r.stdout().includes(`curl[${res.pid}] << received`), { what: 'the response in the output' });
+    r.child.kill('SIGINT');
+    const exit = await r.exited;
+    assert.deepStrictEqual(exit, { code: 0, signal: null });
+    const out = r.stdout();
+    assert.match(out, new RegExp(`curl\\[${res.pid}\\] >> sent \\d+ bytes`));
+    assert.match(out, /GET \/some\/path HTTP\/1\.1\nHost: 127\.0\.0\.1:\d+\n/);
+    assert.match(out, new RegExp(`curl\\[${res.pid}\\] << received \\d+ bytes[^\\n]*\\nHTTP/1\\.0 200 ok`));
+    assert.match(r.stderr(), /stopped: \d+ calls, \d+ bytes moved, \d+ captured, 0 past the per-call cap, 0 lost/);
+    await noProgramsLeft();
+  });
+
+  it('--output writes a file only its owner can read; SIGTERM exits 0', async () => {
+    const file = path.join(dir, 'capture.txt');
+    fs.writeFileSync(file, 'old contents', { mode: 0o644 });
+    const r = start(['--output', file, '--comm', 'curl']);
+    await ready(r);
+    const res = await curl(`https://127.0.0.1:${server.port}/to/file`);
+    await waitFor(() => fs.readFileSync(file, 'utf8').includes(`curl[${res.pid}] << received`), { what: 'the capture in the file' });
+    r.child.kill('SIGTERM');
+    assert.strictEqual((await r.exited).code, 0);
+    assert.strictEqual(fs.statSync(file).mode & 0o777, 0o600);
+    const text = fs.readFileSync(file, 'utf8');
+    assert.match(text, /GET \/to\/file HTTP\/1\.1/);
+    assert.ok(!text.includes('old contents'));
+    assert.strictEqual(r.stdout(), '', 'nothing on stdout');
+  });
+
+  it('leaves no BPF program or link behind when killed with SIGKILL', async () => {
+    await noProgramsLeft();
+    const r = start([]);
+    await ready(r);
+    assert.ok((await ourPrograms()).length >= 7, 'its programs are loaded while it runs');
+    r.child.kill('SIGKILL');
+    assert.strictEqual((await r.exited).signal, 'SIGKILL');
+    await noProgramsLeft();
+  });
+
+  it('stops by itself after --duration', async () => {
+    const r = start(['--duration', '1']);
+    const t0 = Date.now();
+    assert.strictEqual((await r.exited).code, 0);
+    assert.ok(Date.now() - t0 < 15000);
+    assert.match(r.stderr(), /stopped:/);
+  });
+
+  it('without privileges: one line naming the capability, and the fix', async () => {
+    // Root without any capability is what an unprivileged user is to the kernel.
+    const res = await run('setpriv', ['--inh-caps=-all', '--ambient-caps=-all', '--bounding-set=-all', process.execPath, CLI]);
+    assert.strictEqual(res.code, 1);
+    assertOneLineError(res.stderr.toString(), /needs root or CAP_BPF and CAP_PERFMON/);
+  });
+
+  it('bad options: a clear message and a usage exit code', async () => {
+    const ring = await run(process.execPath, [CLI, '--ring-size', '5000']);
+    assert.strictEqual(ring.code, 2);
+    assertOneLineError(ring.stderr.toString(), /not a power of two/);
+    const cap = await run(process.execPath, [CLI, '--call-cap', 'lots']);
+    assert.notStrictEqual(cap.code, 0);
+    assert.match(cap.stderr.toString(), /--call-cap must be an integer/);
+  });
+});
