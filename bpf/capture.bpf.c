@@ -11,6 +11,7 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_tracing.h>
 #include <bpf/bpf_core_read.h>
+#include <bpf/bpf_endian.h>
 #include "capture.h"
 
 char LICENSE[] SEC("license") = "GPL";
@@ -57,7 +58,7 @@ struct call_args {
 	__u64 buf;
 	__u64 outlen; // size_t * of the _ex functions
 	__u32 func;
-	__u32 pad;
+	__s32 fd;     // fd of the first socket I/O syscall made inside the call, or -1
 };
 
 struct {
@@ -76,6 +77,9 @@ struct conn_key {
 struct conn_state {
 	__u64 conn_id;
 	__u64 off[2]; // bytes moved so far, per enum cap_dir
+	struct cap_sock sock;
+	__u8 opened;  // its CONN_OPEN was emitted
+	__u8 pad[7];
 };
 
 struct {
@@ -84,6 +88,27 @@ struct {
 	__type(key, struct conn_key);
 	__type(value, struct conn_state);
 } conns SEC(".maps");
+
+// Handshakes in progress, per thread: the socket I/O inside one names the connection's fd.
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u64); // pid_tgid
+	__type(value, struct call_args);
+} handshakes SEC(".maps");
+
+// (tgid, fd) -> SSL*, so that close() of the socket ends its connection.
+struct fd_key {
+	__u32 tgid;
+	__s32 fd;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct fd_key);
+	__type(value, __u64);
+} fd_conns SEC(".maps");
 
 // Processes that made at least one captured call: only their exits are reported.
 struct {
@@ -136,6 +161,7 @@ static __always_inline int call_enter(void *ssl, const void *buf, void *outlen, 
 		.buf = (__u64)buf,
 		.outlen = (__u64)outlen,
 		.func = func,
+		.fd = -1,
 	};
 
 	if (!traced(id >> 32))
@@ -203,32 +229,163 @@ static long emit_chunk(__u32 i, void *ctx)
 	return emit_sized(c, off, n, CAP_CHUNK_MAX);
 }
 
-static __always_inline struct conn_state *conn_lookup(__u32 tgid, __u64 ssl)
+#define AF_INET 2
+#define AF_INET6 10
+#define S_IFMT 00170000
+#define S_IFSOCK 0140000
+
+// fd -> file -> socket -> sock, in the current task; fills family, ports and addresses when
+// the fd is an IPv4/IPv6 socket. CO-RE reads, so it follows the running kernel's layout.
+static __always_inline void sock_resolve(int fd, struct cap_sock *out)
+{
+	struct task_struct *task = bpf_get_current_task_btf();
+	struct fdtable *fdt = BPF_CORE_READ(task, files, fdt);
+	struct file **fds;
+	struct file *file = NULL;
+	struct socket *sock;
+	struct sock *sk;
+	__u16 family;
+
+	if (!fdt || fd < 0 || (unsigned int)fd >= BPF_CORE_READ(fdt, max_fds))
+		return;
+	fds = BPF_CORE_READ(fdt, fd);
+	if (bpf_probe_read_kernel(&file, sizeof(file), &fds[fd]) || !file)
+		return;
+	if ((BPF_CORE_READ(file, f_inode, i_mode) & S_IFMT) != S_IFSOCK)
+		return;
+	sock = BPF_CORE_READ(file, private_data);
+	sk = BPF_CORE_READ(sock, sk);
+	if (!sk)
+		return;
+	family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	// (The address fields are byte arrays here: sizes are given, not taken from them.)
+	if (family == AF_INET) {
+		bpf_core_read(out->laddr, 4, &sk->__sk_common.skc_rcv_saddr);
+		bpf_core_read(out->raddr, 4, &sk->__sk_common.skc_daddr);
+	} else if (family == AF_INET6) {
+		bpf_core_read(out->laddr, 16, &sk->__sk_common.skc_v6_rcv_saddr);
+		bpf_core_read(out->raddr, 16, &sk->__sk_common.skc_v6_daddr);
+	} else {
+		return;
+	}
+	out->family = family;
+	out->lport = BPF_CORE_READ(sk, __sk_common.skc_num);
+	out->rport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+}
+
+static __always_inline void emit_conn(__u16 kind, __u32 tgid, __u64 ssl, struct conn_state *s, __u8 reason)
+{
+	struct cap_conn *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+
+	if (!e) {
+		count(CAP_CTR_EVENTS_LOST, 1);
+		return;
+	}
+	__builtin_memset(e, 0, sizeof(*e));
+	e->h.size = sizeof(*e);
+	e->h.kind = kind;
+	e->h.ts_ns = bpf_ktime_get_ns();
+	e->h.pid = tgid;
+	e->h.tid = (__u32)bpf_get_current_pid_tgid();
+	e->conn_id = s->conn_id;
+	e->ssl = ssl;
+	e->off[0] = s->off[0];
+	e->off[1] = s->off[1];
+	e->reason = reason;
+	bpf_get_current_comm(e->comm, sizeof(e->comm));
+	__builtin_memcpy(&e->sock, &s->sock, sizeof(e->sock));
+	bpf_ringbuf_submit(e, 0);
+}
+
+static __always_inline __u64 new_conn_id(void)
+{
+	return __sync_fetch_and_add(&last_conn_id, 1) + 1;
+}
+
+// The state of (process, SSL*), created on first sight.
+static __always_inline struct conn_state *conn_get(__u32 tgid, __u64 ssl)
 {
 	struct conn_key key = { .tgid = tgid, .ssl = ssl };
 	struct conn_state *s = bpf_map_lookup_elem(&conns, &key);
 	struct conn_state fresh = {};
+	__u8 one = 1;
 
 	if (s)
 		return s;
-	fresh.conn_id = __sync_fetch_and_add(&last_conn_id, 1) + 1;
+	fresh.conn_id = new_conn_id();
+	fresh.sock.fd = -1;
 	bpf_map_update_elem(&conns, &key, &fresh, BPF_NOEXIST);
+	bpf_map_update_elem(&procs, &tgid, &one, BPF_ANY);
 	return bpf_map_lookup_elem(&conns, &key);
+}
+
+static __always_inline void conn_open(__u32 tgid, __u64 ssl, struct conn_state *s)
+{
+	if (s->opened)
+		return;
+	s->opened = 1;
+	emit_conn(CAP_EV_CONN_OPEN, tgid, ssl, s, 0);
+}
+
+// The connection's socket is `fd`. A different fd than before means the SSL* was reused for
+// another connection: the old one ends, and a new conn_id starts from offset 0.
+static __always_inline void conn_set_fd(__u32 tgid, __u64 ssl, struct conn_state *s, int fd)
+{
+	struct fd_key fk = { .tgid = tgid, .fd = fd };
+	__u8 role;
+
+	if (fd < 0 || s->sock.fd == fd)
+		return;
+	if (s->sock.fd >= 0) {
+		if (s->opened)
+			emit_conn(CAP_EV_CONN_CLOSE, tgid, ssl, s, CAP_CLOSE_REUSED);
+		fk.fd = s->sock.fd;
+		bpf_map_delete_elem(&fd_conns, &fk);
+		fk.fd = fd;
+		role = s->sock.role;
+		__builtin_memset(&s->sock, 0, sizeof(s->sock));
+		s->sock.role = role;
+		s->conn_id = new_conn_id();
+		s->off[0] = s->off[1] = 0;
+		s->opened = 0;
+	}
+	s->sock.fd = fd;
+	sock_resolve(fd, &s->sock);
+	bpf_map_update_elem(&fd_conns, &fk, &ssl, BPF_ANY);
+}
+
+// End of stream for (tgid, ssl): emits CONN_CLOSE if it was opened, and forgets it.
+static __always_inline void conn_end(__u32 tgid, __u64 ssl, __u8 reason)
+{
+	struct conn_key key = { .tgid = tgid, .ssl = ssl };
+	struct conn_state *s = bpf_map_lookup_elem(&conns, &key);
+	struct fd_key fk = { .tgid = tgid };
+
+	if (!s)
+		return;
+	if (s->opened)
+		emit_conn(CAP_EV_CONN_CLOSE, tgid, ssl, s, reason);
+	if (s->sock.fd >= 0) {
+		fk.fd = s->sock.fd;
+		bpf_map_delete_elem(&fd_conns, &fk);
+	}
+	bpf_map_delete_elem(&conns, &key);
 }
 
 static __always_inline void emit_call(__u64 id, struct call_args *a, __u64 len, __u32 dir)
 {
 	__u32 zero = 0, tgid = id >> 32;
-	__u8 one = 1;
 	struct cap_config *cfg = bpf_map_lookup_elem(&settings, &zero);
 	struct conn_state *s;
 	struct emit_ctx c = {};
 	__u64 cap = cfg ? cfg->call_cap : 0;
 
 	dir &= 1;
-	s = conn_lookup(tgid, a->ssl);
+	s = conn_get(tgid, a->ssl);
 	if (!s)
 		return;
+	conn_set_fd(tgid, a->ssl, s, a->fd);
+	conn_open(tgid, a->ssl, s);
 	c.tmpl.seq = s->off[dir];
 	c.tmpl.ack = s->off[dir ^ 1];
 	// One SSL* is used by one thread at a time (OpenSSL requires it), so this is no race.
@@ -246,12 +403,12 @@ static __always_inline void emit_call(__u64 id, struct call_args *a, __u64 len, 
 	c.tmpl.call_len = len;
 	c.tmpl.dir = dir;
 	c.tmpl.func = a->func;
+	__builtin_memcpy(&c.tmpl.sock, &s->sock, sizeof(c.tmpl.sock));
 	bpf_get_current_comm(c.tmpl.comm, sizeof(c.tmpl.comm));
 	c.buf = a->buf;
 	c.ncap = len < cap ? len : cap;
 	c.tmpl.cap_len = c.ncap;
 
-	bpf_map_update_elem(&procs, &tgid, &one, BPF_ANY);
 	count(CAP_CTR_CALLS, 1);
 	count(CAP_CTR_BYTES_MOVED, len);
 	count(CAP_CTR_BYTES_TRUNCATED, len - c.ncap);
@@ -360,6 +517,152 @@ SEC("uretprobe")
 int BPF_KRETPROBE(ssl_read_internal_exit)
 {
 	return call_return(ctx, CAP_FN_SSL_READ_INTERNAL, CAP_DIR_INGRESS, true);
+}
+
+// ---- connection life: fd, role, handshake, end of stream ----------------------------------
+
+static __always_inline int set_fd(void *ssl, int fd)
+{
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	struct conn_state *s;
+
+	if (!traced(tgid))
+		return 0;
+	s = conn_get(tgid, (__u64)ssl);
+	if (s)
+		conn_set_fd(tgid, (__u64)ssl, s, fd);
+	return 0;
+}
+
+SEC("uprobe")
+int BPF_KPROBE(ssl_set_fd, void *ssl, int fd)
+{
+	return set_fd(ssl, fd);
+}
+
+static __always_inline int set_role(void *ssl, __u8 role)
+{
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	struct conn_state *s;
+
+	if (!traced(tgid))
+		return 0;
+	s = conn_get(tgid, (__u64)ssl);
+	if (s)
+		s->sock.role = role;
+	return 0;
+}
+
+SEC("uprobe")
+int BPF_KPROBE(ssl_set_connect_state, void *ssl)
+{
+	return set_role(ssl, CAP_ROLE_CLIENT);
+}
+
+SEC("uprobe")
+int BPF_KPROBE(ssl_set_accept_state, void *ssl)
+{
+	return set_role(ssl, CAP_ROLE_SERVER);
+}
+
+SEC("uprobe")
+int BPF_KPROBE(ssl_do_handshake_enter, void *ssl)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	struct call_args args = { .ssl = (__u64)ssl, .fd = -1 };
+
+	if (traced(id >> 32))
+		bpf_map_update_elem(&handshakes, &id, &args, BPF_ANY);
+	return 0;
+}
+
+// After a handshake (done or in progress) the connection is open, with its socket if the
+// handshake did socket I/O.
+SEC("uretprobe")
+int BPF_KRETPROBE(ssl_do_handshake_exit)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	struct call_args *a = bpf_map_lookup_elem(&handshakes, &id);
+	struct conn_state *s;
+	__u64 ssl;
+	int fd;
+
+	if (!a)
+		return 0;
+	ssl = a->ssl;
+	fd = a->fd;
+	bpf_map_delete_elem(&handshakes, &id);
+	s = conn_get(id >> 32, ssl);
+	if (!s)
+		return 0;
+	conn_set_fd(id >> 32, ssl, s, fd);
+	if (s->sock.fd >= 0)
+		conn_open(id >> 32, ssl, s);
+	return 0;
+}
+
+SEC("uprobe")
+int BPF_KPROBE(ssl_shutdown, void *ssl)
+{
+	conn_end(bpf_get_current_pid_tgid() >> 32, (__u64)ssl, CAP_CLOSE_SHUTDOWN);
+	return 0;
+}
+
+SEC("uprobe")
+int BPF_KPROBE(ssl_free, void *ssl)
+{
+	conn_end(bpf_get_current_pid_tgid() >> 32, (__u64)ssl, CAP_CLOSE_FREE);
+	return 0;
+}
+
+// Syscalls: the fd of socket I/O made inside a TLS call or handshake, and close() of a
+// connection's socket. tp_btf attaches without tracefs. x86-64 syscall numbers.
+#define NR_read 0
+#define NR_write 1
+#define NR_close 3
+#define NR_readv 19
+#define NR_writev 20
+#define NR_sendto 44
+#define NR_recvfrom 45
+#define NR_sendmsg 46
+#define NR_recvmsg 47
+#define NR_recvmmsg 299
+#define NR_sendmmsg 307
+
+SEC("tp_btf/sys_enter")
+int BPF_PROG(sys_enter, struct pt_regs *regs, long nr)
+{
+	__u64 id;
+	struct call_args *a;
+	struct fd_key fk;
+	__u64 *ssl;
+	int fd;
+
+	switch (nr) {
+	case NR_read: case NR_write: case NR_readv: case NR_writev: case NR_sendto:
+	case NR_recvfrom: case NR_sendmsg: case NR_recvmsg: case NR_recvmmsg: case NR_sendmmsg:
+	case NR_close:
+		break;
+	default:
+		return 0;
+	}
+	id = bpf_get_current_pid_tgid();
+	fd = (int)BPF_CORE_READ(regs, di);
+	if (nr == NR_close) {
+		fk.tgid = id >> 32;
+		fk.fd = fd;
+		ssl = bpf_map_lookup_elem(&fd_conns, &fk);
+		if (ssl)
+			conn_end(id >> 32, *ssl, CAP_CLOSE_FD);
+		return 0;
+	}
+	a = bpf_map_lookup_elem(&active, &id);
+	if (a && a->fd < 0)
+		a->fd = fd;
+	a = bpf_map_lookup_elem(&handshakes, &id);
+	if (a && a->fd < 0)
+		a->fd = fd;
+	return 0;
 }
 
 // A process that made captured calls ended: user space ends its connections.

@@ -13,8 +13,25 @@
 #define CAP_MAX_CHUNKS 4096
 
 enum cap_kind {
-	CAP_EV_DATA = 1, /* plaintext moved by one TLS call (one chunk of it) */
-	CAP_EV_EXIT = 2, /* a traced process ended (its connections end with it) */
+	CAP_EV_DATA = 1,       /* plaintext moved by one TLS call (one chunk of it) */
+	CAP_EV_EXIT = 2,       /* a traced process ended (its connections end with it) */
+	CAP_EV_CONN_OPEN = 3,  /* a connection was first seen, or its socket became known */
+	CAP_EV_CONN_CLOSE = 4, /* end of stream: no more records of this conn_id */
+};
+
+/* Which side of the TLS connection the process is. */
+enum cap_role {
+	CAP_ROLE_UNKNOWN = 0,
+	CAP_ROLE_CLIENT = 1, /* SSL_set_connect_state / SSL_connect */
+	CAP_ROLE_SERVER = 2, /* SSL_set_accept_state / SSL_accept */
+};
+
+/* Why a connection ended. */
+enum cap_close {
+	CAP_CLOSE_SHUTDOWN = 1, /* SSL_shutdown */
+	CAP_CLOSE_FREE = 2,     /* SSL_free */
+	CAP_CLOSE_FD = 3,       /* close() of its socket */
+	CAP_CLOSE_REUSED = 4,   /* the SSL* moved to another fd (SSL_clear + SSL_set_fd) */
 };
 
 /* The function whose call produced a data record. */
@@ -49,6 +66,20 @@ struct cap_hdr {
 	__u32 tid;
 };
 
+/* The socket under a connection, resolved in BPF from the fd (task -> files -> file ->
+ * socket -> sock) when the fd is first known. Zero addresses and ports when unknown. */
+struct cap_sock {
+	__s32 fd;      /* -1 when unknown */
+	__u8 role;     /* enum cap_role */
+	__u8 family;   /* AF_INET (2), AF_INET6 (10), 0 when unknown or not an IP socket */
+	__u16 lport;   /* host byte order */
+	__u16 rport;
+	__u16 pad;
+	__u32 pad2;
+	__u8 laddr[16]; /* IPv4: first 4 bytes */
+	__u8 raddr[16];
+};
+
 struct cap_data {
 	struct cap_hdr h;
 	__u64 conn_id;    /* new for every (process, SSL*) lifetime seen */
@@ -63,6 +94,7 @@ struct cap_data {
 	__u16 pad;
 	__u32 cap_len;    /* bytes of the call captured: min(call_len, call_cap) */
 	char comm[CAP_COMM_LEN];
+	struct cap_sock sock;
 	/* data_len plaintext bytes follow the struct */
 };
 
@@ -71,6 +103,17 @@ struct cap_exit {
 	__s32 exit_code;
 	__u32 pad;
 	char comm[CAP_COMM_LEN];
+};
+
+struct cap_conn {
+	struct cap_hdr h;
+	__u64 conn_id;
+	__u64 ssl;
+	__u64 off[2];  /* bytes moved per enum cap_dir so far (final on close) */
+	__u8 reason;   /* enum cap_close, on close */
+	__u8 pad[7];
+	char comm[CAP_COMM_LEN];
+	struct cap_sock sock;
 };
 
 /* Counters, one slot each in the per-CPU array `counters`. */
@@ -103,7 +146,9 @@ struct cap_config {
 #define _Static_assert static_assert
 #endif
 _Static_assert(sizeof(struct cap_hdr) == 24, "cap_hdr layout");
-_Static_assert(sizeof(struct cap_data) == 96, "cap_data layout");
+_Static_assert(sizeof(struct cap_sock) == 48, "cap_sock layout");
+_Static_assert(sizeof(struct cap_data) == 144, "cap_data layout");
+_Static_assert(sizeof(struct cap_conn) == 128, "cap_conn layout");
 _Static_assert(sizeof(struct cap_exit) == 48, "cap_exit layout");
 _Static_assert(sizeof(struct cap_config) == 16, "cap_config layout");
 

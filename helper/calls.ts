@@ -1,6 +1,6 @@
 // calls.ts: joins the chunk records of one TLS call back into the call, and notes the bytes
 // of it that are missing (past the cap, or lost to a full ring buffer). Pure code.
-import { DataRecord, Direction, TlsFunction } from './records';
+import { DataRecord, Direction, SockInfo, TlsFunction } from './records';
 
 export interface Call {
   tsNs: bigint;
@@ -11,6 +11,7 @@ export interface Call {
   ssl: bigint;
   dir: Direction;
   func: TlsFunction;
+  sock: SockInfo;
   /** Offset of the call's first byte within its connection and direction. */
   seq: number;
   /** Bytes the call moved. */
@@ -77,6 +78,7 @@ export class CallAssembler {
       ssl: f.ssl,
       dir: f.dir,
       func: f.func,
+      sock: f.sock,
       seq: p.base,
       callLen: f.callLen,
       data,

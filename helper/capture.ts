@@ -17,6 +17,23 @@ export const OPENSSL_PROBES = [
   { func: 'SSL_read_ex', enter: 'ssl_read_ex_enter', exit: 'ssl_read_ex_exit' },
 ] as const;
 
+/**
+ * Probes that follow a connection's life in each OpenSSL file: its socket (SSL_set_fd and
+ * the socket I/O inside the handshake), its role, and its end. Hit once or twice per
+ * connection, not per call.
+ */
+export const OPENSSL_CONN_PROBES: { func: string; prog: string; retprobe?: boolean }[] = [
+  { func: 'SSL_set_fd', prog: 'ssl_set_fd' },
+  { func: 'SSL_set_rfd', prog: 'ssl_set_fd' },
+  { func: 'SSL_set_wfd', prog: 'ssl_set_fd' },
+  { func: 'SSL_set_connect_state', prog: 'ssl_set_connect_state' },
+  { func: 'SSL_set_accept_state', prog: 'ssl_set_accept_state' },
+  { func: 'SSL_do_handshake', prog: 'ssl_do_handshake_exit', retprobe: true },
+  { func: 'SSL_do_handshake', prog: 'ssl_do_handshake_enter' },
+  { func: 'SSL_shutdown', prog: 'ssl_shutdown' },
+  { func: 'SSL_free', prog: 'ssl_free' },
+];
+
 const FILTER_PID = 1;
 const FILTER_COMM = 2;
 
@@ -41,7 +58,7 @@ export type ProbeMode = 'auto' | 'exported';
 export interface AttachResult {
   library: LibraryFile;
   plan: ProbePlan;
-  /** Functions probed (entry and return). */
+  /** Functions whose calls are captured (entry and return probes). */
   attached: string[];
   /** Functions the file lacks or that could not be probed, with the reason. */
   failed: { func: string; reason: string }[];
@@ -92,6 +109,7 @@ export class Capture {
     try {
       this.configure(opts);
       this.bpf.attach('process_exit');
+      this.bpf.attach('sys_enter');
     } catch (e) {
       this.bpf.close();
       throw e;
@@ -149,6 +167,15 @@ export class Capture {
       } catch (e) {
         if (exitId !== undefined) this.bpf.detach(exitId);
         result.failed.push({ func: p.name, reason: e instanceof BridgeError ? `${e.code}: ${e.message}` : String(e) });
+      }
+    }
+    if (ids.length > 0) {
+      for (const p of OPENSSL_CONN_PROBES) {
+        try {
+          ids.push(this.bpf.attachUprobe(p.prog, library.path, { func: p.func, retprobe: p.retprobe === true }));
+        } catch (e) {
+          result.failed.push({ func: p.func, reason: e instanceof BridgeError ? `${e.code}: ${e.message}` : String(e) });
+        }
       }
     }
     if (ids.length === 0) {

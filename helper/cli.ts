@@ -8,7 +8,7 @@ import { Capture, DEFAULT_CALL_CAP, DEFAULT_RING_BYTES, KernelCounters } from '.
 import { explain, preflight, UserError } from './errors';
 import { findOpenSslLibraries } from './libraries';
 import { CALL_CAP_MAX } from './records';
-import { showCall } from './show';
+import { showCall, showConn } from './show';
 
 interface Options {
   pid: number[];
@@ -129,7 +129,12 @@ async function main(argv: string[]): Promise<number> {
   capture.start((records) => {
     for (const r of records) {
       if (r.kind === 'data') calls.push(r);
-      else calls.flush((pid) => pid === r.pid);
+      else if (r.kind === 'exit') calls.flush((pid) => pid === r.pid);
+      else {
+        if (r.kind === 'close') calls.flush((pid) => pid === r.pid);
+        status.clear();
+        out.write(showConn(r, showOpts));
+      }
     }
   });
   const who = opts.pid.length || opts.comm.length ? `processes ${[...opts.pid, ...opts.comm].join(', ')}` : 'all processes';

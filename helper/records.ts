@@ -2,6 +2,7 @@
 // hands over. Pure code (no addon, no kernel): replay and tests feed it recorded batches.
 // The offsets here mirror capture.h; test/records.test.ts checks them against the layout the
 // addon was compiled with.
+import * as ipaddr from 'ipaddr.js';
 
 export const COMM_LEN = 16;
 export const CHUNK_MAX = 16384;
@@ -12,6 +13,8 @@ export const CALL_CAP_MAX = CHUNK_MAX * MAX_CHUNKS;
 export const enum Kind {
   Data = 1,
   Exit = 2,
+  ConnOpen = 3,
+  ConnClose = 4,
 }
 
 export const enum Flag {
@@ -19,6 +22,11 @@ export const enum Flag {
 }
 
 export type Direction = 'egress' | 'ingress';
+export type Role = 'unknown' | 'client' | 'server';
+export type CloseReason = 'shutdown' | 'free' | 'close' | 'reused';
+
+const ROLES: Role[] = ['unknown', 'client', 'server'];
+const CLOSE_REASONS: Record<number, CloseReason> = { 1: 'shutdown', 2: 'free', 3: 'close', 4: 'reused' };
 export type TlsFunction = 'SSL_write' | 'SSL_read' | 'SSL_write_ex' | 'SSL_read_ex' | 'ssl_write_internal' | 'ssl_read_internal';
 
 const FUNCS: Record<number, TlsFunction> = {
@@ -39,7 +47,7 @@ export const OFFSETS = {
   'cap_hdr.ts_ns': 8,
   'cap_hdr.pid': 16,
   'cap_hdr.tid': 20,
-  'cap_data': 96,
+  'cap_data': 144,
   'cap_data.conn_id': 24,
   'cap_data.ssl': 32,
   'cap_data.seq': 40,
@@ -51,6 +59,22 @@ export const OFFSETS = {
   'cap_data.func': 73,
   'cap_data.cap_len': 76,
   'cap_data.comm': 80,
+  'cap_data.sock': 96,
+  'cap_sock': 48,
+  'cap_sock.fd': 0,
+  'cap_sock.role': 4,
+  'cap_sock.family': 5,
+  'cap_sock.lport': 6,
+  'cap_sock.rport': 8,
+  'cap_sock.laddr': 16,
+  'cap_sock.raddr': 32,
+  'cap_conn': 128,
+  'cap_conn.conn_id': 24,
+  'cap_conn.ssl': 32,
+  'cap_conn.off': 40,
+  'cap_conn.reason': 56,
+  'cap_conn.comm': 64,
+  'cap_conn.sock': 80,
   'cap_exit': 48,
   'cap_exit.exit_code': 24,
   'cap_exit.comm': 32,
@@ -60,6 +84,44 @@ export const OFFSETS = {
 } as const;
 
 const O = OFFSETS;
+
+/** The socket under a connection; addresses '0.0.0.0' and ports 0 when unknown. */
+export interface SockInfo {
+  /** -1 when unknown. */
+  fd: number;
+  role: Role;
+  family: 'ipv4' | 'ipv6' | 'unknown';
+  localIp: string;
+  localPort: number;
+  remoteIp: string;
+  remotePort: number;
+}
+
+const AF_INET = 2;
+const AF_INET6 = 10;
+
+function ip6(b: Buffer): string {
+  const addr = ipaddr.IPv6.parse(ipaddr.fromByteArray([...b]).toString());
+  // v4-mapped (::ffff:a.b.c.d) keeps its dotted tail, as people write it.
+  return addr.isIPv4MappedAddress() ? `::ffff:${addr.toIPv4Address().toString()}` : addr.toRFC5952String();
+}
+
+export function decodeSock(b: Buffer): SockInfo {
+  const family = b.readUInt8(O['cap_sock.family']);
+  const laddr = b.subarray(O['cap_sock.laddr'], O['cap_sock.laddr'] + 16);
+  const raddr = b.subarray(O['cap_sock.raddr'], O['cap_sock.raddr'] + 16);
+  const v4 = family === AF_INET;
+  const v6 = family === AF_INET6;
+  return {
+    fd: b.readInt32LE(O['cap_sock.fd']),
+    role: ROLES[b.readUInt8(O['cap_sock.role'])] ?? 'unknown',
+    family: v4 ? 'ipv4' : v6 ? 'ipv6' : 'unknown',
+    localIp: v4 ? [...laddr.subarray(0, 4)].join('.') : v6 ? ip6(laddr) : '0.0.0.0',
+    localPort: v4 || v6 ? b.readUInt16LE(O['cap_sock.lport']) : 0,
+    remoteIp: v4 ? [...raddr.subarray(0, 4)].join('.') : v6 ? ip6(raddr) : '0.0.0.0',
+    remotePort: v4 || v6 ? b.readUInt16LE(O['cap_sock.rport']) : 0,
+  };
+}
 
 /** One chunk of the plaintext one TLS call moved. */
 export interface DataRecord {
@@ -84,7 +146,25 @@ export interface DataRecord {
   /** Offset of data[0] within the call. */
   chunkOff: number;
   truncated: boolean;
+  sock: SockInfo;
   data: Buffer;
+}
+
+/** A connection was first seen (or its socket became known), or it ended. */
+export interface ConnRecord {
+  kind: 'open' | 'close';
+  tsNs: bigint;
+  pid: number;
+  tid: number;
+  comm: string;
+  connId: bigint;
+  ssl: bigint;
+  /** Bytes moved so far per direction (on close: the final totals). */
+  egressBytes: number;
+  ingressBytes: number;
+  /** On close. */
+  reason?: CloseReason;
+  sock: SockInfo;
 }
 
 export interface ExitRecord {
@@ -96,7 +176,7 @@ export interface ExitRecord {
   exitCode: number;
 }
 
-export type CaptureRecord = DataRecord | ExitRecord;
+export type CaptureRecord = DataRecord | ConnRecord | ExitRecord;
 
 export class RecordError extends Error {
   override name = 'RecordError';
@@ -153,8 +233,26 @@ export function decodeRecord(r: Buffer): CaptureRecord | undefined {
       capLen: r.readUInt32LE(O['cap_data.cap_len']),
       chunkOff: r.readUInt32LE(O['cap_data.chunk_off']),
       truncated: (r.readUInt16LE(O['cap_hdr.flags']) & Flag.Truncated) !== 0,
+      sock: decodeSock(r.subarray(O['cap_data.sock'], O['cap_data.sock'] + O.cap_sock)),
       data: r.subarray(O.cap_data),
     };
+  }
+  if (kind === Kind.ConnOpen || kind === Kind.ConnClose) {
+    if (r.length < O.cap_conn) throw new RecordError(`connection record of ${r.length} bytes`);
+    const rec: ConnRecord = {
+      kind: kind === Kind.ConnOpen ? 'open' : 'close',
+      tsNs,
+      pid,
+      tid,
+      comm: comm(r, O['cap_conn.comm']),
+      connId: r.readBigUInt64LE(O['cap_conn.conn_id']),
+      ssl: r.readBigUInt64LE(O['cap_conn.ssl']),
+      egressBytes: Number(r.readBigUInt64LE(O['cap_conn.off'])),
+      ingressBytes: Number(r.readBigUInt64LE(O['cap_conn.off'] + 8)),
+      sock: decodeSock(r.subarray(O['cap_conn.sock'], O['cap_conn.sock'] + O.cap_sock)),
+    };
+    if (kind === Kind.ConnClose) rec.reason = CLOSE_REASONS[r.readUInt8(O['cap_conn.reason'])] ?? 'close';
+    return rec;
   }
   if (kind === Kind.Exit) {
     if (r.length < O.cap_exit) throw new RecordError(`exit record of ${r.length} bytes`);
@@ -169,6 +267,28 @@ export function encodeConfig(filter: number, callCap: number): Buffer {
   b.writeUInt32LE(filter, O['cap_config.filter']);
   b.writeBigUInt64LE(BigInt(callCap), O['cap_config.call_cap']);
   return b;
+}
+
+/** Encodes struct cap_sock (IPv4 and IPv6 addresses in their usual text forms). */
+export function encodeSock(s: SockInfo): Buffer {
+  const b = Buffer.alloc(O.cap_sock);
+  b.writeInt32LE(s.fd, O['cap_sock.fd']);
+  b.writeUInt8(Math.max(0, ROLES.indexOf(s.role)), O['cap_sock.role']);
+  const family = s.family === 'ipv4' ? AF_INET : s.family === 'ipv6' ? AF_INET6 : 0;
+  b.writeUInt8(family, O['cap_sock.family']);
+  b.writeUInt16LE(s.localPort, O['cap_sock.lport']);
+  b.writeUInt16LE(s.remotePort, O['cap_sock.rport']);
+  const put = (ip: string, at: number): void => {
+    if (family === AF_INET) ip.split('.').forEach((x, i) => b.writeUInt8(Number(x), at + i));
+    if (family === AF_INET6) ipv6Bytes(ip).copy(b, at);
+  };
+  put(s.localIp, O['cap_sock.laddr']);
+  put(s.remoteIp, O['cap_sock.raddr']);
+  return b;
+}
+
+function ipv6Bytes(ip: string): Buffer {
+  return Buffer.from(ipaddr.IPv6.parse(ip).toByteArray());
 }
 
 /** Encodes a record as the BPF program would: used by tests and recorded fixtures. */
@@ -192,6 +312,7 @@ export function encodeData(r: Omit<DataRecord, 'kind'>): Buffer {
   b.writeUInt8(func, O['cap_data.func']);
   b.writeUInt32LE(r.capLen, O['cap_data.cap_len']);
   b.write(r.comm.slice(0, COMM_LEN - 1), O['cap_data.comm'], 'utf8');
+  encodeSock(r.sock).copy(b, O['cap_data.sock']);
   r.data.copy(b, O.cap_data);
   return b;
 }

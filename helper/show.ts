@@ -2,6 +2,7 @@
 // function, length, connection) then the bytes, as text when they are text and as a hex
 // dump when they are not. Pure code.
 import { Call } from './calls';
+import { ConnRecord, SockInfo } from './records';
 
 export interface ShowOptions {
   /** Most bytes of a call to print (0: all). */
@@ -42,13 +43,29 @@ export function hexDump(b: Buffer): string {
   return lines.join('\n');
 }
 
+/** "client 127.0.0.1:50312 -> 127.0.0.1:443" (local side first), or "fd unknown". */
+export function showSock(s: SockInfo): string {
+  const addr = (ip: string, port: number): string => (ip.includes(':') ? `[${ip}]:${port}` : `${ip}:${port}`);
+  const where = s.family === 'unknown' ? (s.fd >= 0 ? `fd ${s.fd}, not an IP socket` : 'socket unknown') : `${addr(s.localIp, s.localPort)} -> ${addr(s.remoteIp, s.remotePort)}`;
+  return `${s.role === 'unknown' ? '' : `${s.role} `}${where}`;
+}
+
+export function showConn(r: ConnRecord, o: ShowOptions): string {
+  const c = o.color ? C : { dim: '', bold: '', green: '', cyan: '', yellow: '', reset: '' };
+  const what =
+    r.kind === 'open'
+      ? `opened ${showSock(r.sock)}`
+      : `closed (${r.reason}) after ${r.egressBytes} bytes sent, ${r.ingressBytes} received`;
+  return `${c.dim}${formatTime(r.tsNs + o.wallOffsetNs)}${c.reset} ${c.bold}${r.comm}${c.reset}[${r.pid}] ${c.yellow}conn ${r.connId} ${what}${c.reset}\n`;
+}
+
 export function showCall(call: Call, o: ShowOptions): string {
   const c = o.color ? C : { dim: '', bold: '', green: '', cyan: '', yellow: '', reset: '' };
   const arrow = call.dir === 'egress' ? `${c.green}>> sent${c.reset}` : `${c.cyan}<< received${c.reset}`;
   const head =
     `${c.dim}${formatTime(call.tsNs + o.wallOffsetNs)}${c.reset} ` +
     `${c.bold}${call.comm}${c.reset}[${call.pid}${call.tid !== call.pid ? `/${call.tid}` : ''}] ` +
-    `${arrow} ${call.callLen} bytes ${c.dim}(${call.func}, conn ${call.connId}, offset ${call.seq})${c.reset}`;
+    `${arrow} ${call.callLen} bytes ${c.dim}(conn ${call.connId} ${showSock(call.sock)}, offset ${call.seq}, ${call.func})${c.reset}`;
   const notes: string[] = [];
   if (call.truncatedBytes) notes.push(`${call.truncatedBytes} bytes past the per-call cap not captured`);
   if (call.lostBytes) notes.push(`${call.lostBytes} bytes LOST (ring buffer full or memory unreadable)`);

@@ -5,7 +5,7 @@ import * as assert from 'assert';
 import { Capture, CaptureOptions, KernelCounters, ProbeMode } from '../../helper/capture';
 import { preflight } from '../../helper/errors';
 import { findOpenSslLibraries } from '../../helper/libraries';
-import { DataRecord, Direction, ExitRecord } from '../../helper/records';
+import { ConnRecord, DataRecord, Direction, ExitRecord } from '../../helper/records';
 
 let verdict: string | undefined | null = null; // null: not checked yet; undefined: available
 
@@ -36,6 +36,7 @@ export class Recorder {
   readonly capture: Capture;
   readonly data: DataRecord[] = [];
   readonly exits: ExitRecord[] = [];
+  readonly conns: ConnRecord[] = [];
   final?: KernelCounters;
 
   constructor(opts: CaptureOptions & { mode?: ProbeMode } = {}) {
@@ -44,7 +45,8 @@ export class Recorder {
     this.capture.start((records) => {
       for (const r of records) {
         if (r.kind === 'data') this.data.push({ ...r, data: Buffer.from(r.data) });
-        else this.exits.push(r);
+        else if (r.kind === 'exit') this.exits.push(r);
+        else this.conns.push(r);
       }
     });
   }
