@@ -106,6 +106,33 @@ describe('connections (kernel, real programs)', function () {
     await waitFor(() => clients.every((pid) => rec!.conns.some((c) => c.pid === pid && c.kind === 'close')), { what: 'client ends' });
   });
 
+  it('bytes lost to a full ring buffer are gaps of exactly the counted size', async () => {
+    // 32 KiB of ring cannot hold a 1 MiB call's 64 records of 16 KiB: most are dropped.
+    const big = 'big.bin';
+    fs.writeFileSync(path.join(nginx.root, big), Buffer.alloc(1 << 20, 0x61));
+    const worker = nginx.workerPids()[0]!;
+    rec = new Recorder({ pids: [worker], ringBytes: 32768 });
+    const res = await curl(`https://127.0.0.1:${nginx.port}/${big}`, ['-o', '/dev/null']);
+    assert.strictEqual(res.code, 0);
+    const close = await waitFor(() => rec!.conns.find((c) => c.pid === worker && c.kind === 'close'), { what: 'the connection to end' });
+    const k = await rec.stop();
+    assert.ok(k.bytesLost > 0, 'the ring overflowed');
+    // Walk the delivered records: every jump in seq is a gap; the end is known from the close.
+    let gaps = 0;
+    for (const dir of ['egress', 'ingress'] as const) {
+      let at = 0;
+      for (const r of rec.of(worker, dir).filter((x) => x.connId === close.connId)) {
+        assert.ok(r.seq >= at, 'offsets never go back');
+        gaps += r.seq - at;
+        at = r.seq + r.data.length;
+      }
+      gaps += (dir === 'egress' ? close.egressBytes : close.ingressBytes) - at;
+    }
+    assert.ok(close.egressBytes > 1 << 20, 'the final offset counts the whole body, delivered or not');
+    assert.strictEqual(gaps, k.bytesLost + k.bytesTruncated + k.bytesFaulted, 'every missing byte is a counted, exact gap');
+    assert.strictEqual(k.bytesTruncated, 0);
+  });
+
   it('IPv6: curl to [::1]', async () => {
     rec = new Recorder({ comms: ['curl'] });
     const res = await curl(`https://[::1]:${nginx.port}/small.txt`);
