@@ -45,6 +45,7 @@ export const EM_AARCH64 = 183;
 
 export class ElfFile {
   readonly machine: number;
+  private readonly fileSize: number;
   private readonly sections: Section[];
   private readonly segments: Segment[];
 
@@ -52,6 +53,8 @@ export class ElfFile {
     readonly path: string,
     private readonly fd: number,
   ) {
+    this.fileSize = fs.fstatSync(fd).size;
+    if (this.fileSize < 64) throw new ElfError(`${path} is not an ELF file (${this.fileSize} bytes)`);
     const ident = this.read(0, 64);
     if (ident.readUInt32BE(0) !== 0x7f454c46) throw new ElfError(`${path} is not an ELF file`);
     if (ident[4] !== 2 || ident[5] !== 1) throw new ElfError(`${path} is not a 64-bit little-endian ELF file`);
@@ -111,8 +114,11 @@ export class ElfFile {
     fs.closeSync(this.fd);
   }
 
-  /** Bytes at a file offset; throws if the file is shorter. */
+  /** Bytes at a file offset; throws ElfError if the file is shorter (headers may lie). */
   read(offset: number, length: number): Buffer {
+    if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0 || offset + length > this.fileSize) {
+      throw new ElfError(`${this.path}: truncated or corrupt (${length} bytes at offset ${offset}, file has ${this.fileSize})`);
+    }
     const b = Buffer.alloc(length);
     const n = fs.readSync(this.fd, b, 0, length, offset);
     if (n !== length) throw new ElfError(`${this.path}: truncated (wanted ${length} bytes at ${offset}, got ${n})`);

@@ -23,7 +23,7 @@ export type ProbePlan =
     }
   | { kind: 'exported'; reason: string };
 
-/** The first direct call in a function's body (decoding stops at a return or jump away). */
+/** The first direct call in a function's body (decoding stops at a return or a trap). */
 function firstCall(elf: ElfFile, addr: number, size: number): number | undefined {
   const code = elf.code(addr, Math.min(size || 128, 256));
   const decoder = new Decoder(64, code, DecoderOptions.None);

@@ -311,7 +311,7 @@ export function encodeData(r: Omit<DataRecord, 'kind'>): Buffer {
   const func = Number(Object.keys(FUNCS).find((k) => FUNCS[Number(k)] === r.func));
   b.writeUInt8(func, O['cap_data.func']);
   b.writeUInt32LE(r.capLen, O['cap_data.cap_len']);
-  b.write(r.comm.slice(0, COMM_LEN - 1), O['cap_data.comm'], 'utf8');
+  Buffer.from(r.comm, 'utf8').subarray(0, COMM_LEN - 1).copy(b, O['cap_data.comm']);
   encodeSock(r.sock).copy(b, O['cap_data.sock']);
   r.data.copy(b, O.cap_data);
   return b;

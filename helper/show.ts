@@ -1,6 +1,7 @@
 // show.ts: renders captured calls for people: a header line (time, process, direction,
 // function, length, connection) then the bytes, as text when they are text and as a hex
 // dump when they are not. Pure code.
+import { StringDecoder } from 'string_decoder';
 import { Call } from './calls';
 import { ConnRecord, SockInfo } from './records';
 
@@ -22,10 +23,13 @@ export function formatTime(ns: bigint): string {
   return `${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}.${pad(us, 6)}`;
 }
 
-/** True when the bytes read well as text: UTF-8 with no control characters but tab, CR, LF. */
+/**
+ * True when the bytes read well as text: UTF-8 with no control characters but tab, CR, LF.
+ * A character cut in two at the end (by a print limit or the capture cap) does not count.
+ */
 export function isText(b: Buffer): boolean {
   if (b.length === 0) return true;
-  const s = b.toString('utf8');
+  const s = new StringDecoder('utf8').write(b); // holds back an incomplete last character
   if (s.includes('\ufffd')) return false;
   // eslint-disable-next-line no-control-regex
   return !/[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]/.test(s);
