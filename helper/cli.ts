@@ -4,6 +4,7 @@
 import { Command, InvalidArgumentError } from 'commander';
 import * as fs from 'fs';
 import { Call, CallAssembler } from './calls';
+import { OpenConnections } from './conns';
 import { Capture, DEFAULT_CALL_CAP, DEFAULT_RING_BYTES, KernelCounters } from './capture';
 import { explain, preflight, UserError } from './errors';
 import { findOpenSslLibraries } from './libraries';
@@ -122,17 +123,23 @@ async function main(argv: string[]): Promise<number> {
   const status = new StatusLine(process.stderr.isTTY === true);
   const color = opts.color !== false && !opts.output && process.stdout.isTTY === true;
   const showOpts = { limit: opts.printLimit, wallOffsetNs: capture.wallOffsetNs, color };
+  const open = new OpenConnections();
   const calls = new CallAssembler((call: Call) => {
     status.clear();
     out.write(showCall(call, showOpts));
   });
   capture.start((records) => {
     for (const r of records) {
-      if (r.kind === 'data') calls.push(r);
-      else if (r.kind === 'exit') calls.flush((pid) => pid === r.pid);
-      else {
-        if (r.kind === 'close') calls.flush((pid) => pid === r.pid);
-        status.clear();
+      if (r.kind === 'data') {
+        calls.push(r);
+        continue;
+      }
+      if (r.kind !== 'open') calls.flush((pid) => pid === r.pid);
+      status.clear();
+      if (r.kind === 'exit') {
+        for (const c of open.endProcess(r.pid)) out.write(showConn({ ...c, kind: 'close', reason: 'exit', tsNs: r.tsNs }, showOpts));
+      } else {
+        open.track(r);
         out.write(showConn(r, showOpts));
       }
     }

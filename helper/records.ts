@@ -23,7 +23,7 @@ export const enum Flag {
 
 export type Direction = 'egress' | 'ingress';
 export type Role = 'unknown' | 'client' | 'server';
-export type CloseReason = 'shutdown' | 'free' | 'close' | 'reused';
+export type CloseReason = 'shutdown' | 'free' | 'close' | 'reused' | 'exit';
 
 const ROLES: Role[] = ['unknown', 'client', 'server'];
 const CLOSE_REASONS: Record<number, CloseReason> = { 1: 'shutdown', 2: 'free', 3: 'close', 4: 'reused' };

@@ -59,7 +59,9 @@ export function showConn(r: ConnRecord, o: ShowOptions): string {
   const what =
     r.kind === 'open'
       ? `opened ${showSock(r.sock)}`
-      : `closed (${r.reason}) after ${r.egressBytes} bytes sent, ${r.ingressBytes} received`;
+      : r.reason === 'exit'
+        ? 'closed (process exit)'
+        : `closed (${r.reason}) after ${r.egressBytes} bytes sent, ${r.ingressBytes} received`;
   return `${c.dim}${formatTime(r.tsNs + o.wallOffsetNs)}${c.reset} ${c.bold}${r.comm}${c.reset}[${r.pid}] ${c.yellow}conn ${r.connId} ${what}${c.reset}\n`;
 }
 

@@ -6,7 +6,7 @@ import { ChildProcess, spawn } from 'child_process';
 import * as fs from 'fs';
 import * as path from 'path';
 import { requireKernel } from './lib/kernel';
-import { curl, makeCert, run, Server, startSServer, stopAll, tmpDir, waitFor } from './lib/servers';
+import { CertPair, curl, makeCert, run, Server, startSServer, stopAll, tmpDir, waitFor } from './lib/servers';
 
 const CLI = path.resolve(__dirname, '..', 'helper', 'cli.js');
 
@@ -17,14 +17,20 @@ interface Running {
   exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
 }
 
+const running = new Set<ChildProcess>();
+
 function start(args: string[]): Running {
   const child = spawn(process.execPath, [CLI, '--no-color', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
   let err = '';
   child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
   child.stderr!.on('data', (d: Buffer) => (err += d.toString()));
+  running.add(child);
   const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
-    child.on('exit', (code, signal) => resolve({ code, signal })),
+    child.on('exit', (code, signal) => {
+      running.delete(child);
+      resolve({ code, signal });
+    }),
   );
   return { child, stdout: () => out, stderr: () => err, exited };
 }
@@ -33,19 +39,50 @@ async function ready(r: Running): Promise<void> {
   await waitFor(() => r.stderr().includes('capturing TLS plaintext'), { timeoutMs: 20000, what: `the helper to attach (stderr: ${r.stderr()})` });
 }
 
-/** Names of loaded BPF programs that are ours (the kernel keeps 15 characters of a name). */
-async function ourPrograms(): Promise<string[]> {
-  const res = await run('bpftool', ['-j', 'prog', 'show']);
-  const progs = JSON.parse(res.stdout.toString() || '[]') as { name?: string }[];
-  return progs.map((p) => p.name ?? '').filter((n) => /^(ssl_(write|read)|process_exit)/.test(n));
+/** IDs of the BPF programs and links a process holds, from its fds (anon_inode:bpf-prog/link). */
+function heldByProcess(pid: number): { progs: number[]; links: number[] } {
+  const progs: number[] = [];
+  const links: number[] = [];
+  for (const fd of fs.readdirSync(`/proc/${pid}/fd`)) {
+    let target = '';
+    try {
+      target = fs.readlinkSync(`/proc/${pid}/fd/${fd}`);
+    } catch {
+      continue;
+    }
+    if (!/^anon_inode:bpf[-_](prog|link)/.test(target)) continue;
+    const info = fs.readFileSync(`/proc/${pid}/fdinfo/${fd}`, 'utf8');
+    const prog = /^prog_id:\s*(\d+)/m.exec(info);
+    const link = /^link_id:\s*(\d+)/m.exec(info);
+    if (link) links.push(Number(link[1]));
+    else if (prog) progs.push(Number(prog[1]));
+  }
+  return { progs, links };
 }
 
-/** The kernel frees a detached tp_btf program after an RCU grace period: allow it a moment. */
-async function noProgramsLeft(): Promise<void> {
-  let left: string[] = [];
-  await waitFor(async () => (left = await ourPrograms()).length === 0, { timeoutMs: 5000, what: `programs to be freed (left: ${left})` }).catch(() => {
-    assert.deepStrictEqual(left, [], 'no program of ours is left loaded');
-  });
+/** IDs of every loaded BPF program and link on the machine. */
+async function loaded(): Promise<{ progs: Set<number>; links: Set<number> }> {
+  const ids = async (what: string): Promise<Set<number>> => {
+    const res = await run('bpftool', ['-j', what, 'show']);
+    return new Set((JSON.parse(res.stdout.toString() || '[]') as { id: number }[]).map((x) => x.id));
+  };
+  return { progs: await ids('prog'), links: await ids('link') };
+}
+
+/**
+ * Asserts that none of the programs and links `pid` held is loaded any more. The kernel frees a
+ * detached tp_btf program after an RCU grace period: it is allowed a moment.
+ */
+async function noneLeft(held: { progs: number[]; links: number[] }): Promise<void> {
+  let left: number[] = [];
+  await waitFor(
+    async () => {
+      const now = await loaded();
+      left = [...held.progs.filter((id) => now.progs.has(id)), ...held.links.filter((id) => now.links.has(id))];
+      return left.length === 0;
+    },
+    { timeoutMs: 5000, what: 'programs and links to be freed' },
+  ).catch(() => assert.deepStrictEqual(left, [], 'programs or links of the helper are still loaded'));
 }
 
 /** Error output of a failed run: a cause line and a fix line, no stack trace. */
@@ -60,12 +97,18 @@ function assertOneLineError(stderr: string, cause: RegExp): void {
 describe('https-capture command', function () {
   let dir: string;
   let server: Server;
+  let cert: CertPair;
 
   before(async function () {
     requireKernel(this);
     dir = tmpDir('https-capture-cli-');
-    const cert = await makeCert(dir);
+    cert = await makeCert(dir);
     server = await startSServer({ dir, ...cert, mode: 'www' });
+  });
+
+  afterEach(() => {
+    // A failed test must not leave a privileged helper running.
+    for (const child of running) child.kill('SIGKILL');
   });
 
   after(async () => {
@@ -76,6 +119,8 @@ describe('https-capture command', function () {
   it('prints a curl request and its response with curl\'s pid and name; SIGINT exits 0', async () => {
     const r = start([]);
     await ready(r);
+    const held = heldByProcess(r.child.pid!);
+    assert.ok(held.progs.length >= 10 && held.links.length >= 10, `it holds its programs and links (${JSON.stringify(held)})`);
     const res = await curl(`https://127.0.0.1:${server.port}/some/path`);
     assert.strictEqual(res.code, 0);
     await waitFor(() => r.stdout().includes(`curl[${res.pid}] << received`), { what: 'the response in the output' });
@@ -87,7 +132,26 @@ describe('https-capture command', function () {
     assert.match(out, /GET \/some\/path HTTP\/1\.1\nHost: 127\.0\.0\.1:\d+\n/);
     assert.match(out, new RegExp(`curl\\[${res.pid}\\] << received \\d+ bytes[^\\n]*\\nHTTP/1\\.0 200 ok`));
     assert.match(r.stderr(), /stopped: \d+ calls, \d+ bytes moved, \d+ captured, 0 past the per-call cap, 0 lost/);
-    await noProgramsLeft();
+    await noneLeft(held);
+  });
+
+  it('a client killed mid-connection: its connection ends with the process', async () => {
+    // s_server -rev answers each line and keeps the connection open.
+    const rev = await startSServer({ dir, ...cert, mode: 'rev' });
+    const r = start(['--comm', 'openssl']);
+    await ready(r);
+    // s_client sets its socket with a BIO, not SSL_set_fd: the fd comes from the handshake.
+    const client = spawn('openssl', ['s_client', '-connect', `127.0.0.1:${rev.port}`, '-quiet'], { stdio: ['pipe', 'ignore', 'ignore'] });
+    client.stdin!.write('a line\n');
+    const pid = client.pid!;
+    await waitFor(() => new RegExp(`openssl\\[${pid}\\] conn \\d+ opened client 127\\.0\\.0\\.1:\\d+ -> 127\\.0\\.0\\.1:${rev.port}`).test(r.stdout()), {
+      what: `the client's connection to open (${r.stdout()})`,
+    });
+    client.kill('SIGKILL');
+    await waitFor(() => new RegExp(`openssl\\[${pid}\\] conn \\d+ closed \\(process exit\\)`).test(r.stdout()), { what: 'its end' });
+    r.child.kill('SIGINT');
+    assert.strictEqual((await r.exited).code, 0);
+    await rev.stop();
   });
 
   it('--output writes a file only its owner can read; SIGTERM exits 0', async () => {
@@ -107,13 +171,13 @@ describe('https-capture command', function () {
   });
 
   it('leaves no BPF program or link behind when killed with SIGKILL', async () => {
-    await noProgramsLeft();
     const r = start([]);
     await ready(r);
-    assert.ok((await ourPrograms()).length >= 7, 'its programs are loaded while it runs');
+    const held = heldByProcess(r.child.pid!);
+    assert.ok(held.progs.length >= 10 && held.links.length >= 10, 'it holds its programs and links');
     r.child.kill('SIGKILL');
     assert.strictEqual((await r.exited).signal, 'SIGKILL');
-    await noProgramsLeft();
+    await noneLeft(held);
   });
 
   it('stops by itself after --duration', async () => {
