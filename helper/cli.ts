@@ -7,8 +7,10 @@ import { Call, CallAssembler } from './calls';
 import { OpenConnections } from './conns';
 import { Capture, DEFAULT_CALL_CAP, DEFAULT_RING_BYTES, KernelCounters } from './capture';
 import { explain, preflight, UserError } from './errors';
+import { runIpc } from './ipc';
 import { findOpenSslLibraries } from './libraries';
 import { CALL_CAP_MAX } from './records';
+import { replayCommand } from './replay';
 import { showCall, showConn } from './show';
 
 interface Options {
@@ -21,6 +23,10 @@ interface Options {
   library: string[];
   printLimit: number;
   color?: boolean;
+  ipc?: boolean;
+  validate?: boolean;
+  record?: string;
+  maxQueueBytes: number;
 }
 
 function intArg(name: string, min: number, max: number) {
@@ -47,9 +53,19 @@ function program(): Command {
     .option('-l, --library <path>', 'also attach to this OpenSSL library or executable (repeatable)', listOf(String), [])
     .option('--print-limit <bytes>', 'most bytes of each call to print (0: all)', intArg('--print-limit', 0, CALL_CAP_MAX), 4096)
     .option('--no-color', 'no colors, even on a terminal')
+    .option('--ipc', 'plugin mode for apidump: length-prefixed msgpack frames on stdout, control frames on stdin (docs/protocol.md)')
+    .option('--validate', 'with --ipc: check every frame against schemas/ before writing it')
+    .option('--record <file>', 'with --ipc: also save the exact frame stream to this file (mode 0600)')
+    .option(
+      '--max-queue-bytes <bytes>',
+      'with --ipc: most bytes queued for a host that does not read; segments beyond it are dropped and reported',
+      intArg('--max-queue-bytes', 1 << 16, 1 << 30),
+      64 << 20,
+    )
     .addHelpText(
       'after',
       '\nRuns as root (or with CAP_BPF and CAP_PERFMON). Ctrl-C (SIGINT) or SIGTERM detaches every probe and exits 0.\n' +
+        'https-capture replay FILE [--format exchanges|frames] plays back a recording made with --ipc --record FILE.\n' +
         'Example: sudo https-capture --comm curl   (then run curl https://... in another shell)',
     );
 }
@@ -91,8 +107,34 @@ function summary(k: KernelCounters): string {
   );
 }
 
+function replayProgram(): Command {
+  return new Command('https-capture replay')
+    .description('Plays back a frame recording (made with --ipc --record FILE) without root or a kernel.')
+    .argument('<file>', 'the recording')
+    .option('-f, --format <format>', 'exchanges (HTTP/1.1 requests and responses) or frames (one JSON object per frame)', 'exchanges');
+}
+
 async function main(argv: string[]): Promise<number> {
+  if (argv[2] === 'replay') {
+    const cmd = replayProgram().parse(argv.slice(3), { from: 'user' });
+    const format = cmd.opts<{ format: string }>().format;
+    if (format !== 'exchanges' && format !== 'frames') throw new UserError(`unknown replay format "${format}"`, 'use --format exchanges or --format frames', 2);
+    return replayCommand(cmd.args[0]!, format, (s) => void process.stdout.write(s));
+  }
   const opts = program().parse(argv).opts<Options>();
+  if (opts.ipc) {
+    // runIpc checks privileges itself and reports every failure as error and bye frames.
+    return runIpc({
+      pids: opts.pid,
+      comms: opts.comm,
+      callCap: opts.callCap,
+      ringBytes: opts.ringSize,
+      libraries: opts.library,
+      validate: opts.validate === true,
+      ...(opts.record ? { record: opts.record } : {}),
+      maxQueueBytes: opts.maxQueueBytes,
+    });
+  }
   preflight();
   const libraries = findOpenSslLibraries(opts.library);
   if (libraries.length === 0) {

@@ -66,6 +66,7 @@ export const OFFSETS = {
   'cap_sock.family': 5,
   'cap_sock.lport': 6,
   'cap_sock.rport': 8,
+  'cap_sock.flags': 10,
   'cap_sock.laddr': 16,
   'cap_sock.raddr': 32,
   'cap_conn': 128,
@@ -95,9 +96,12 @@ export interface SockInfo {
   localPort: number;
   remoteIp: string;
   remotePort: number;
+  /** The capture joined this connection after it started (offsets count from there). */
+  midStream: boolean;
 }
 
 const AF_INET = 2;
+const SOCK_MID_STREAM = 1;
 const AF_INET6 = 10;
 
 function ip6(b: Buffer): string {
@@ -120,6 +124,7 @@ export function decodeSock(b: Buffer): SockInfo {
     localPort: v4 || v6 ? b.readUInt16LE(O['cap_sock.lport']) : 0,
     remoteIp: v4 ? [...raddr.subarray(0, 4)].join('.') : v6 ? ip6(raddr) : '0.0.0.0',
     remotePort: v4 || v6 ? b.readUInt16LE(O['cap_sock.rport']) : 0,
+    midStream: (b.readUInt16LE(O['cap_sock.flags']) & SOCK_MID_STREAM) !== 0,
   };
 }
 
@@ -278,6 +283,7 @@ export function encodeSock(s: SockInfo): Buffer {
   b.writeUInt8(family, O['cap_sock.family']);
   b.writeUInt16LE(s.localPort, O['cap_sock.lport']);
   b.writeUInt16LE(s.remotePort, O['cap_sock.rport']);
+  b.writeUInt16LE(s.midStream ? SOCK_MID_STREAM : 0, O['cap_sock.flags']);
   const put = (ip: string, at: number): void => {
     if (family === AF_INET) ip.split('.').forEach((x, i) => b.writeUInt8(Number(x), at + i));
     if (family === AF_INET6) ipv6Bytes(ip).copy(b, at);

@@ -61,5 +61,7 @@ if [ ! -f "$addon" ] || [ -n "$(find bridge/src bridge/binding.gyp bpf/capture.h
   [ -f "$addon" ] || { say "building bridge/ failed"; exit 1; }
 fi
 
+# Types of the wire protocol, derived from schemas/ (rewritten only when they change), then
 # TypeScript.
+node scripts/gen-types.js >&2
 node_modules/.bin/tsc -p . >&2

@@ -29,7 +29,7 @@ interface CallSpec {
   sock?: SockInfo;
 }
 
-const SOCK: SockInfo = { fd: 7, role: 'client', family: 'ipv4', localIp: '127.0.0.1', localPort: 40000, remoteIp: '127.0.0.1', remotePort: 443 };
+const SOCK: SockInfo = { fd: 7, role: 'client', family: 'ipv4', localIp: '127.0.0.1', localPort: 40000, remoteIp: '127.0.0.1', remotePort: 443, midStream: false };
 
 /** The chunk records the BPF program writes for one call (data[i*CHUNK_MAX ...]). */
 function chunks(s: CallSpec, chunkSize = CHUNK_MAX): DataRecord[] {

@@ -31,9 +31,9 @@ function pattern(n: number, seed = 1): Buffer {
 
 type Fields = Omit<DataRecord, 'kind'>;
 
-const NO_SOCK: SockInfo = { fd: -1, role: 'unknown', family: 'unknown', localIp: '0.0.0.0', localPort: 0, remoteIp: '0.0.0.0', remotePort: 0 };
-const V4_SOCK: SockInfo = { fd: 5, role: 'client', family: 'ipv4', localIp: '127.0.0.1', localPort: 50312, remoteIp: '10.1.2.3', remotePort: 443 };
-const V6_SOCK: SockInfo = { fd: 1023, role: 'server', family: 'ipv6', localIp: '2001:db8::1', localPort: 8443, remoteIp: '::ffff:192.168.0.7', remotePort: 65535 };
+const NO_SOCK: SockInfo = { fd: -1, role: 'unknown', family: 'unknown', localIp: '0.0.0.0', localPort: 0, remoteIp: '0.0.0.0', remotePort: 0, midStream: false };
+const V4_SOCK: SockInfo = { fd: 5, role: 'client', family: 'ipv4', localIp: '127.0.0.1', localPort: 50312, remoteIp: '10.1.2.3', remotePort: 443, midStream: true };
+const V6_SOCK: SockInfo = { fd: 1023, role: 'server', family: 'ipv6', localIp: '2001:db8::1', localPort: 8443, remoteIp: '::ffff:192.168.0.7', remotePort: 65535, midStream: false };
 
 function fields(over: Partial<Fields> = {}): Fields {
   return {

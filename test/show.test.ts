@@ -14,7 +14,7 @@ function call(over: Partial<Call> = {}): Call {
     ssl: 0xabcn,
     dir: 'egress',
     func: 'SSL_write',
-    sock: { fd: 5, role: 'client', family: 'ipv4', localIp: '127.0.0.1', localPort: 50312, remoteIp: '127.0.0.1', remotePort: 443 },
+    sock: { fd: 5, role: 'client', family: 'ipv4', localIp: '127.0.0.1', localPort: 50312, remoteIp: '127.0.0.1', remotePort: 443, midStream: false },
     seq: 0,
     callLen: data.length,
     data,

@@ -1,0 +1,82 @@
+// replay.ts: reads a frame recording (--record FILE) back as frames, and renders it for people:
+// `https-capture replay FILE` prints the HTTP exchanges it holds, or the frames as JSON lines.
+import { createHash } from 'crypto';
+import * as fs from 'fs';
+import { Exchange, ExchangeAssembler } from './host';
+import { UserError } from './errors';
+import { FrameDecoder, FrameError, MAX_CONTROL_FRAME_BYTES, RawFrame } from './wire';
+
+/** Yields the frames of a recording in order; a damaged recording throws, naming the byte. */
+export async function* replayFrames(file: string, opts: { validate?: boolean } = {}): AsyncGenerator<RawFrame> {
+  const decoder = new FrameDecoder({ maxFrameBytes: MAX_CONTROL_FRAME_BYTES, validate: opts.validate ?? true });
+  const stream = fs.createReadStream(file, { highWaterMark: 256 * 1024 });
+  const fail = (e: FrameError): Error =>
+    new UserError(`${file} is not a whole frame recording: ${e.message} (the frames before it were read)`, 'record it again with https-capture --ipc --record FILE');
+  try {
+    fs.accessSync(file, fs.constants.R_OK);
+  } catch (e) {
+    throw new UserError(`cannot read the recording ${file}: ${(e as NodeJS.ErrnoException).code ?? e}`, 'check the path and its permissions (recordings are written with mode 0600)');
+  }
+  for await (const chunk of stream) {
+    for (const x of decoder.push(chunk as Buffer)) {
+      if (x instanceof FrameError) throw fail(x);
+      yield x;
+    }
+  }
+  const cut = decoder.abandonPartial();
+  if (cut) throw fail(cut);
+}
+
+/** The HTTP exchanges of a recording, in the order they completed. */
+export async function replayExchanges(file: string): Promise<Exchange[]> {
+  const out: Exchange[] = [];
+  const asm = new ExchangeAssembler((e) => out.push(e));
+  for await (const f of replayFrames(file)) asm.push(f);
+  asm.finish();
+  return out;
+}
+
+/** JSON for a frame: bigints as decimal strings, bytes as UTF-8 when they are text, else base64. */
+export function frameToJson(f: RawFrame): string {
+  return JSON.stringify(f, (_k, v: unknown) => {
+    if (typeof v === 'bigint') return v.toString();
+    if (v && typeof v === 'object' && (v as { type?: unknown }).type === 'Buffer' && Array.isArray((v as { data?: unknown }).data)) {
+      const b = Buffer.from((v as { data: number[] }).data);
+      return b.toString('utf8').includes('\ufffd') ? { base64: b.toString('base64') } : b.toString('utf8');
+    }
+    return v;
+  });
+}
+
+/** An exchange in the form the fixtures keep beside each recording (expected.json): digests, not bodies. */
+export function exchangeSummary(e: Exchange): Record<string, unknown> {
+  const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
+  const msg = (m: Exchange['request'] | Exchange['response']): Record<string, unknown> => ({
+    headers: m.headers,
+    body_length: m.body.length,
+    body_sha256: sha(m.body),
+    raw_length: m.raw.length,
+    raw_sha256: sha(m.raw),
+  });
+  return {
+    pid: e.pid,
+    comm: e.comm,
+    role: e.role,
+    request: { method: e.request.method, url: e.request.url, ...msg(e.request) },
+    response: { status: e.response.statusCode, ...msg(e.response) },
+  };
+}
+
+/** `https-capture replay FILE [--format exchanges|frames]`: writes to `out`; returns the exit code. */
+export async function replayCommand(file: string, format: 'exchanges' | 'frames', out: (s: string) => void): Promise<number> {
+  if (format === 'frames') {
+    for await (const f of replayFrames(file)) out(`${frameToJson(f)}\n`);
+    return 0;
+  }
+  for (const e of await replayExchanges(file)) {
+    out(`${e.comm}[${e.pid}] ${e.role} conn ${e.connId}\n`);
+    out(`${e.request.raw.toString('utf8')}\n`);
+    out(`${e.response.raw.toString('utf8')}\n\n`);
+  }
+  return 0;
+}

@@ -1,0 +1,335 @@
+// wire.ts: the framing of the protocol (docs/protocol.md): a 4-byte big-endian length, then
+// one msgpack map. FrameEncoder packs, FrameDecoder unpacks incrementally across chunks, and
+// FrameWriter owns an output stream, keeps frames in order and bounds the memory it queues.
+import { Packr, Unpackr } from 'msgpackr';
+import { Writable } from 'stream';
+import { SegmentFrame } from './generated/protocol';
+import { FrameSchemas, frameSchemas } from './schema';
+
+/** Largest frame the helper writes: a segment of 16 KiB plus its fields, with room to spare. */
+export const MAX_FRAME_BYTES = 64 * 1024;
+/** Default bound on one frame read (control frames on stdin, frames from a recording). */
+export const MAX_CONTROL_FRAME_BYTES = 1024 * 1024;
+/** Most plaintext bytes in one segment. */
+export const MAX_DATA_BYTES = 16384;
+/** Default bound on the bytes the writer queues for a host that does not read. */
+export const DEFAULT_MAX_QUEUE_BYTES = 64 * 1024 * 1024;
+
+export type FrameErrorCode = 'bad_frame_length' | 'bad_msgpack' | 'bad_frame' | 'truncated_frame';
+
+/** A frame that could not be read or is not valid; the decoder has already skipped it. */
+export class FrameError extends Error {
+  override name = 'FrameError';
+  constructor(
+    readonly code: FrameErrorCode,
+    message: string,
+    readonly fix: string,
+    /** The frame's `type`, when it could be read. */
+    readonly frameType?: string,
+  ) {
+    super(message);
+  }
+}
+
+/** A decoded frame: a map with a string type. Known types are checked against their schema. */
+export interface RawFrame {
+  type: string;
+  [field: string]: unknown;
+}
+
+// Plain msgpack maps (no msgpackr records or extensions), so any msgpack library reads them.
+// bigint goes out as int64 (0xd3) or uint64 (0xcf); 8-byte integers come back as bigint.
+const packr = new Packr({ useRecords: false, variableMapSize: true });
+
+export class FrameEncoder {
+  /** The frame as it goes on the wire: length prefix and body. */
+  encode(frame: object): Buffer {
+    // An absent optional field is left out (msgpackr would write `undefined` as an extension).
+    const plain: Record<string, unknown> = {};
+    for (const [k, v] of Object.entries(frame)) if (v !== undefined) plain[k] = v;
+    const body = packr.pack(plain);
+    const out = Buffer.allocUnsafe(4 + body.length);
+    out.writeUInt32BE(body.length, 0);
+    body.copy(out, 4);
+    return out;
+  }
+}
+
+export interface DecoderOptions {
+  /** Longest frame body accepted; a longer length prefix is a FrameError (default 1 MiB). */
+  maxFrameBytes?: number;
+  /** Check known frame types against the schemas (default true). */
+  validate?: boolean;
+  schemas?: FrameSchemas;
+}
+
+/**
+ * Incremental frame reader. push() takes chunks as they come (any boundaries) and returns,
+ * in order, the frames they complete and the errors met. State (a partial prefix or body)
+ * is kept across chunks.
+ *
+ * Recovery rules (docs/protocol.md, "Bad frames"):
+ * - bad msgpack, a body that is not a map with a string type, or a known type that fails its
+ *   schema: the frame's bytes are skipped; framing is intact, the next frame reads normally;
+ * - a length prefix above maxFrameBytes: an error, then the announced number of bytes is
+ *   discarded as it arrives (never buffered) and reading resumes after them, which keeps the
+ *   stream in step when a peer sent one frame too large;
+ * - a frame cut short: `abandonPartial()` (called at end of input, or by a caller's timer)
+ *   reports it and drops the partial bytes, so reading resumes with the next bytes.
+ */
+export class FrameDecoder {
+  private readonly max: number;
+  private readonly validate: boolean;
+  private readonly schemas: FrameSchemas;
+  private readonly unpackr = new Unpackr({ useRecords: false, mapsAsObjects: true, int64AsType: 'bigint' });
+  private chunks: Buffer[] = [];
+  private buffered = 0;
+  /** Bytes still to discard of an oversized frame. */
+  private skipping = 0;
+  /** Bytes consumed since the start of the stream (for error messages). */
+  private offset = 0;
+
+  constructor(opts: DecoderOptions = {}) {
+    this.max = opts.maxFrameBytes ?? MAX_CONTROL_FRAME_BYTES;
+    this.validate = opts.validate ?? true;
+    this.schemas = opts.schemas ?? frameSchemas();
+  }
+
+  /** Bytes of an incomplete frame held now. */
+  get pending(): number {
+    return this.buffered + this.skipping;
+  }
+
+  push(chunk: Buffer): (RawFrame | FrameError)[] {
+    const out: (RawFrame | FrameError)[] = [];
+    let at = 0;
+    if (this.skipping > 0) {
+      const n = Math.min(this.skipping, chunk.length);
+      this.skipping -= n;
+      this.offset += n;
+      at = n;
+    }
+    if (at < chunk.length) {
+      this.chunks.push(at === 0 ? chunk : chunk.subarray(at));
+      this.buffered += chunk.length - at;
+    }
+    while (this.buffered >= 4) {
+      const head = this.peek(4);
+      const len = head.readUInt32BE(0);
+      if (len > this.max) {
+        out.push(
+          new FrameError(
+            'bad_frame_length',
+            `a frame at byte ${this.offset} announces ${len} bytes, more than the ${this.max} allowed`,
+            `send frames of at most ${this.max} bytes: 4-byte big-endian length of the msgpack body, then the body; the ${len} bytes announced are skipped`,
+          ),
+        );
+        this.take(4);
+        const n = Math.min(len, this.buffered);
+        this.take(n);
+        this.skipping = len - n;
+        continue;
+      }
+      if (this.buffered < 4 + len) break;
+      this.take(4);
+      const body = this.take(len);
+      out.push(this.decodeBody(body, this.offset - len - 4));
+    }
+    return out;
+  }
+
+  /** Reports and drops an incomplete frame (end of input, or no progress for too long). */
+  abandonPartial(): FrameError | undefined {
+    if (this.buffered === 0 && this.skipping === 0) return undefined;
+    const had = this.buffered;
+    const want = had >= 4 ? this.peek(4).readUInt32BE(0) + 4 : 4;
+    const wasSkipping = this.skipping > 0;
+    this.offset += had;
+    this.chunks = [];
+    this.buffered = 0;
+    this.skipping = 0;
+    if (wasSkipping) return undefined; // already reported as bad_frame_length
+    return new FrameError(
+      'truncated_frame',
+      `a frame was cut short: ${had} of its ${want} bytes arrived`,
+      'write each frame whole (length prefix and body) without pausing inside it; the partial bytes were dropped',
+    );
+  }
+
+  private decodeBody(body: Buffer, at: number): RawFrame | FrameError {
+    let value: unknown;
+    try {
+      value = this.unpackr.unpack(body);
+    } catch (e) {
+      return new FrameError(
+        'bad_msgpack',
+        `the frame at byte ${at} (${body.length} bytes) is not one msgpack value: ${(e as Error).message}`,
+        'encode each frame body as exactly one msgpack map; the length prefix must count only the body',
+      );
+    }
+    if (value === null || typeof value !== 'object' || Array.isArray(value) || value instanceof Uint8Array || value instanceof Date) {
+      return new FrameError('bad_frame', `the frame at byte ${at} is a msgpack ${Array.isArray(value) ? 'array' : typeof value}, not a map`, 'send a msgpack map with a string field "type"');
+    }
+    const frame = value as Record<string, unknown>;
+    this.schemas.normalize(frame);
+    const t = typeof frame.type === 'string' ? frame.type : undefined;
+    if (this.validate || t === undefined) {
+      const v = this.schemas.check(frame);
+      if (v) return new FrameError('bad_frame', `invalid ${t ?? ''} frame at byte ${at}: ${v.message}`.replace('  ', ' '), 'see schemas/ and docs/protocol.md for the fields of each frame type; the frame was ignored', t);
+    }
+    return frame as RawFrame;
+  }
+
+  private peek(n: number): Buffer {
+    if (this.chunks[0]!.length < n) this.chunks = [Buffer.concat(this.chunks)];
+    return this.chunks[0]!.subarray(0, n);
+  }
+
+  private take(n: number): Buffer {
+    this.offset += n;
+    this.buffered -= n;
+    if (n === 0) return Buffer.alloc(0);
+    let first = this.chunks[0]!;
+    if (first.length < n) {
+      first = Buffer.concat(this.chunks);
+      this.chunks = [first];
+    }
+    const out = first.subarray(0, n);
+    if (first.length === n) this.chunks.shift();
+    else this.chunks[0] = first.subarray(n);
+    return out;
+  }
+}
+
+export interface WriterCountersState {
+  frames_written: number;
+  bytes_written: number;
+  queued_bytes: number;
+  max_queue_bytes: number;
+  dropped_segments: number;
+  dropped_bytes: number;
+}
+
+export interface WriterOptions {
+  /** Most bytes handed to the stream and not yet flushed; segments beyond it are dropped. */
+  maxQueueBytes?: number;
+  /** Validate every frame against the schemas before writing it (tests, --validate). */
+  validate?: boolean;
+  /** Also write every frame here (--record). Never dropped: the recording is the stream as sent. */
+  tee?: (bytes: Buffer) => void;
+  schemas?: FrameSchemas;
+}
+
+/**
+ * The only writer of a frame stream. Frames go out in the order write() is called. What the
+ * stream has not flushed yet is counted; when that reaches maxQueueBytes, segment and stats
+ * frames are dropped (segments with eos never are), the loss is counted, and the next
+ * segment of the same connection and direction carries it in lost_before. Other frames
+ * (hello, conn_*, process, loss, error, bye) are always queued: they are small and few.
+ */
+export class FrameWriter {
+  readonly maxQueueBytes: number;
+  private readonly encoder = new FrameEncoder();
+  private readonly validate: boolean;
+  private readonly schemas: FrameSchemas;
+  private readonly tee?: (bytes: Buffer) => void;
+  private queued = 0;
+  private readonly counters = { frames_written: 0, bytes_written: 0, dropped_segments: 0, dropped_bytes: 0 };
+  /** Bytes dropped per `${conn_id}:${dir}` and not yet reported in a segment's lost_before. */
+  private readonly lostBefore = new Map<string, number>();
+  private broken?: Error;
+  private idle: (() => void)[] = [];
+
+  constructor(
+    private readonly stream: Writable,
+    opts: WriterOptions = {},
+  ) {
+    this.maxQueueBytes = opts.maxQueueBytes ?? DEFAULT_MAX_QUEUE_BYTES;
+    this.validate = opts.validate ?? false;
+    this.schemas = opts.schemas ?? frameSchemas();
+    if (opts.tee) this.tee = opts.tee;
+    stream.on('error', (e: Error) => {
+      this.broken ??= e;
+      this.wake();
+    });
+  }
+
+  /** The host went away (EPIPE) or the stream failed. */
+  get error(): Error | undefined {
+    return this.broken;
+  }
+
+  get queuedBytes(): number {
+    return this.queued;
+  }
+
+  /** Writes a frame, or drops it (segments, stats) when the queue is full; true if written. */
+  write(frame: RawFrame | { type: string }): boolean {
+    if (this.broken) return false;
+    const f = frame as RawFrame;
+    const droppable = f.type === 'stats' || (f.type === 'segment' && f.eos !== true);
+    let key: string | undefined;
+    if (f.type === 'segment') {
+      const s = f as unknown as SegmentFrame;
+      key = `${s.conn_id}:${s.dir}`;
+      const owed = this.lostBefore.get(key);
+      if (owed && !(droppable && this.queued >= this.maxQueueBytes)) {
+        s.lost_before += owed;
+        this.lostBefore.delete(key);
+      }
+    }
+    if (droppable && this.queued >= this.maxQueueBytes) {
+      if (f.type === 'segment' && key) {
+        const n = (f as unknown as SegmentFrame).data.length + (f as unknown as SegmentFrame).lost_before;
+        this.counters.dropped_segments++;
+        this.counters.dropped_bytes += (f as unknown as SegmentFrame).data.length;
+        this.lostBefore.set(key, (this.lostBefore.get(key) ?? 0) + n);
+      }
+      return false;
+    }
+    if (this.validate) {
+      const v = this.schemas.check(f);
+      if (v) throw new Error(`the helper built an invalid ${f.type} frame: ${v.message} (a bug: report it with this message)`);
+    }
+    const bytes = this.encoder.encode(f);
+    if (bytes.length - 4 > MAX_FRAME_BYTES) throw new Error(`the helper built a ${bytes.length}-byte ${f.type} frame, above its limit of ${MAX_FRAME_BYTES} (a bug)`);
+    this.tee?.(bytes);
+    this.queued += bytes.length;
+    this.counters.frames_written++;
+    this.counters.bytes_written += bytes.length;
+    this.stream.write(bytes, () => {
+      this.queued -= bytes.length;
+      if (this.queued === 0) this.wake();
+    });
+    return true;
+  }
+
+  /** Bytes owed to segments not yet written (dropped, reported in the next lost_before). */
+  owed(): number {
+    let n = 0;
+    for (const v of this.lostBefore.values()) n += v;
+    return n;
+  }
+
+  snapshot(): WriterCountersState {
+    return { ...this.counters, queued_bytes: this.queued, max_queue_bytes: this.maxQueueBytes };
+  }
+
+  /** Resolves when everything written so far has been flushed (or the stream failed). */
+  flushed(timeoutMs = 5000): Promise<boolean> {
+    if (this.queued === 0 || this.broken) return Promise.resolve(true);
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => resolve(false), timeoutMs);
+      this.idle.push(() => {
+        clearTimeout(timer);
+        resolve(true);
+      });
+    });
+  }
+
+  private wake(): void {
+    const waiting = this.idle;
+    this.idle = [];
+    for (const w of waiting) w();
+  }
+}
