@@ -344,7 +344,7 @@ static __always_inline void conn_set_fd(__u32 tgid, __u64 ssl, struct conn_state
 		fk.fd = fd;
 		role = s->sock.role;
 		__builtin_memset(&s->sock, 0, sizeof(s->sock));
-		s->sock.role = role;
+		s->sock.role = role; // a new connection on this SSL*, seen from its start
 		s->conn_id = new_conn_id();
 		s->off[0] = s->off[1] = 0;
 		s->opened = 0;
@@ -381,9 +381,13 @@ static __always_inline void emit_call(__u64 id, struct call_args *a, __u64 len, 
 	__u64 cap = cfg ? cfg->call_cap : 0;
 
 	dir &= 1;
-	s = conn_get(tgid, a->ssl);
-	if (!s)
-		return;
+	s = bpf_map_lookup_elem(&conns, &(struct conn_key){ .tgid = tgid, .ssl = a->ssl });
+	if (!s) {
+		s = conn_get(tgid, a->ssl);
+		if (!s)
+			return;
+		s->sock.flags |= CAP_SOCK_MID_STREAM;
+	}
 	conn_set_fd(tgid, a->ssl, s, a->fd);
 	conn_open(tgid, a->ssl, s);
 	c.tmpl.seq = s->off[dir];

@@ -26,6 +26,12 @@ enum cap_role {
 	CAP_ROLE_SERVER = 2, /* SSL_set_accept_state / SSL_accept */
 };
 
+enum cap_sock_flags {
+	/* First seen at a data call, not at SSL_set_fd, a role or a handshake: the capture
+	 * joined a connection already under way (offsets count from there). */
+	CAP_SOCK_MID_STREAM = 1,
+};
+
 /* Why a connection ended. */
 enum cap_close {
 	CAP_CLOSE_SHUTDOWN = 1, /* SSL_shutdown */
@@ -74,8 +80,8 @@ struct cap_sock {
 	__u8 family;   /* AF_INET (2), AF_INET6 (10), 0 when unknown or not an IP socket */
 	__u16 lport;   /* host byte order */
 	__u16 rport;
-	__u16 pad;
-	__u32 pad2;
+	__u16 flags;   /* enum cap_sock_flags */
+	__u32 pad;
 	__u8 laddr[16]; /* IPv4: first 4 bytes */
 	__u8 raddr[16];
 };

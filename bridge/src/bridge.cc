@@ -535,6 +535,7 @@ Napi::Value Layout(const Napi::CallbackInfo &info) {
   OFF(cap_sock, family);
   OFF(cap_sock, lport);
   OFF(cap_sock, rport);
+  OFF(cap_sock, flags);
   OFF(cap_sock, laddr);
   OFF(cap_sock, raddr);
   set("cap_conn", sizeof(struct cap_conn));
