@@ -19,6 +19,7 @@ char LICENSE[] SEC("license") = "GPL";
 // Load-time settings (set by the bridge between open and load).
 const volatile __u32 targ_self_tgid = 0; // the helper itself: never traced
 
+
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 32 << 20); // resized at load time
@@ -619,11 +620,117 @@ int BPF_KPROBE(ssl_free, void *ssl)
 	return 0;
 }
 
+// ---- discovery: new programs and TLS library files, as they appear ------------------------
+
+static __always_inline struct cap_proc *proc_event(__u16 kind)
+{
+	struct cap_proc *e = bpf_ringbuf_reserve(&events, sizeof(struct cap_proc), 0);
+	__u64 id = bpf_get_current_pid_tgid();
+
+	if (!e) {
+		count(CAP_CTR_EVENTS_LOST, 1);
+		return NULL;
+	}
+	e->h.size = sizeof(*e);
+	e->h.kind = kind;
+	e->h.flags = 0;
+	e->h.ts_ns = bpf_ktime_get_ns();
+	e->h.pid = id >> 32;
+	e->h.tid = (__u32)id;
+	bpf_get_current_comm(e->comm, sizeof(e->comm));
+	return e;
+}
+
+// The scratch buffer has slack past CAP_PATH_LEN so that a masked index plus a short
+// comparison stays inside it.
+#define PATH_BUF (CAP_PATH_LEN + 16)
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, char[PATH_BUF]);
+} path_scratch SEC(".maps");
+
+struct base_ctx {
+	const char *path;
+	__u32 n;
+	__u32 base; // index just past the last '/'
+};
+
+static long find_base(__u32 i, void *ctx)
+{
+	struct base_ctx *b = ctx;
+
+	if (i >= b->n)
+		return 1;
+	if (b->path[i & (CAP_PATH_LEN - 1)] == '/')
+		b->base = i + 1;
+	return 0;
+}
+
+// Whether the last path component starts with "libssl.so": the loader and dlopen open a
+// library before mapping it, so user space can attach to a new copy before it is used.
+static __always_inline bool tls_library_name(const char *path, __u32 n)
+{
+	struct base_ctx b = { .path = path, .n = n };
+	__u32 at;
+
+	bpf_loop(CAP_PATH_LEN, find_base, &b, 0);
+	if (b.base + 9 > n)
+		return false;
+	at = b.base & (CAP_PATH_LEN - 1);
+	return path[at] == 'l' && path[at + 1] == 'i' && path[at + 2] == 'b' && path[at + 3] == 's' &&
+	       path[at + 4] == 's' && path[at + 5] == 'l' && path[at + 6] == '.' && path[at + 7] == 's' &&
+	       path[at + 8] == 'o';
+}
+
+static __always_inline void lib_open(const char *upath)
+{
+	__u32 zero = 0;
+	char *path = bpf_map_lookup_elem(&path_scratch, &zero);
+	struct cap_proc *e;
+	int n;
+
+	if (!path || !upath)
+		return;
+	n = bpf_probe_read_user_str(path, CAP_PATH_LEN, upath);
+	if (n <= 1 || !tls_library_name(path, n - 1))
+		return;
+	if (bpf_get_current_pid_tgid() >> 32 == targ_self_tgid)
+		return;
+	e = proc_event(CAP_EV_LIB_OPEN);
+	if (!e)
+		return;
+	__builtin_memcpy(e->path, path, CAP_PATH_LEN);
+	bpf_ringbuf_submit(e, 0);
+}
+
+SEC("tp_btf/sched_process_exec")
+int BPF_PROG(process_exec, struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)
+{
+	struct cap_config *cfg;
+	struct cap_proc *e;
+	__u32 zero = 0;
+
+	cfg = bpf_map_lookup_elem(&settings, &zero);
+	if (!cfg || !(cfg->flags & CAP_CFG_EXEC_EVENTS))
+		return 0;
+	e = proc_event(CAP_EV_EXEC);
+	if (!e)
+		return 0;
+	bpf_probe_read_kernel_str(e->path, sizeof(e->path), BPF_CORE_READ(bprm, filename));
+	bpf_ringbuf_submit(e, 0);
+	return 0;
+}
+
 // Syscalls: the fd of socket I/O made inside a TLS call or handshake, and close() of a
 // connection's socket. tp_btf attaches without tracefs. x86-64 syscall numbers.
 #define NR_read 0
 #define NR_write 1
+#define NR_open 2
 #define NR_close 3
+#define NR_openat 257
 #define NR_readv 19
 #define NR_writev 20
 #define NR_sendto 44
@@ -647,6 +754,12 @@ int BPF_PROG(sys_enter, struct pt_regs *regs, long nr)
 	case NR_recvfrom: case NR_sendmsg: case NR_recvmsg: case NR_recvmmsg: case NR_sendmmsg:
 	case NR_close:
 		break;
+	case NR_open:
+		lib_open((const char *)BPF_CORE_READ(regs, di));
+		return 0;
+	case NR_openat:
+		lib_open((const char *)BPF_CORE_READ(regs, si));
+		return 0;
 	default:
 		return 0;
 	}

@@ -17,7 +17,11 @@ enum cap_kind {
 	CAP_EV_EXIT = 2,       /* a traced process ended (its connections end with it) */
 	CAP_EV_CONN_OPEN = 3,  /* a connection was first seen, or its socket became known */
 	CAP_EV_CONN_CLOSE = 4, /* end of stream: no more records of this conn_id */
+	CAP_EV_EXEC = 5,       /* a process started a new program */
+	CAP_EV_LIB_OPEN = 6,   /* a process opens a file named like a TLS library */
 };
+
+#define CAP_PATH_LEN 256
 
 /* Which side of the TLS connection the process is. */
 enum cap_role {
@@ -122,6 +126,14 @@ struct cap_conn {
 	struct cap_sock sock;
 };
 
+/* CAP_EV_EXEC and CAP_EV_LIB_OPEN: the process, and for LIB_OPEN the path as given to
+ * open/openat (relative to the process's root and working directory). */
+struct cap_proc {
+	struct cap_hdr h;
+	char comm[CAP_COMM_LEN];
+	char path[CAP_PATH_LEN];
+};
+
 /* Counters, one slot each in the per-CPU array `counters`. */
 enum cap_counter {
 	CAP_CTR_CALLS = 0,          /* calls that moved at least one byte */
@@ -142,9 +154,13 @@ enum cap_filter {
 	CAP_FILTER_COMM = 2, /* only comms in map `filter_comms` */
 };
 
+enum cap_config_flags {
+	CAP_CFG_EXEC_EVENTS = 1, /* report every exec (targeted mode wants them) */
+};
+
 struct cap_config {
 	__u32 filter;   /* enum cap_filter bits; a call passes if it matches any set filter */
-	__u32 pad;
+	__u32 flags;    /* enum cap_config_flags */
 	__u64 call_cap; /* most bytes captured per call (<= CAP_CHUNK_MAX * CAP_MAX_CHUNKS) */
 };
 
@@ -155,6 +171,7 @@ _Static_assert(sizeof(struct cap_hdr) == 24, "cap_hdr layout");
 _Static_assert(sizeof(struct cap_sock) == 48, "cap_sock layout");
 _Static_assert(sizeof(struct cap_data) == 144, "cap_data layout");
 _Static_assert(sizeof(struct cap_conn) == 128, "cap_conn layout");
+_Static_assert(sizeof(struct cap_proc) == 296, "cap_proc layout");
 _Static_assert(sizeof(struct cap_exit) == 48, "cap_exit layout");
 _Static_assert(sizeof(struct cap_config) == 16, "cap_config layout");
 

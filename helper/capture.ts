@@ -34,6 +34,7 @@ export const OPENSSL_CONN_PROBES: { func: string; prog: string; retprobe?: boole
   { func: 'SSL_free', prog: 'ssl_free' },
 ];
 
+const CFG_EXEC_EVENTS = 1;
 const FILTER_PID = 1;
 const FILTER_COMM = 2;
 
@@ -45,6 +46,8 @@ export interface CaptureOptions {
   callCap?: number;
   /** Size of the ring buffer in bytes (a power of two, at least one page). */
   ringBytes?: number;
+  /** Report every exec (CAP_EV_EXEC records). */
+  execEvents?: boolean;
   /** Never trace this process (default: ourselves). */
   selfPid?: number;
 }
@@ -89,12 +92,21 @@ const COUNTER_NAMES: (keyof KernelCounters)[] = [
   'eventsLost',
 ];
 
+// Probes of a library for all processes are kept under its path; those planted for one
+// process under path#pid.
+const linkKey = (path: string, pid: number): string => (pid < 0 ? path : `${path}#${pid}`);
+function splitKey(key: string): [string, number] {
+  const at = key.lastIndexOf('#');
+  return at < 0 ? [key, -1] : [key.slice(0, at), Number(key.slice(at + 1))];
+}
+
 export class Capture {
   readonly bpf: BpfObject;
   /** Add to a record's tsNs (CLOCK_MONOTONIC) to get Unix time in ns. */
   readonly wallOffsetNs: bigint;
   private readonly links = new Map<string, number[]>();
   private running = false;
+  private readonly plans = new Map<string, ProbePlan>();
   private stopped?: Promise<KernelCounters>;
 
   constructor(opts: CaptureOptions = {}) {
@@ -109,6 +121,7 @@ export class Capture {
     try {
       this.configure(opts);
       this.bpf.attach('process_exit');
+      this.bpf.attach('process_exec');
       this.bpf.attach('sys_enter');
     } catch (e) {
       this.bpf.close();
@@ -117,8 +130,11 @@ export class Capture {
     this.wallOffsetNs = monotonicToWallOffset();
   }
 
-  /** Sets filters and cap; takes effect for calls that start afterwards. */
-  configure(opts: Pick<CaptureOptions, 'pids' | 'comms' | 'callCap'>): void {
+  /**
+   * Sets filters, cap and whether every exec is reported (targeted mode wants them; others need
+   * not pay); takes effect for calls that start afterwards.
+   */
+  configure(opts: Pick<CaptureOptions, 'pids' | 'comms' | 'callCap' | 'execEvents'>): void {
     const cap = opts.callCap ?? DEFAULT_CALL_CAP;
     if (!Number.isSafeInteger(cap) || cap < 0 || cap > CALL_CAP_MAX) {
       throw new RangeError(`per-call cap ${cap} is outside 0..${CALL_CAP_MAX}`);
@@ -139,15 +155,21 @@ export class Capture {
       this.bpf.update('filter_comms', k, Buffer.from([1]));
       filter |= FILTER_COMM;
     }
-    this.bpf.update('settings', Buffer.alloc(4), encodeConfig(filter, cap));
+    this.bpf.update('settings', Buffer.alloc(4), encodeConfig(filter, cap, opts.execEvents ? CFG_EXEC_EVENTS : 0));
   }
 
   /**
    * Attaches the OpenSSL probe set to one library file for all processes. Functions the file
    * does not export are reported in `failed`; it throws only if nothing could be attached.
    */
-  attachOpenSsl(library: LibraryFile, mode: ProbeMode = 'auto'): AttachResult {
-    const plan: ProbePlan = mode === 'auto' ? planOpenSsl(library.path) : { kind: 'exported', reason: 'asked for' };
+  attachOpenSsl(library: LibraryFile, mode: ProbeMode = 'auto', pid = -1): AttachResult {
+    const plan = this.plan(library, mode);
+    // Offsets found once per file; libbpf's own lookup (by name) only where the file could
+    // not be read here.
+    const at = (func: string): UprobeOptions => {
+      const offset = plan.offsets.get(func);
+      return offset !== undefined ? { offset } : { func };
+    };
     const result: AttachResult = { library, plan, attached: [], failed: [] };
     const probes: { name: string; enter: string; exit: string; where: UprobeOptions }[] =
       plan.kind === 'internal'
@@ -155,14 +177,14 @@ export class Capture {
             { name: 'ssl_write_internal', enter: 'ssl_write_internal_enter', exit: 'ssl_write_internal_exit', where: { offset: plan.write } },
             { name: 'ssl_read_internal', enter: 'ssl_read_internal_enter', exit: 'ssl_read_internal_exit', where: { offset: plan.read } },
           ]
-        : OPENSSL_PROBES.map((p) => ({ name: p.func, enter: p.enter, exit: p.exit, where: { func: p.func } }));
+        : OPENSSL_PROBES.map((p) => ({ name: p.func, enter: p.enter, exit: p.exit, where: at(p.func) }));
     const ids: number[] = [];
     for (const p of probes) {
       let exitId: number | undefined;
       try {
         // Return probe first: an entry without its return would leave a stale argument stash.
-        exitId = this.bpf.attachUprobe(p.exit, library.path, { ...p.where, retprobe: true });
-        ids.push(this.bpf.attachUprobe(p.enter, library.path, p.where), exitId);
+        exitId = this.bpf.attachUprobe(p.exit, library.path, { ...p.where, pid, retprobe: true });
+        ids.push(this.bpf.attachUprobe(p.enter, library.path, { ...p.where, pid }), exitId);
         result.attached.push(p.name);
       } catch (e) {
         if (exitId !== undefined) this.bpf.detach(exitId);
@@ -172,7 +194,7 @@ export class Capture {
     if (ids.length > 0) {
       for (const p of OPENSSL_CONN_PROBES) {
         try {
-          ids.push(this.bpf.attachUprobe(p.prog, library.path, { func: p.func, retprobe: p.retprobe === true }));
+          ids.push(this.bpf.attachUprobe(p.prog, library.path, { ...at(p.func), pid, retprobe: p.retprobe === true }));
         } catch (e) {
           result.failed.push({ func: p.func, reason: e instanceof BridgeError ? `${e.code}: ${e.message}` : String(e) });
         }
@@ -182,18 +204,66 @@ export class Capture {
       const why = result.failed.map((f) => `${f.func}: ${f.reason}`).join('; ');
       throw new BridgeError(`no TLS function of ${library.path} could be probed (${why})`, 'ENOENT', 2, 'attach', library.path, '');
     }
-    this.links.set(library.path, ids);
+    this.links.set(linkKey(library.path, pid), ids);
     return result;
   }
 
-  /** Detaches the probes of one library. */
-  detachLibrary(path: string): void {
-    for (const id of this.links.get(path) ?? []) this.bpf.detach(id);
-    this.links.delete(path);
+  /** Works out a file's probe plan ahead of time, so that attaching later is quick. */
+  prepare(library: LibraryFile, mode: ProbeMode = 'auto'): void {
+    this.plan(library, mode);
   }
 
+  /** The probe plan of a file, worked out once per (device, inode) and mode. */
+  private plan(library: LibraryFile, mode: ProbeMode): ProbePlan {
+    const k = `${library.dev}:${library.ino}:${mode}`;
+    let plan = this.plans.get(k);
+    if (!plan) {
+      const names = [...OPENSSL_PROBES.map((p) => p.func), ...OPENSSL_CONN_PROBES.map((p) => p.func)];
+      plan = planOpenSsl(library.path, names);
+      if (mode === 'exported') plan = { kind: 'exported', reason: 'asked for', offsets: plan.offsets };
+      this.plans.set(k, plan);
+    }
+    return plan;
+  }
+
+  /** Detaches the probes of one library (all processes, or only those planted for `pid`). */
+  detachLibrary(path: string, pid?: number): void {
+    for (const key of [...this.links.keys()]) {
+      const [p, forPid] = splitKey(key);
+      if (p !== path || (pid !== undefined && forPid !== pid)) continue;
+      for (const id of this.links.get(key)!) this.bpf.detach(id);
+      this.links.delete(key);
+    }
+  }
+
+  /** Detaches every probe planted for one process (targeted mode). */
+  detachPid(pid: number): string[] {
+    const paths: string[] = [];
+    for (const key of [...this.links.keys()]) {
+      const [p, forPid] = splitKey(key);
+      if (forPid !== pid) continue;
+      for (const id of this.links.get(key)!) this.bpf.detach(id);
+      this.links.delete(key);
+      paths.push(p);
+    }
+    return paths;
+  }
+
+  /** Files its probes (for all processes) under another name: see Discovery's upgrades. */
+  renameLibrary(from: string, to: string): void {
+    const ids = this.links.get(from);
+    if (!ids) return;
+    this.links.delete(from);
+    this.links.set(to, ids);
+  }
+
+  isAttached(path: string, pid = -1): boolean {
+    return this.links.has(linkKey(path, pid));
+  }
+
+  /** Library files with probes, each once. */
   get attachedLibraries(): string[] {
-    return [...this.links.keys()];
+    return [...new Set([...this.links.keys()].map((k) => splitKey(k)[0]))];
   }
 
   /** Starts delivering records; `onRecords` runs on the event loop, once per batch. */

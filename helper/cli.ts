@@ -5,10 +5,10 @@ import { Command, InvalidArgumentError } from 'commander';
 import * as fs from 'fs';
 import { Call, CallAssembler } from './calls';
 import { OpenConnections } from './conns';
+import { Discovery } from './discovery';
 import { Capture, DEFAULT_CALL_CAP, DEFAULT_RING_BYTES, KernelCounters } from './capture';
 import { explain, preflight, UserError } from './errors';
 import { runIpc } from './ipc';
-import { findOpenSslLibraries } from './libraries';
 import { CALL_CAP_MAX } from './records';
 import { replayCommand } from './replay';
 import { showCall, showConn } from './show';
@@ -27,6 +27,8 @@ interface Options {
   validate?: boolean;
   record?: string;
   maxQueueBytes: number;
+  pollInterval: number;
+  targeted?: boolean;
 }
 
 function intArg(name: string, min: number, max: number) {
@@ -51,6 +53,11 @@ function program(): Command {
     .option('--call-cap <bytes>', 'most bytes captured of one TLS call; the rest is counted', intArg('--call-cap', 0, CALL_CAP_MAX), DEFAULT_CALL_CAP)
     .option('--ring-size <bytes>', 'ring buffer size, a power of two', intArg('--ring-size', 4096, 1 << 30), DEFAULT_RING_BYTES)
     .option('-l, --library <path>', 'also attach to this OpenSSL library or executable (repeatable)', listOf(String), [])
+    .option(
+      '--targeted',
+      'plant probes only in the processes named by --pid/--comm (others pay nothing); a new process that finishes within ~20-200 ms of starting may be missed',
+    )
+    .option('--poll-interval <ms>', 'rescan /proc for new TLS libraries this often (0: never; new files are also seen as they are opened)', intArg('--poll-interval', 0, 3600000), 2000)
     .option('--print-limit <bytes>', 'most bytes of each call to print (0: all)', intArg('--print-limit', 0, CALL_CAP_MAX), 4096)
     .option('--no-color', 'no colors, even on a terminal')
     .option('--ipc', 'plugin mode for apidump: length-prefixed msgpack frames on stdout, control frames on stdin (docs/protocol.md)')
@@ -136,27 +143,37 @@ async function main(argv: string[]): Promise<number> {
     });
   }
   preflight();
-  const libraries = findOpenSslLibraries(opts.library);
-  if (libraries.length === 0) {
-    throw new UserError('no OpenSSL library (libssl.so*) was found in the linker cache or in any running process', 'install OpenSSL (apt-get install libssl3) or name the file with --library PATH');
-  }
-  const capture = new Capture({ pids: opts.pid, comms: opts.comm, callCap: opts.callCap, ringBytes: opts.ringSize });
+  // Per-process probes: for --pid (processes that exist), or when asked. New processes found
+  // by name get theirs only after they start, so --comm alone uses system-wide probes and the
+  // name filter in BPF, which sees a process's first call however short it lives.
+  const targeted = opts.targeted === true || (opts.pid.length > 0 && opts.comm.length === 0);
+  if (opts.targeted && !opts.pid.length && !opts.comm.length) throw new UserError('--targeted needs --pid or --comm', 'name the processes to plant probes in', 2);
+  const capture = new Capture({ pids: opts.pid, comms: opts.comm, callCap: opts.callCap, ringBytes: opts.ringSize, execEvents: targeted });
   const log = (s: string): void => void process.stderr.write(`https-capture: ${s}\n`);
-  try {
-    let attached = 0;
-    for (const lib of libraries) {
-      try {
-        const r = capture.attachOpenSsl(lib);
-        attached++;
+  const where = (pid: number): string => (pid < 0 ? '' : ` in process ${pid}`);
+  const discovery = new Discovery(
+    capture,
+    { extra: opts.library, pollMs: opts.pollInterval, ...(targeted ? { targets: { pids: opts.pid, comms: opts.comm } } : {}) },
+    {
+      attached: (lib, r, pid) => {
         const missing = r.failed.length ? ` (could not probe: ${r.failed.map((f) => f.func).join(', ')})` : '';
         const how = r.plan.kind === 'internal' ? '' : ` (exported functions: ${r.plan.reason})`;
-        log(`attached to ${lib.path}: ${r.attached.join(', ')}${how}${missing}`);
-      } catch (e) {
-        log(`could not attach to ${lib.path}: ${explain(e).cause}`);
-      }
+        log(`attached to ${lib.path}${where(pid)}: ${r.attached.join(', ')}${how}${missing}`);
+      },
+      failed: (lib, reason, pid) => log(`could not attach to ${lib.path}${where(pid)}: ${reason}`),
+      detached: (lib, why, pid) => log(`detached from ${lib.path}${where(pid)}: ${why}`),
+    },
+  );
+  try {
+    discovery.start();
+    if (!targeted && capture.attachedLibraries.length === 0) {
+      throw new UserError(
+        'no OpenSSL library (libssl.so*) could be found and probed in the linker cache or in any running process',
+        'install OpenSSL (apt-get install libssl3), see the lines above, or name the file with --library PATH',
+      );
     }
-    if (attached === 0) throw new UserError('no OpenSSL library could be probed', 'see the lines above for each library; pass another with --library PATH');
   } catch (e) {
+    await discovery.stop();
     await capture.stop();
     throw e;
   }
@@ -176,17 +193,21 @@ async function main(argv: string[]): Promise<number> {
         calls.push(r);
         continue;
       }
-      if (r.kind !== 'open') calls.flush((pid) => pid === r.pid);
-      status.clear();
-      if (r.kind === 'exit') {
-        for (const c of open.endProcess(r.pid)) out.write(showConn({ ...c, kind: 'close', reason: 'exit', tsNs: r.tsNs }, showOpts));
-      } else {
+      discovery.onRecord(r);
+      if (r.kind === 'open' || r.kind === 'close') {
+        if (r.kind === 'close') calls.flush((pid) => pid === r.pid);
         open.track(r);
+        status.clear();
         out.write(showConn(r, showOpts));
+      } else if (r.kind === 'exit') {
+        calls.flush((pid) => pid === r.pid);
+        status.clear();
+        for (const c of open.endProcess(r.pid)) out.write(showConn({ ...c, kind: 'close', reason: 'exit', tsNs: r.tsNs }, showOpts));
       }
     }
   });
-  const who = opts.pid.length || opts.comm.length ? `processes ${[...opts.pid, ...opts.comm].join(', ')}` : 'all processes';
+  const named = [...opts.pid, ...opts.comm].join(', ');
+  const who = targeted ? `processes ${named} (probes only in them)` : named ? `processes ${named} (filtered in the kernel)` : 'all processes';
   log(`capturing TLS plaintext of ${who}${opts.output ? ` into ${opts.output}` : ''}; Ctrl-C to stop`);
 
   const ticker = setInterval(() => {
@@ -203,6 +224,7 @@ async function main(argv: string[]): Promise<number> {
   });
   clearInterval(ticker);
   status.clear();
+  await discovery.stop();
   const final = await capture.stop();
   calls.flush();
   await out.close();

@@ -14,14 +14,21 @@
 import { Decoder, DecoderOptions, FlowControl, Instruction } from 'iced-x86';
 import { ElfError, ElfFile, EM_X86_64 } from './elf';
 
-export type ProbePlan =
+export type ProbePlan = (
   | {
       kind: 'internal';
       /** File offsets of ssl_write_internal and ssl_read_internal. */
       write: number;
       read: number;
     }
-  | { kind: 'exported'; reason: string };
+  | { kind: 'exported'; reason: string }
+) & {
+  /**
+   * File offsets of the exported functions asked for that the file has, so that attaching
+   * (once per process in targeted mode) needs no further symbol lookup.
+   */
+  offsets: Map<string, number>;
+};
 
 /** The first direct call in a function's body (decoding stops at a return or a trap). */
 function firstCall(elf: ElfFile, addr: number, size: number): number | undefined {
@@ -43,17 +50,26 @@ function firstCall(elf: ElfFile, addr: number, size: number): number | undefined
   }
 }
 
-/** Where to probe the OpenSSL in `path` (a libssl or an executable with OpenSSL inside). */
-export function planOpenSsl(path: string): ProbePlan {
+/**
+ * Where to probe the OpenSSL in `path` (a libssl or an executable with OpenSSL inside), and
+ * the file offsets of the exported functions named in `exported`.
+ */
+export function planOpenSsl(path: string, exported: string[] = []): ProbePlan {
   let elf: ElfFile;
+  const offsets = new Map<string, number>();
   try {
     elf = ElfFile.open(path);
   } catch (e) {
-    return { kind: 'exported', reason: e instanceof Error ? e.message : String(e) };
+    return { kind: 'exported', reason: e instanceof Error ? e.message : String(e), offsets };
   }
   try {
-    if (elf.machine !== EM_X86_64) return { kind: 'exported', reason: `machine ${elf.machine} is not x86-64` };
-    const syms = elf.functions(['SSL_write', 'SSL_write_ex', 'SSL_read', 'SSL_read_ex']);
+    const syms = elf.functions([...new Set(['SSL_write', 'SSL_write_ex', 'SSL_read', 'SSL_read_ex', ...exported])]);
+    for (const name of exported) {
+      const s = syms.get(name);
+      const off = s && elf.execOffset(s.addr);
+      if (off !== undefined) offsets.set(name, off);
+    }
+    if (elf.machine !== EM_X86_64) return { kind: 'exported', reason: `machine ${elf.machine} is not x86-64`, offsets };
     const target = (a: string, b: string): number | string => {
       const sa = syms.get(a);
       const sb = syms.get(b);
@@ -67,12 +83,12 @@ export function planOpenSsl(path: string): ProbePlan {
     };
     const write = target('SSL_write', 'SSL_write_ex');
     const read = target('SSL_read', 'SSL_read_ex');
-    if (typeof write === 'string') return { kind: 'exported', reason: write };
-    if (typeof read === 'string') return { kind: 'exported', reason: read };
-    if (write === read) return { kind: 'exported', reason: 'read and write wrappers call the same function' };
-    return { kind: 'internal', write, read };
+    if (typeof write === 'string') return { kind: 'exported', reason: write, offsets };
+    if (typeof read === 'string') return { kind: 'exported', reason: read, offsets };
+    if (write === read) return { kind: 'exported', reason: 'read and write wrappers call the same function', offsets };
+    return { kind: 'internal', write, read, offsets };
   } catch (e) {
-    if (e instanceof ElfError) return { kind: 'exported', reason: e.message };
+    if (e instanceof ElfError) return { kind: 'exported', reason: e.message, offsets };
     throw e;
   } finally {
     elf.close();

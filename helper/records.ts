@@ -7,6 +7,7 @@ import * as ipaddr from 'ipaddr.js';
 export const COMM_LEN = 16;
 export const CHUNK_MAX = 16384;
 export const MAX_CHUNKS = 4096;
+export const PATH_LEN = 256;
 /** Largest per-call cap the BPF program honours (CHUNK_MAX × MAX_CHUNKS = 64 MiB). */
 export const CALL_CAP_MAX = CHUNK_MAX * MAX_CHUNKS;
 
@@ -15,6 +16,8 @@ export const enum Kind {
   Exit = 2,
   ConnOpen = 3,
   ConnClose = 4,
+  Exec = 5,
+  LibOpen = 6,
 }
 
 export const enum Flag {
@@ -79,8 +82,12 @@ export const OFFSETS = {
   'cap_exit': 48,
   'cap_exit.exit_code': 24,
   'cap_exit.comm': 32,
+  'cap_proc': 296,
+  'cap_proc.comm': 24,
+  'cap_proc.path': 40,
   'cap_config': 16,
   'cap_config.filter': 0,
+  'cap_config.flags': 4,
   'cap_config.call_cap': 8,
 } as const;
 
@@ -181,7 +188,18 @@ export interface ExitRecord {
   exitCode: number;
 }
 
-export type CaptureRecord = DataRecord | ConnRecord | ExitRecord;
+/** A process started a program (exec), or opens a file named like a TLS library (lib-open). */
+export interface ProcRecord {
+  kind: 'exec' | 'lib-open';
+  tsNs: bigint;
+  pid: number;
+  tid: number;
+  comm: string;
+  /** The program (exec) or the path given to open/openat, as the process sees its files. */
+  path: string;
+}
+
+export type CaptureRecord = DataRecord | ConnRecord | ExitRecord | ProcRecord;
 
 export class RecordError extends Error {
   override name = 'RecordError';
@@ -259,6 +277,19 @@ export function decodeRecord(r: Buffer): CaptureRecord | undefined {
     if (kind === Kind.ConnClose) rec.reason = CLOSE_REASONS[r.readUInt8(O['cap_conn.reason'])] ?? 'close';
     return rec;
   }
+  if (kind === Kind.Exec || kind === Kind.LibOpen) {
+    if (r.length < O.cap_proc) throw new RecordError(`process record of ${r.length} bytes`);
+    const raw = r.subarray(O['cap_proc.path'], O['cap_proc.path'] + PATH_LEN);
+    const nul = raw.indexOf(0);
+    return {
+      kind: kind === Kind.Exec ? 'exec' : 'lib-open',
+      tsNs,
+      pid,
+      tid,
+      comm: comm(r, O['cap_proc.comm']),
+      path: raw.subarray(0, nul < 0 ? PATH_LEN : nul).toString('utf8'),
+    };
+  }
   if (kind === Kind.Exit) {
     if (r.length < O.cap_exit) throw new RecordError(`exit record of ${r.length} bytes`);
     return { kind: 'exit', tsNs, pid, tid, comm: comm(r, O['cap_exit.comm']), exitCode: r.readInt32LE(O['cap_exit.exit_code']) };
@@ -267,9 +298,10 @@ export function decodeRecord(r: Buffer): CaptureRecord | undefined {
 }
 
 /** Encodes the `settings` map value (struct cap_config). */
-export function encodeConfig(filter: number, callCap: number): Buffer {
+export function encodeConfig(filter: number, callCap: number, flags = 0): Buffer {
   const b = Buffer.alloc(O.cap_config);
   b.writeUInt32LE(filter, O['cap_config.filter']);
+  b.writeUInt32LE(flags, O['cap_config.flags']);
   b.writeBigUInt64LE(BigInt(callCap), O['cap_config.call_cap']);
   return b;
 }

@@ -548,8 +548,12 @@ Napi::Value Layout(const Napi::CallbackInfo &info) {
   set("cap_exit", sizeof(struct cap_exit));
   OFF(cap_exit, exit_code);
   OFF(cap_exit, comm);
+  set("cap_proc", sizeof(struct cap_proc));
+  OFF(cap_proc, comm);
+  OFF(cap_proc, path);
   set("cap_config", sizeof(struct cap_config));
   OFF(cap_config, filter);
+  OFF(cap_config, flags);
   OFF(cap_config, call_cap);
 #undef OFF
   set("CAP_COMM_LEN", CAP_COMM_LEN);
@@ -559,6 +563,9 @@ Napi::Value Layout(const Napi::CallbackInfo &info) {
   set("CAP_EV_EXIT", CAP_EV_EXIT);
   set("CAP_EV_CONN_OPEN", CAP_EV_CONN_OPEN);
   set("CAP_EV_CONN_CLOSE", CAP_EV_CONN_CLOSE);
+  set("CAP_EV_EXEC", CAP_EV_EXEC);
+  set("CAP_EV_LIB_OPEN", CAP_EV_LIB_OPEN);
+  set("CAP_PATH_LEN", CAP_PATH_LEN);
   set("CAP_F_TRUNCATED", CAP_F_TRUNCATED);
   set("CAP_FILTER_PID", CAP_FILTER_PID);
   set("CAP_FILTER_COMM", CAP_FILTER_COMM);

@@ -3,6 +3,7 @@
 // fails the suite; elsewhere the tests are skipped with the reason printed loudly.
 import * as assert from 'assert';
 import { Capture, CaptureOptions, KernelCounters, ProbeMode } from '../../helper/capture';
+import { Discovery, DiscoveryOptions } from '../../helper/discovery';
 import { preflight } from '../../helper/errors';
 import { findOpenSslLibraries } from '../../helper/libraries';
 import { ConnRecord, DataRecord, Direction, ExitRecord } from '../../helper/records';
@@ -38,20 +39,34 @@ export class Recorder {
   readonly exits: ExitRecord[] = [];
   readonly conns: ConnRecord[] = [];
   final?: KernelCounters;
+  /** With `discovery`: what it reported, as "attached PATH PID" / "failed …" / "detached …". */
+  readonly reports: string[] = [];
+  readonly discovery?: Discovery;
 
-  constructor(opts: CaptureOptions & { mode?: ProbeMode } = {}) {
+  constructor(opts: CaptureOptions & { mode?: ProbeMode; discovery?: DiscoveryOptions } = {}) {
     this.capture = new Capture(opts);
-    for (const lib of findOpenSslLibraries()) this.capture.attachOpenSsl(lib, opts.mode ?? 'auto');
+    if (opts.discovery) {
+      this.discovery = new Discovery(this.capture, { mode: opts.mode ?? 'auto', ...opts.discovery }, {
+        attached: (lib, _r, pid) => this.reports.push(`attached ${lib.path} ${pid}`),
+        failed: (lib, why, pid) => this.reports.push(`failed ${lib.path} ${pid} ${why}`),
+        detached: (lib, why, pid) => this.reports.push(`detached ${lib.path} ${pid} ${why}`),
+      });
+      this.discovery.start();
+    } else {
+      for (const lib of findOpenSslLibraries()) this.capture.attachOpenSsl(lib, opts.mode ?? 'auto');
+    }
     this.capture.start((records) => {
       for (const r of records) {
+        this.discovery?.onRecord(r);
         if (r.kind === 'data') this.data.push({ ...r, data: Buffer.from(r.data) });
         else if (r.kind === 'exit') this.exits.push(r);
-        else this.conns.push(r);
+        else if (r.kind === 'open' || r.kind === 'close') this.conns.push(r);
       }
     });
   }
 
   async stop(): Promise<KernelCounters> {
+    await this.discovery?.stop();
     this.final = await this.capture.stop();
     return this.final;
   }

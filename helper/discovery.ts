@@ -1,0 +1,249 @@
+// discovery.ts: keeps the probes on every OpenSSL library file that matters, as files appear,
+// change and go. Sources, fastest first: the kernel's report of a process opening a file
+// named libssl.so* (before the loader maps it), exec reports (targeted mode), a /proc scan at
+// start and every `pollMs` as the safety net, the linker cache, and file watches (chokidar)
+// that notice a library replaced by an upgrade.
+//
+// System-wide (default): one attachment per file (device, inode) for all processes, so a
+// process started later is covered before its first call. Targeted (--pid/--comm): probes
+// planted only in target processes, so the others pay nothing.
+import * as chokidar from 'chokidar';
+import * as fs from 'fs';
+import * as path from 'path';
+import { AttachResult, Capture, ProbeMode } from './capture';
+import { findOpenSslLibraries, LibraryFile, mappedLibraries } from './libraries';
+import { CaptureRecord } from './records';
+
+export interface DiscoveryReport {
+  attached(lib: LibraryFile, result: AttachResult, pid: number): void;
+  failed(lib: LibraryFile, reason: string, pid: number): void;
+  detached(lib: LibraryFile, why: string, pid: number): void;
+}
+
+export interface DiscoveryOptions {
+  /** Library files named by the user (--library). */
+  extra?: string[];
+  /** /proc rescan interval in ms (0: never). */
+  pollMs?: number;
+  /** Targeted mode: only these pids and process names get probes. */
+  targets?: { pids: number[]; comms: string[] };
+  mode?: ProbeMode;
+}
+
+interface Known {
+  lib: LibraryFile;
+  /** Replaced on disk by another file: detached once no process maps it. */
+  replaced: boolean;
+}
+
+const key = (dev: number, ino: number): string => `${dev}:${ino}`;
+
+function stat(p: string): { dev: number; ino: number } | undefined {
+  try {
+    const st = fs.statSync(p);
+    return st.isFile() ? { dev: st.dev, ino: st.ino } : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+export class Discovery {
+  private readonly files = new Map<string, Known>();
+  /** Targeted mode: target pid → file keys with probes planted for it. */
+  private readonly targets = new Map<number, Set<string>>();
+  /** Targeted mode: the system's library files, planted in a new target at its exec. */
+  private common: LibraryFile[] = [];
+  private watcher?: chokidar.FSWatcher;
+  private timer?: NodeJS.Timeout;
+  private readonly selfPid = process.pid;
+
+  constructor(
+    private readonly capture: Capture,
+    private readonly opts: DiscoveryOptions,
+    private readonly report: DiscoveryReport,
+  ) {}
+
+  get targeted(): boolean {
+    return this.opts.targets !== undefined;
+  }
+
+  /** First attachments; throws nothing (each failure is reported). */
+  start(): void {
+    this.watcher = chokidar.watch([], { ignoreInitial: true, persistent: false, atomic: false });
+    this.watcher.on('add', (p) => this.fileChanged(p)).on('change', (p) => this.fileChanged(p));
+    if (this.targeted) {
+      this.common = findOpenSslLibraries(this.opts.extra ?? []);
+      // Decoding a library takes tens of ms once; a new target must get its probes in ~1 ms.
+      for (const lib of this.common) this.capture.prepare(lib, this.opts.mode ?? 'auto');
+      for (const pid of this.opts.targets!.pids) this.addTarget(pid);
+      for (const pid of this.pidsByComm()) this.addTarget(pid);
+    } else {
+      for (const lib of findOpenSslLibraries(this.opts.extra ?? [])) this.attachFile(lib);
+    }
+    if (this.opts.pollMs) {
+      this.timer = setInterval(() => this.poll(), this.opts.pollMs);
+      this.timer.unref();
+    }
+  }
+
+  async stop(): Promise<void> {
+    if (this.timer) clearInterval(this.timer);
+    await this.watcher?.close();
+  }
+
+  /** Feed every capture record here: lib-open, exec and exit records drive discovery. */
+  onRecord(r: CaptureRecord): void {
+    if (r.kind === 'lib-open') this.libraryOpened(r.pid, r.path);
+    else if (r.kind === 'exec' && this.targeted && this.isTargetComm(r.comm)) this.addTarget(r.pid, true);
+    else if (r.kind === 'exit' && this.targets.has(r.pid)) this.dropTarget(r.pid, 'target process exited');
+  }
+
+  /** The safety net: new library files in /proc/<pid>/maps; replaced files nobody maps any more. */
+  poll(): void {
+    const mapped = mappedLibraries();
+    const mappedKeys = new Set<string>();
+    for (const m of mapped) {
+      const st = stat(m.path);
+      if (!st) continue;
+      mappedKeys.add(key(st.dev, st.ino));
+      if (this.targeted) {
+        if (this.targets.has(m.pid)) this.attachFor(m.pid, { path: m.path, ...st, source: 'maps' });
+      } else if (!this.files.has(key(st.dev, st.ino))) {
+        this.attachFile({ path: m.path, ...st, source: 'maps' });
+      }
+    }
+    if (this.targeted) {
+      for (const pid of this.pidsByComm()) if (!this.targets.has(pid)) this.addTarget(pid);
+      for (const pid of [...this.targets.keys()]) if (!fs.existsSync(`/proc/${pid}`)) this.dropTarget(pid, 'target process is gone');
+    }
+    for (const [k, known] of this.files) {
+      if (known.replaced && !mappedKeys.has(k)) {
+        this.capture.detachLibrary(known.lib.path);
+        this.files.delete(k);
+        this.report.detached(known.lib, 'replaced on disk and no longer mapped by any process', -1);
+      }
+    }
+  }
+
+  // ---- system-wide ------------------------------------------------------------------
+
+  private attachFile(lib: LibraryFile): void {
+    const k = key(lib.dev, lib.ino);
+    if (this.files.has(k)) return;
+    // Another file under this path before: replaced on disk. Its probes stay (processes may
+    // still map it) but move aside, and go once nobody maps it (poll()).
+    for (const known of this.files.values()) {
+      if (known.lib.path === lib.path) {
+        known.replaced = true;
+        this.rekeyReplaced(known);
+      }
+    }
+    this.files.set(k, { lib, replaced: false });
+    try {
+      this.report.attached(lib, this.capture.attachOpenSsl(lib, this.opts.mode ?? 'auto'), -1);
+      if (!lib.path.startsWith('/proc/')) this.watcher?.add(lib.path);
+    } catch (e) {
+      this.report.failed(lib, e instanceof Error ? e.message : String(e), -1);
+    }
+  }
+
+  /** A watched library path changed: if it is another file now, that file gets probes too. */
+  private fileChanged(p: string): void {
+    const st = stat(p);
+    if (!st || this.targeted) return;
+    this.attachFile({ path: p, ...st, source: 'maps' });
+  }
+
+  /** Probes are kept by path: move a replaced file's probes out of the way of its successor. */
+  private rekeyReplaced(known: Known): void {
+    // The kernel holds the old inode through the probes themselves; only our book-keeping
+    // changes name, so that detaching later finds them.
+    const oldPath = known.lib.path;
+    const alias = `${oldPath} (replaced ${known.lib.dev}:${known.lib.ino})`;
+    this.capture.renameLibrary(oldPath, alias);
+    known.lib = { ...known.lib, path: alias };
+  }
+
+  /** A process opens a file named libssl.so*: attach before the loader maps it. */
+  private libraryOpened(pid: number, given: string): void {
+    if (pid === this.selfPid) return;
+    if (this.targeted && !this.targets.has(pid)) return;
+    let abs = given;
+    if (!path.isAbsolute(given)) {
+      try {
+        abs = path.join(fs.readlinkSync(`/proc/${pid}/cwd`), given);
+      } catch {
+        return; // the process is gone
+      }
+    }
+    // Through the process's root: right in any mount namespace, and the same file here.
+    const viaRoot = `/proc/${pid}/root${abs}`;
+    const st = stat(viaRoot);
+    if (!st) return; // the loader tries paths that do not exist
+    const plain = stat(abs);
+    const p = plain && plain.dev === st.dev && plain.ino === st.ino ? abs : viaRoot;
+    const lib: LibraryFile = { path: p, ...st, source: 'maps' };
+    if (this.targeted) this.attachFor(pid, lib);
+    else this.attachFile(lib);
+  }
+
+  // ---- targeted -----------------------------------------------------------------------
+
+  private isTargetComm(comm: string): boolean {
+    return (this.opts.targets?.comms ?? []).some((c) => c.slice(0, 15) === comm);
+  }
+
+  private pidsByComm(): number[] {
+    if (!this.opts.targets?.comms.length) return [];
+    const pids: number[] = [];
+    for (const d of fs.readdirSync('/proc')) {
+      if (!/^\d+$/.test(d) || Number(d) === this.selfPid) continue;
+      try {
+        if (this.isTargetComm(fs.readFileSync(`/proc/${d}/comm`, 'utf8').trim())) pids.push(Number(d));
+      } catch {
+        // gone
+      }
+    }
+    return pids;
+  }
+
+  /**
+   * Plants probes in a target process. At its exec (`fresh`) nothing is mapped yet: the probes
+   * go on the system's library files, and the kernel arms them when the loader maps one, so
+   * the first call is seen. Files it opens later come through libraryOpened().
+   */
+  private addTarget(pid: number, fresh = false): void {
+    if (!this.targets.has(pid)) this.targets.set(pid, new Set());
+    if (fresh) for (const lib of this.common) this.attachFor(pid, lib);
+    let maps = '';
+    try {
+      maps = fs.readFileSync(`/proc/${pid}/maps`, 'utf8');
+    } catch {
+      return; // not yet, or gone: its lib-open report or the next poll will do
+    }
+    for (const line of maps.split('\n')) {
+      const m = /^\S+ \S+ \S+ \S+ (\d+)\s+(\/.*libssl\.so[^/]*)$/.exec(line);
+      if (m) this.libraryOpened(pid, m[2]!);
+    }
+  }
+
+  private attachFor(pid: number, lib: LibraryFile): void {
+    const mine = this.targets.get(pid);
+    const k = key(lib.dev, lib.ino);
+    if (!mine || mine.has(k)) return;
+    mine.add(k);
+    try {
+      this.report.attached(lib, this.capture.attachOpenSsl(lib, this.opts.mode ?? 'auto', pid), pid);
+    } catch (e) {
+      this.report.failed(lib, e instanceof Error ? e.message : String(e), pid);
+    }
+  }
+
+  private dropTarget(pid: number, why: string): void {
+    this.targets.delete(pid);
+    for (const p of this.capture.detachPid(pid)) {
+      const st = stat(p) ?? { dev: 0, ino: 0 };
+      this.report.detached({ path: p, ...st, source: 'maps' }, why, pid);
+    }
+  }
+}
