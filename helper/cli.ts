@@ -148,7 +148,7 @@ async function main(argv: string[]): Promise<number> {
   // name filter in BPF, which sees a process's first call however short it lives.
   const targeted = opts.targeted === true || (opts.pid.length > 0 && opts.comm.length === 0);
   if (opts.targeted && !opts.pid.length && !opts.comm.length) throw new UserError('--targeted needs --pid or --comm', 'name the processes to plant probes in', 2);
-  const capture = new Capture({ pids: opts.pid, comms: opts.comm, callCap: opts.callCap, ringBytes: opts.ringSize, execEvents: targeted });
+  const capture = new Capture({ pids: opts.pid, comms: opts.comm, callCap: opts.callCap, ringBytes: opts.ringSize, execEvents: true });
   const log = (s: string): void => void process.stderr.write(`https-capture: ${s}\n`);
   const where = (pid: number): string => (pid < 0 ? '' : ` in process ${pid}`);
   const discovery = new Discovery(

@@ -1,4 +1,5 @@
-// discovery.ts: keeps the probes on every OpenSSL library file that matters, as files appear,
+// discovery.ts: keeps the probes on every OpenSSL library file (and executable with OpenSSL
+// linked in, such as /usr/bin/node) that matters, as files appear,
 // change and go. Sources, fastest first: the kernel's report of a process opening a file
 // named libssl.so* (before the loader maps it), exec reports (targeted mode), a /proc scan at
 // start and every `pollMs` as the safety net, the linker cache, and file watches (chokidar)
@@ -11,7 +12,7 @@ import * as chokidar from 'chokidar';
 import * as fs from 'fs';
 import * as path from 'path';
 import { AttachResult, Capture, ProbeMode } from './capture';
-import { findOpenSslLibraries, LibraryFile, mappedLibraries } from './libraries';
+import { findOpenSslLibraries, LibraryFile, mappedLibraries, openSslExecutables } from './libraries';
 import { CaptureRecord } from './records';
 
 export interface DiscoveryReport {
@@ -56,6 +57,8 @@ export class Discovery {
   private watcher?: chokidar.FSWatcher;
   private timer?: NodeJS.Timeout;
   private readonly selfPid = process.pid;
+  /** Executables already judged for OpenSSL inside, by device:inode. */
+  private readonly judged = new Set<string>();
 
   constructor(
     private readonly capture: Capture,
@@ -79,6 +82,7 @@ export class Discovery {
       for (const pid of this.pidsByComm()) this.addTarget(pid);
     } else {
       for (const lib of findOpenSslLibraries(this.opts.extra ?? [])) this.attachFile(lib);
+      for (const exe of openSslExecutables(this.judged)) this.attachFile(exe);
     }
     if (this.opts.pollMs) {
       this.timer = setInterval(() => this.poll(), this.opts.pollMs);
@@ -95,6 +99,7 @@ export class Discovery {
   onRecord(r: CaptureRecord): void {
     if (r.kind === 'lib-open') this.libraryOpened(r.pid, r.path);
     else if (r.kind === 'exec' && this.targeted && this.isTargetComm(r.comm)) this.addTarget(r.pid, true);
+    else if (r.kind === 'exec' && !this.targeted) for (const exe of openSslExecutables(this.judged, [r.pid])) this.attachFile(exe);
     else if (r.kind === 'exit' && this.targets.has(r.pid)) this.dropTarget(r.pid, 'target process exited');
   }
 
@@ -112,6 +117,7 @@ export class Discovery {
         this.attachFile({ path: m.path, ...st, source: 'maps' });
       }
     }
+    if (!this.targeted) for (const exe of openSslExecutables(this.judged)) this.attachFile(exe);
     if (this.targeted) {
       for (const pid of this.pidsByComm()) if (!this.targets.has(pid)) this.addTarget(pid);
       for (const pid of [...this.targets.keys()]) if (!fs.existsSync(`/proc/${pid}`)) this.dropTarget(pid, 'target process is gone');

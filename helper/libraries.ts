@@ -3,6 +3,7 @@
 // (device, inode) however many paths and processes lead to it.
 import { execFileSync } from 'child_process';
 import * as fs from 'fs';
+import { ElfFile } from './elf';
 
 export interface LibraryFile {
   /** A path that opens this file from our mount namespace. */
@@ -90,4 +91,50 @@ export function findOpenSslLibraries(extra: string[] = []): LibraryFile[] {
   for (const p of ldconfigLibraries()) add(p, 'ldconfig');
   for (const m of mappedLibraries()) add(m.path, 'maps');
   return [...byFile.values()];
+}
+
+/** Whether an executable or library carries OpenSSL's TLS functions (e.g. /usr/bin/node). */
+export function hasOpenSsl(path: string): boolean {
+  let elf: ElfFile | undefined;
+  try {
+    elf = ElfFile.open(path);
+    return elf.functions(['SSL_write', 'SSL_read']).size === 2;
+  } catch {
+    return false; // not ELF, unreadable, gone: not ours to probe
+  } finally {
+    elf?.close();
+  }
+}
+
+/**
+ * Executables of running processes with OpenSSL linked in, once per file. `seen` holds the
+ * (device:inode) of files already judged, so each is read once.
+ */
+export function openSslExecutables(seen: Set<string>, pids?: number[]): LibraryFile[] {
+  const out: LibraryFile[] = [];
+  let all: number[] = pids ?? [];
+  if (!pids) {
+    try {
+      all = fs.readdirSync('/proc').filter((d) => /^\d+$/.test(d)).map(Number);
+    } catch {
+      return [];
+    }
+  }
+  for (const pid of all) {
+    const exe = `/proc/${pid}/exe`;
+    const st = statKey(exe);
+    if (!st || seen.has(`${st.dev}:${st.ino}`)) continue;
+    seen.add(`${st.dev}:${st.ino}`);
+    if (!hasOpenSsl(exe)) continue;
+    let real = exe;
+    try {
+      const target = fs.readlinkSync(exe);
+      const t = statKey(target);
+      if (t && t.dev === st.dev && t.ino === st.ino) real = target; // same file from here
+    } catch {
+      // keep the /proc path: it opens the process's own file
+    }
+    out.push({ path: real, ...st, source: 'maps' });
+  }
+  return out;
 }

@@ -109,6 +109,18 @@ describe('discovery (kernel, real processes)', function () {
     await waitFor(() => rec!.bytes(second.pid, 'ingress') > 0, { what: "curl's response through the private copy" });
   });
 
+  it('an executable with OpenSSL linked in (node): its https client is captured', async () => {
+    rec = new Recorder({ execEvents: true, discovery: { pollMs: 0 } });
+    assert.ok(rec.reports.some((r) => r.startsWith(`attached ${fs.realpathSync(process.execPath)} -1`)), rec.reports.join('\n'));
+    const script = `require('https').get({ host: '127.0.0.1', port: ${nginx.port}, path: '/small.txt?from=node', rejectUnauthorized: false },
+      (r) => { r.resume(); r.on('end', () => process.exit(0)); });`;
+    const res = await run(process.execPath, ['-e', script]);
+    assert.strictEqual(res.code, 0, res.stderr.toString());
+    await waitFor(() => rec!.bytes(res.pid, 'ingress') > 0, { what: "node's response" });
+    assert.match(rec.stream(res.pid, 'egress').toString(), /^GET \/small\.txt\?from=node HTTP\/1\.1\r\n/);
+    assert.match(rec.stream(res.pid, 'ingress').toString(), /\r\n\r\nhello\n$/);
+  });
+
   it('a process in its own mount namespace with another libssl at the usual path', async () => {
     const copy = path.join(dir, 'ns-libssl.so.3');
     fs.copyFileSync(SYSTEM_LIBSSL, copy);
