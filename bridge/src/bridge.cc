@@ -78,6 +78,9 @@ Napi::TypeError ArgError(Napi::Env env, const std::string &what) {
   return Napi::TypeError::New(env, "bridge: " + what);
 }
 
+// A batch starts small and grows with the records it takes (a busy ring fills whole ones).
+constexpr size_t kBatchStart = 64 << 10;
+
 struct Batch {
   std::vector<uint8_t> bytes;
   uint32_t records = 0;
@@ -354,8 +357,17 @@ class Capture : public Napi::ObjectWrap<Capture> {
       delete batch;
       return;
     }
+    // V8 does not see memory outside its heap: told about it, it collects batches as fast as
+    // they come, instead of letting RSS grow until something else triggers a collection.
+    int64_t size = static_cast<int64_t>(batch->bytes.capacity());
+    Napi::MemoryManagement::AdjustExternalMemory(env, size);
     Napi::Buffer<uint8_t> buf = Napi::Buffer<uint8_t>::New(
-        env, batch->bytes.data(), batch->bytes.size(), [](Napi::Env, uint8_t *, Batch *b) { delete b; }, batch);
+        env, batch->bytes.data(), batch->bytes.size(),
+        [size](Napi::Env e, uint8_t *, Batch *b) {
+          Napi::MemoryManagement::AdjustExternalMemory(e, -size);
+          delete b;
+        },
+        batch);
     try {
       cb.Call({buf, Napi::Number::New(env, batch->records)});
     } catch (const Napi::Error &e) {
@@ -369,7 +381,7 @@ class Capture : public Napi::ObjectWrap<Capture> {
     if (cur_.bytes.empty()) return;
     auto *b = new Batch(std::move(cur_));
     cur_ = Batch();
-    cur_.bytes.reserve(batch_bytes_ + CAP_CHUNK_MAX + sizeof(cap_data));
+    cur_.bytes.reserve(kBatchStart);
     batches_++;
     records_ += b->records;
     bytes_ += b->bytes.size();
@@ -421,7 +433,7 @@ class Capture : public Napi::ObjectWrap<Capture> {
       rb_ = nullptr;
       throw BridgeError(env, "eventfd", name, err);
     }
-    cur_.bytes.reserve(batch_bytes_ + CAP_CHUNK_MAX + sizeof(cap_data));
+    cur_.bytes.reserve(kBatchStart);
     // The finalizer runs on the JS thread once the ring thread has released the function
     // and every batch it sent has been handled: then the thread is joined.
     tsfn_ = Napi::ThreadSafeFunction::New(env, info[1].As<Napi::Function>(), "https-capture ring", queue, 1,
