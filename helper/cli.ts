@@ -8,7 +8,7 @@ import { OpenConnections } from './conns';
 import { Discovery } from './discovery';
 import { Capture, DEFAULT_CALL_CAP, DEFAULT_RING_BYTES, KernelCounters } from './capture';
 import { explain, preflight, UserError } from './errors';
-import { runIpc } from './ipc';
+import { ByeReason, FrameRecording, runIpc } from './ipc';
 import { CALL_CAP_MAX } from './records';
 import { replayCommand } from './replay';
 import { showCall, showConn } from './show';
@@ -62,7 +62,7 @@ function program(): Command {
     .option('--no-color', 'no colors, even on a terminal')
     .option('--ipc', 'plugin mode for apidump: length-prefixed msgpack frames on stdout, control frames on stdin (docs/protocol.md)')
     .option('--validate', 'with --ipc: check every frame against schemas/ before writing it')
-    .option('--record <file>', 'with --ipc: also save the exact frame stream to this file (mode 0600)')
+    .option('--record <file>', 'save the exact frame stream (docs/protocol.md) to this file (mode 0600), for https-capture replay; with --ipc the same frames also go to stdout')
     .option(
       '--max-queue-bytes <bytes>',
       'with --ipc: most bytes queued for a host that does not read; segments beyond it are dropped and reported',
@@ -72,7 +72,7 @@ function program(): Command {
     .addHelpText(
       'after',
       '\nRuns as root (or with CAP_BPF and CAP_PERFMON). Ctrl-C (SIGINT) or SIGTERM detaches every probe and exits 0.\n' +
-        'https-capture replay FILE [--format exchanges|frames] plays back a recording made with --ipc --record FILE.\n' +
+        'https-capture replay FILE [--format exchanges|frames] plays back a recording made with --record FILE.\n' +
         'Example: sudo https-capture --comm curl   (then run curl https://... in another shell)',
     );
 }
@@ -116,7 +116,7 @@ function summary(k: KernelCounters): string {
 
 function replayProgram(): Command {
   return new Command('https-capture replay')
-    .description('Plays back a frame recording (made with --ipc --record FILE) without root or a kernel.')
+    .description('Plays back a frame recording (made with --record FILE, with or without --ipc) without root or a kernel.')
     .argument('<file>', 'the recording')
     .option('-f, --format <format>', 'exchanges (HTTP/1.1 requests and responses) or frames (one JSON object per frame)', 'exchanges');
 }
@@ -140,6 +140,7 @@ async function main(argv: string[]): Promise<number> {
       validate: opts.validate === true,
       ...(opts.record ? { record: opts.record } : {}),
       maxQueueBytes: opts.maxQueueBytes,
+      pollMs: opts.pollInterval,
     });
   }
   preflight();
@@ -151,6 +152,14 @@ async function main(argv: string[]): Promise<number> {
   const capture = new Capture({ pids: opts.pid, comms: opts.comm, callCap: opts.callCap, ringBytes: opts.ringSize, execEvents: true });
   const log = (s: string): void => void process.stderr.write(`https-capture: ${s}\n`);
   const where = (pid: number): string => (pid < 0 ? '' : ` in process ${pid}`);
+  // --record: the frames --ipc would write, saved beside the human output (the same builder).
+  let recording: FrameRecording | undefined;
+  try {
+    recording = opts.record ? new FrameRecording(opts.record, capture.wallOffsetNs, { validate: opts.validate === true, maxQueueBytes: opts.maxQueueBytes }) : undefined;
+  } catch (e) {
+    await capture.stop();
+    throw new UserError(`cannot create the recording ${opts.record}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`, 'name a file in a directory you can write to');
+  }
   const discovery = new Discovery(
     capture,
     { extra: opts.library, pollMs: opts.pollInterval, ...(targeted ? { targets: { pids: opts.pid, comms: opts.comm } } : {}) },
@@ -159,9 +168,16 @@ async function main(argv: string[]): Promise<number> {
         const missing = r.failed.length ? ` (could not probe: ${r.failed.map((f) => f.func).join(', ')})` : '';
         const how = r.plan.kind === 'internal' ? '' : ` (exported functions: ${r.plan.reason})`;
         log(`attached to ${lib.path}${where(pid)}: ${r.attached.join(', ')}${how}${missing}`);
+        recording?.process({ pid, library: lib.path, state: 'attached', functions: r.attached, reason: `${how}${missing}`.trim() });
       },
-      failed: (lib, reason, pid) => log(`could not attach to ${lib.path}${where(pid)}: ${reason}`),
-      detached: (lib, why, pid) => log(`detached from ${lib.path}${where(pid)}: ${why}`),
+      failed: (lib, reason, pid) => {
+        log(`could not attach to ${lib.path}${where(pid)}: ${reason}`);
+        recording?.process({ pid, library: lib.path, state: 'failed', functions: [], reason });
+      },
+      detached: (lib, why, pid) => {
+        log(`detached from ${lib.path}${where(pid)}: ${why}`);
+        recording?.process({ pid, library: lib.path, state: 'detached', functions: [], reason: why });
+      },
     },
   );
   try {
@@ -174,7 +190,7 @@ async function main(argv: string[]): Promise<number> {
     }
   } catch (e) {
     await discovery.stop();
-    await capture.stop();
+    await recording?.close('fatal_error', await capture.stop());
     throw e;
   }
 
@@ -189,6 +205,7 @@ async function main(argv: string[]): Promise<number> {
   });
   capture.start((records) => {
     for (const r of records) {
+      recording?.push(r);
       if (r.kind === 'data') {
         calls.push(r);
         continue;
@@ -208,19 +225,19 @@ async function main(argv: string[]): Promise<number> {
   });
   const named = [...opts.pid, ...opts.comm].join(', ');
   const who = targeted ? `processes ${named} (probes only in them)` : named ? `processes ${named} (filtered in the kernel)` : 'all processes';
-  log(`capturing TLS plaintext of ${who}${opts.output ? ` into ${opts.output}` : ''}; Ctrl-C to stop`);
+  log(`capturing TLS plaintext of ${who}${opts.output ? ` into ${opts.output}` : ''}${opts.record ? `, frames into ${opts.record}` : ''}; Ctrl-C to stop`);
 
   const ticker = setInterval(() => {
     const k = capture.counters();
     status.draw(`https-capture: ${capture.attachedLibraries.length} libraries, ${k.calls} calls, ${k.bytesCaptured} bytes, ${k.bytesLost + k.bytesFaulted} lost`);
   }, 1000);
 
-  await new Promise<void>((resolve) => {
-    const done = (): void => resolve();
+  const stopReason = await new Promise<ByeReason>((resolve) => {
+    const done = (): void => resolve('signal');
     process.once('SIGINT', done);
     process.once('SIGTERM', done);
     process.once('SIGHUP', done);
-    if (opts.duration) setTimeout(done, opts.duration * 1000).unref();
+    if (opts.duration) setTimeout(() => resolve('shutdown'), opts.duration * 1000).unref();
   });
   clearInterval(ticker);
   status.clear();
@@ -228,6 +245,7 @@ async function main(argv: string[]): Promise<number> {
   const final = await capture.stop();
   calls.flush();
   await out.close();
+  await recording?.close(stopReason, final);
   log(`stopped: ${summary(final)}`);
   return 0;
 }

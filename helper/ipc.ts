@@ -5,10 +5,11 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import { Readable, Writable } from 'stream';
-import { AttachResult, Capture, DEFAULT_CALL_CAP, KernelCounters } from './capture';
+import { Capture, DEFAULT_CALL_CAP, KernelCounters } from './capture';
 import { explain, preflight } from './errors';
 import { ConfigFrame, ConfigState, ConnCloseFrame, ConnOpenFrame, ErrorFrame, HelperFrame, KernelCounters as WireKernelCounters, SegmentFrame } from './generated/protocol';
-import { findOpenSslLibraries, LibraryFile } from './libraries';
+import { Discovery } from './discovery';
+import { LibraryFile } from './libraries';
 import { CaptureRecord, ConnRecord, DataRecord, SockInfo } from './records';
 import { DEFAULT_MAX_QUEUE_BYTES, FrameDecoder, FrameError, FrameWriter, MAX_CONTROL_FRAME_BYTES, MAX_DATA_BYTES, MAX_FRAME_BYTES, RawFrame } from './wire';
 
@@ -20,6 +21,8 @@ export interface IpcOptions {
   comms?: string[];
   callCap?: number;
   ringBytes?: number;
+  /** /proc rescan interval in ms (--poll-interval). */
+  pollMs?: number;
   /** Extra library files to attach to (--library). */
   libraries?: string[];
   /** Validate every outgoing frame against the schemas (--validate; always in tests). */
@@ -129,7 +132,8 @@ export class FrameBuilder {
       const c = this.conns.get(`${r.pid}:${r.connId}`);
       if (c) c.end = [Math.max(c.end[0], r.egressBytes), Math.max(c.end[1], r.ingressBytes)];
       this.closeWhere((x) => x.open.pid === r.pid && x.open.conn_id === r.connId, r.reason ?? 'close', r.tsNs + this.wallOffsetNs);
-    } else this.closeWhere((c) => c.open.pid === r.pid, 'process_exit', r.tsNs + this.wallOffsetNs);
+    } else if (r.kind === 'exit') this.closeWhere((c) => c.open.pid === r.pid, 'process_exit', r.tsNs + this.wallOffsetNs);
+    // other records (a process's exec, a library opened) are discovery's, not the host's
   }
 
   closeAll(reason: string): void {
@@ -201,6 +205,103 @@ export function openRecording(file: string): fs.WriteStream {
 }
 
 type StopReason = 'shutdown' | 'signal' | 'stdin_closed' | 'parent_exited' | 'fatal_error' | 'stdout_closed';
+export type ByeReason = Exclude<StopReason, 'stdout_closed'>;
+
+/** The first frame of every stream, --ipc or recording. */
+function helloFrame(maxQueueBytes: number): HelperFrame {
+  return {
+    type: 'hello',
+    protocol: PROTOCOL_VERSION,
+    helper_version: helperVersion(),
+    pid: process.pid,
+    capabilities: { libraries: [...SUPPORTED_LIBRARIES] },
+    limits: { max_frame_bytes: MAX_FRAME_BYTES, max_control_frame_bytes: MAX_CONTROL_FRAME_BYTES, max_data_bytes: MAX_DATA_BYTES, max_queue_bytes: maxQueueBytes },
+    clock: 'realtime-ns',
+    ts_ns: nowNs(),
+  };
+}
+
+/** Sends a loss frame per source for what was lost since the previous report of that source. */
+class LossReporter {
+  private readonly reported = { ring_buffer: [0, 0], memory_fault: [0, 0], events: [0, 0], writer_queue: [0, 0] };
+
+  constructor(
+    private readonly writer: FrameWriter,
+    private readonly send: (f: HelperFrame) => boolean,
+  ) {}
+
+  report(k: KernelCounters): void {
+    const w = this.writer.snapshot();
+    const now: Record<keyof LossReporter['reported'], [number, number]> = {
+      ring_buffer: [k.bytesLost, k.recordsLost],
+      memory_fault: [k.bytesFaulted, k.readFaults],
+      events: [0, k.eventsLost],
+      writer_queue: [w.dropped_bytes, w.dropped_segments],
+    };
+    for (const src of Object.keys(this.reported) as (keyof LossReporter['reported'])[]) {
+      const [b, r] = now[src];
+      const [b0, r0] = this.reported[src];
+      if (b > b0! || r > r0!) {
+        this.send({ type: 'loss', source: src, bytes: b - b0!, records: r - r0!, total_bytes: b, ts_ns: nowNs() });
+        this.reported[src] = [b, r];
+      }
+    }
+  }
+}
+
+export interface ProcessEvent {
+  pid: number;
+  library: string;
+  state: 'attached' | 'detached' | 'failed';
+  functions: string[];
+  reason: string;
+}
+
+/**
+ * `--record FILE` without --ipc: the same frame stream the --ipc mode writes (hello, process,
+ * conn_open, segment, conn_close, loss, bye), built by the same FrameBuilder and FrameWriter,
+ * into a file of mode 0600, while the command prints for people. `https-capture replay` reads it.
+ */
+export class FrameRecording {
+  private readonly file: fs.WriteStream;
+  private readonly writer: FrameWriter;
+  private readonly builder: FrameBuilder;
+  private readonly losses: LossReporter;
+  private closed = false;
+
+  constructor(
+    readonly path: string,
+    wallOffsetNs: bigint,
+    opts: { validate?: boolean; maxQueueBytes?: number } = {},
+  ) {
+    this.file = openRecording(path);
+    this.writer = new FrameWriter(this.file, { maxQueueBytes: opts.maxQueueBytes ?? DEFAULT_MAX_QUEUE_BYTES, validate: opts.validate ?? false });
+    const send = (f: HelperFrame): boolean => this.writer.write(f as unknown as RawFrame);
+    this.losses = new LossReporter(this.writer, send);
+    send(helloFrame(this.writer.maxQueueBytes));
+    this.builder = new FrameBuilder(wallOffsetNs, send);
+  }
+
+  push(r: CaptureRecord): void {
+    if (!this.closed) this.builder.push(r);
+  }
+
+  process(e: ProcessEvent): void {
+    if (!this.closed) this.writer.write({ type: 'process', kind: 'openssl', ts_ns: nowNs(), ...e });
+  }
+
+  /** Closes every connection still open, reports loss, writes bye and closes the file. */
+  async close(reason: ByeReason, k: KernelCounters | undefined): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    this.builder.closeAll('helper_exit');
+    if (k) this.losses.report(k);
+    this.writer.write({ type: 'bye', reason, ts_ns: nowNs(), kernel: wireCounters(k), writer: this.writer.snapshot() });
+    await this.writer.flushed(5000);
+    await new Promise<void>((resolve) => this.file.end(resolve));
+    if (this.writer.error) throw new Error(`could not write the recording ${this.path}: ${this.writer.error.message}`);
+  }
+}
 
 /**
  * Runs the --ipc mode until shutdown, a signal, stdin closing or the parent's death; resolves
@@ -223,16 +324,7 @@ export async function runIpc(opts: IpcOptions = {}): Promise<number> {
     send(f);
   };
 
-  send({
-    type: 'hello',
-    protocol: PROTOCOL_VERSION,
-    helper_version: helperVersion(),
-    pid: process.pid,
-    capabilities: { libraries: [...SUPPORTED_LIBRARIES] },
-    limits: { max_frame_bytes: MAX_FRAME_BYTES, max_control_frame_bytes: MAX_CONTROL_FRAME_BYTES, max_data_bytes: MAX_DATA_BYTES, max_queue_bytes: writer.maxQueueBytes },
-    clock: 'realtime-ns',
-    ts_ns: nowNs(),
-  });
+  send(helloFrame(writer.maxQueueBytes));
 
   const finish = async (reason: StopReason, k: KernelCounters | undefined, code: number): Promise<number> => {
     send({ type: 'bye', reason, ts_ns: nowNs(), kernel: wireCounters(k), writer: writer.snapshot() });
@@ -254,67 +346,59 @@ export async function runIpc(opts: IpcOptions = {}): Promise<number> {
   let capture: Capture;
   try {
     preflight();
-    capture = new Capture({ pids: state.pids, comms: state.comms, callCap: state.call_cap, ...(opts.ringBytes ? { ringBytes: opts.ringBytes } : {}) });
+    capture = new Capture({ pids: state.pids, comms: state.comms, callCap: state.call_cap, execEvents: true, ...(opts.ringBytes ? { ringBytes: opts.ringBytes } : {}) });
   } catch (e) {
     const u = explain(e);
     error('capture_failed', u.cause, u.fix, true);
     return finish('fatal_error', undefined, u.exitCode);
   }
 
-  const libraryFiles = (): LibraryFile[] => findOpenSslLibraries(opts.libraries ?? []);
+  // Libraries are found and followed by the same discovery as the standalone mode (new files
+  // as they are opened, other mount namespaces, upgrades, executables with OpenSSL inside);
+  // each attachment, failure and detachment becomes a `process` frame.
+  const processFrame = (lib: LibraryFile, pid: number, state: 'attached' | 'failed' | 'detached', functions: string[], reason: string): void =>
+    void send({ type: 'process', pid, library: lib.path, kind: 'openssl', state, functions, reason, ts_ns: nowNs() });
+  let discovery: Discovery | undefined;
   const attachAll = (): number => {
-    let n = 0;
-    for (const lib of libraryFiles()) {
-      if (capture.attachedLibraries.includes(lib.path)) continue;
-      try {
-        const r: AttachResult = capture.attachOpenSsl(lib);
-        n++;
+    discovery = new Discovery(capture, { extra: opts.libraries ?? [], pollMs: opts.pollMs ?? 2000 }, {
+      attached: (lib, r, pid) => {
         const notes = [r.plan.kind === 'internal' ? 'internal functions' : `exported functions (${r.plan.reason})`];
         if (r.failed.length) notes.push(`could not probe ${r.failed.map((f) => `${f.func}: ${f.reason}`).join('; ')}`);
-        send({ type: 'process', pid: -1, library: lib.path, kind: 'openssl', state: 'attached', functions: r.attached, reason: notes.join('; '), ts_ns: nowNs() });
-      } catch (e) {
-        send({ type: 'process', pid: -1, library: lib.path, kind: 'openssl', state: 'failed', functions: [], reason: explain(e).cause, ts_ns: nowNs() });
-      }
-    }
-    return n;
+        processFrame(lib, pid, 'attached', r.attached, notes.join('; '));
+      },
+      failed: (lib, reason, pid) => processFrame(lib, pid, 'failed', [], reason),
+      detached: (lib, why, pid) => processFrame(lib, pid, 'detached', [], why),
+    });
+    discovery.start();
+    return capture.attachedLibraries.length;
   };
   const detachAll = (): void => {
+    void discovery?.stop();
+    discovery = undefined;
     for (const lib of capture.attachedLibraries) {
       capture.detachLibrary(lib);
-      send({ type: 'process', pid: -1, library: lib, kind: 'openssl', state: 'detached', functions: [], reason: '', ts_ns: nowNs() });
+      send({ type: 'process', pid: -1, library: lib, kind: 'openssl', state: 'detached', functions: [], reason: 'config asked for no openssl', ts_ns: nowNs() });
     }
   };
 
   if (attachAll() === 0) {
     error('attach_failed', 'no OpenSSL library could be probed (see the process frames)', 'install OpenSSL (libssl3), or name the library with --library PATH', true);
+    await discovery?.stop();
     return finish('fatal_error', await capture.stop(), 1);
   }
 
   const builder = new FrameBuilder(capture.wallOffsetNs, send);
   capture.start((records) => {
-    for (const r of records) builder.push(r);
+    for (const r of records) {
+      discovery?.onRecord(r);
+      builder.push(r);
+    }
   });
   log(`capturing TLS plaintext; frames on stdout (protocol ${PROTOCOL_VERSION})`);
 
   // Loss: report what grew since the last report, per source.
-  const reported = { ring_buffer: [0, 0], memory_fault: [0, 0], events: [0, 0], writer_queue: [0, 0] };
-  const reportLoss = (k: KernelCounters): void => {
-    const w = writer.snapshot();
-    const now: Record<keyof typeof reported, [number, number]> = {
-      ring_buffer: [k.bytesLost, k.recordsLost],
-      memory_fault: [k.bytesFaulted, k.readFaults],
-      events: [0, k.eventsLost],
-      writer_queue: [w.dropped_bytes, w.dropped_segments],
-    };
-    for (const src of Object.keys(reported) as (keyof typeof reported)[]) {
-      const [b, r] = now[src];
-      const [b0, r0] = reported[src];
-      if (b > b0 || r > r0) {
-        send({ type: 'loss', source: src, bytes: b - b0!, records: r - r0!, total_bytes: b, ts_ns: nowNs() });
-        reported[src] = [b, r];
-      }
-    }
-  };
+  const losses = new LossReporter(writer, send);
+  const reportLoss = (k: KernelCounters): void => losses.report(k);
   const sendStats = (): void => {
     const k = capture.counters();
     reportLoss(k);
@@ -337,10 +421,10 @@ export async function runIpc(opts: IpcOptions = {}): Promise<number> {
     if (c.libraries !== undefined) next.libraries = c.libraries;
     if (c.stats_interval_ms !== undefined) next.stats_interval_ms = c.stats_interval_ms;
     try {
-      capture.configure({ pids: next.pids, comms: next.comms, callCap: next.call_cap });
+      capture.configure({ pids: next.pids, comms: next.comms, callCap: next.call_cap, execEvents: true });
     } catch (e) {
       try {
-        capture.configure({ pids: state.pids, comms: state.comms, callCap: state.call_cap });
+        capture.configure({ pids: state.pids, comms: state.comms, callCap: state.call_cap, execEvents: true });
       } catch {
         // the previous settings were accepted before; if they fail now the next stats shows it
       }
@@ -374,6 +458,7 @@ export async function runIpc(opts: IpcOptions = {}): Promise<number> {
       input.off('end', onEnd);
       process.off('SIGTERM', onSignal);
       process.off('SIGINT', onSignal);
+      await discovery?.stop();
       const k = await capture.stop(); // detaches, then delivers what is left in the ring
       builder.closeAll('helper_exit');
       reportLoss(k);

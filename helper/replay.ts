@@ -67,6 +67,47 @@ export function exchangeSummary(e: Exchange): Record<string, unknown> {
   };
 }
 
+/**
+ * Each connection of a recording at the level of frames, for protocols the host does not parse
+ * (HTTP/2): bytes and digest per direction, the gaps, and whether the process's first bytes out
+ * are the HTTP/2 client preface. In the order the connections opened.
+ */
+export function connectionSummaries(frames: RawFrame[]): Record<string, unknown>[] {
+  const sha = (b: Buffer[]): string => b.reduce((h, x) => h.update(x), createHash('sha256')).digest('hex');
+  const conns = new Map<string, { open: RawFrame; data: [Buffer[], Buffer[]]; next: [bigint, bigint]; gaps: bigint }>();
+  for (const f of frames) {
+    const k = `${f.pid}:${f.conn_id}`;
+    if (f.type === 'conn_open') conns.set(k, { open: f, data: [[], []], next: [0n, 0n], gaps: 0n });
+    const c = conns.get(k);
+    if (!c) continue;
+    if (f.type === 'segment') {
+      const d = f.dir as 0 | 1;
+      c.gaps += (f.seq as bigint) - c.next[d];
+      c.data[d].push(f.data as Buffer);
+      c.next[d] = (f.seq as bigint) + BigInt((f.data as Buffer).length);
+    } else if (f.type === 'conn_close') {
+      c.gaps += (f.egress_end as bigint) - c.next[0] + ((f.ingress_end as bigint) - c.next[1]);
+    }
+  }
+  return [...conns.values()].map((c) => {
+    const out = Buffer.concat(c.data[0]);
+    return {
+      pid: c.open.pid,
+      comm: c.open.comm,
+      role: c.open.role,
+      egress_bytes: out.length,
+      egress_sha256: sha(c.data[0]),
+      ingress_bytes: c.data[1].reduce((n, b) => n + b.length, 0),
+      ingress_sha256: sha(c.data[1]),
+      gap_bytes: Number(c.gaps),
+      http2_client_preface: out.subarray(0, HTTP2_PREFACE.length).equals(HTTP2_PREFACE),
+    };
+  });
+}
+
+/** What every HTTP/2 client sends first (RFC 9113, 3.4). */
+export const HTTP2_PREFACE = Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n', 'latin1');
+
 /** `https-capture replay FILE [--format exchanges|frames]`: writes to `out`; returns the exit code. */
 export async function replayCommand(file: string, format: 'exchanges' | 'frames', out: (s: string) => void): Promise<number> {
   if (format === 'frames') {

@@ -1,14 +1,16 @@
 #!/usr/bin/env node
 // make-fixtures.js: records real programs through the --ipc helper into fixtures/<name>.frames,
-// with the exchanges the live host rebuilt beside them (fixtures/<name>.expected.json), after
-// checking those against what the programs sent. Needs root and a build (npm run build).
+// with what the live host saw beside them (fixtures/<name>.expected.json): the HTTP/1 exchanges
+// it rebuilt, and every connection at frame level (bytes and digest per direction, the HTTP/2
+// preface), after checking those against what the programs sent. Needs root and a build.
+// Regenerates every fixture: node scripts/make-fixtures.js
 'use strict';
 const fs = require('fs');
 const path = require('path');
 const root = path.resolve(__dirname, '..');
 const dist = path.join(root, 'dist');
 const { HelperHost } = require(path.join(dist, 'helper', 'host.js'));
-const { exchangeSummary } = require(path.join(dist, 'helper', 'replay.js'));
+const { connectionSummaries, exchangeSummary, replayFrames } = require(path.join(dist, 'helper', 'replay.js'));
 const S = require(path.join(dist, 'test', 'lib', 'servers.js'));
 
 const out = path.join(root, 'fixtures');
@@ -21,14 +23,22 @@ async function record(name, comms, traffic, check) {
   host.on('exchange', (e) => exchanges.push(e));
   await host.ready;
   await S.waitFor(() => host.stderr.includes('capturing TLS plaintext'), { what: 'the helper to attach' });
+  const segments = [];
+  host.on('segment', (f) => segments.push(f));
   const sent = await traffic();
-  await S.waitFor(() => check(exchanges, sent), { timeoutMs: 10000, what: `the exchanges of ${name}` });
+  await S.waitFor(() => check(exchanges, sent, segments), { timeoutMs: 10000, what: `the traffic of ${name}` });
   await new Promise((r) => setTimeout(r, 300)); // let the exit (conn_close) arrive too
   await host.close();
-  const expected = exchanges.map(exchangeSummary);
+  const frames = [];
+  for await (const f of replayFrames(file)) frames.push(f);
+  const connections = connectionSummaries(frames);
+  if (connections.some((c) => c.gap_bytes !== 0)) throw new Error(`${name}: bytes were lost while recording: ${JSON.stringify(connections)}`);
+  const expected = { exchanges: exchanges.map(exchangeSummary), connections };
   fs.writeFileSync(path.join(out, `${name}.expected.json`), JSON.stringify(expected, null, 2) + '\n');
   fs.chmodSync(file, 0o644); // fixtures hold only test traffic: readable by the test run
-  process.stderr.write(`make-fixtures: ${name}: ${fs.statSync(file).size} bytes, ${expected.length} exchanges\n`);
+  const size = fs.statSync(file).size;
+  if (size > 100 * 1024) throw new Error(`${name}: ${size} bytes, over the 100 KiB a fixture may take: send less`);
+  process.stderr.write(`make-fixtures: ${name}: ${size} bytes, ${expected.exchanges.length} exchanges, ${connections.length} connections\n`);
 }
 
 async function main() {
@@ -59,6 +69,35 @@ async function main() {
         return r;
       },
       (ex) => ex.filter((e) => e.request.body.equals(body) && e.response.body.equals(body)).length >= 2,
+    );
+    // curl → nginx over HTTP/1.1, two requests on one keep-alive connection; both ends.
+    const files = { 'a.txt': S.pattern(3000, 11), 'dir/b.bin': S.pattern(700, 12) };
+    const ng = await S.startNginx({ dir: path.join(dir, 'nginx'), files, cert });
+    await record(
+      'nginx-keepalive',
+      ['curl', 'nginx'],
+      async () => {
+        const r = await S.curl(`https://127.0.0.1:${ng.port}/a.txt`, ['-o', '/dev/null', `https://127.0.0.1:${ng.port}/dir/b.bin`]);
+        if (r.code !== 0) throw new Error(`curl failed: ${r.stderr}`);
+        return r;
+      },
+      (ex, r) => ex.filter((e) => e.role === 'client' && e.pid === r.pid).length === 2 && ex.filter((e) => e.role === 'server' && e.comm === 'nginx').length === 2,
+    );
+    // curl --http2 → nginx (http2 on its listen line): frame level only, the host parses HTTP/1.
+    const ng2 = await S.startNginx({ dir: path.join(dir, 'nginx-h2'), files: { 'h2.txt': S.pattern(2500, 13) }, cert, http2: true });
+    await record(
+      'curl-http2-nginx',
+      ['curl', 'nginx'],
+      async () => {
+        const r = await S.run('curl', ['-sS', '-k', '--http2', '--noproxy', '*', `https://127.0.0.1:${ng2.port}/h2.txt`]);
+        if (r.code !== 0 || !r.stdout.equals(S.pattern(2500, 13))) throw new Error(`curl --http2 failed: ${r.stderr}`);
+        return r;
+      },
+      (_ex, r, segs) => {
+        const mine = segs.filter((s) => s.pid === r.pid);
+        const bytesIn = mine.filter((s) => s.dir === 1).reduce((n, s) => n + s.data.length, 0);
+        return bytesIn > 2500 && segs.some((s) => s.comm === 'nginx' && s.dir === 1);
+      },
     );
   } finally {
     await S.stopAll();

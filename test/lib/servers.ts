@@ -271,6 +271,8 @@ export async function startNginx(opts: {
   ipv6?: boolean;
   workers?: number;
   cert?: CertPair;
+  /** Offer HTTP/2 by ALPN on the listen line (nginx built --with-http_v2_module, as Debian's is). */
+  http2?: boolean;
 }): Promise<NginxServer> {
   const { dir } = opts;
   const root = path.join(dir, 'root');
@@ -310,8 +312,8 @@ http {
   keepalive_timeout 65s;
   keepalive_requests 10000;
   server {
-    listen 127.0.0.1:${port} ssl;
-${opts.ipv6 ? `    listen [::1]:${port} ssl;\n` : ''}    server_name localhost;
+    listen 127.0.0.1:${port} ssl${opts.http2 ? ' http2' : ''};
+${opts.ipv6 ? `    listen [::1]:${port} ssl${opts.http2 ? ' http2' : ''};\n` : ''}    server_name localhost;
     ssl_certificate ${q(cert)};
     ssl_certificate_key ${q(key)};
     root ${q(root)};
