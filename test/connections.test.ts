@@ -9,6 +9,7 @@ import { Recorder, requireKernel } from './lib/kernel';
 import { CertPair, curl, makeCert, NginxServer, run, startNginx, stopAll, tmpDir, waitFor } from './lib/servers';
 
 interface LogLine {
+  ip: string;
   port: number;
   uri: string;
 }
@@ -21,7 +22,7 @@ function accessLog(nginx: NginxServer): LogLine[] {
     .map((l) => {
       const m = /^(\S+):(\d+) \S+ (\S+) /.exec(l);
       assert.ok(m, `access log line: ${l}`);
-      return { port: Number(m[2]), uri: m[3]! };
+      return { ip: m[1]!, port: Number(m[2]), uri: m[3]! };
     });
 }
 
@@ -141,8 +142,9 @@ describe('connections (kernel, real programs)', function () {
     const [c] = opens(rec, res.pid);
     assert.ok(c);
     assert.deepStrictEqual([c.sock.family, c.sock.localIp, c.sock.remoteIp, c.sock.remotePort], ['ipv6', '::1', '::1', nginx.port]);
-    const log = accessLog(nginx).filter((l) => l.port === c.sock.localPort);
-    assert.strictEqual(log.length, 1, 'nginx logged that port');
+    // Ports are reused across tests: the address and the port together name the connection.
+    const log = accessLog(nginx).filter((l) => l.ip === '::1' && l.port === c.sock.localPort);
+    assert.strictEqual(log.length, 1, 'nginx logged that address and port');
   });
 
   it('one SSL* reused for two connections (SSL_clear + new fd) gives two connection ids', async () => {
