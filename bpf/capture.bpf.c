@@ -53,6 +53,13 @@ struct {
 	__type(value, __u8);
 } filter_comms SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, __u16);
+	__type(value, __u8);
+} filter_ports SEC(".maps");
+
 // Arguments of a TLS call in progress, per thread, from entry to return.
 struct call_args {
 	__u64 ssl;
@@ -142,7 +149,7 @@ static __always_inline bool traced(__u32 tgid)
 	if (tgid == targ_self_tgid)
 		return false;
 	cfg = bpf_map_lookup_elem(&settings, &zero);
-	if (!cfg || !cfg->filter)
+	if (!cfg || !(cfg->filter & (CAP_FILTER_PID | CAP_FILTER_COMM)))
 		return true;
 	if ((cfg->filter & CAP_FILTER_PID) && bpf_map_lookup_elem(&filter_pids, &tgid))
 		return true;
@@ -320,9 +327,26 @@ static __always_inline struct conn_state *conn_get(__u32 tgid, __u64 ssl)
 	return bpf_map_lookup_elem(&conns, &key);
 }
 
+// The port filter: a connection passes if its local or remote port is listed. One whose
+// socket is unknown does not, when the filter is set.
+static __always_inline bool port_passes(struct cap_sock *sock)
+{
+	__u32 zero = 0;
+	struct cap_config *cfg = bpf_map_lookup_elem(&settings, &zero);
+	__u16 port;
+
+	if (!cfg || !(cfg->filter & CAP_FILTER_PORT))
+		return true;
+	port = sock->lport;
+	if (bpf_map_lookup_elem(&filter_ports, &port))
+		return true;
+	port = sock->rport;
+	return bpf_map_lookup_elem(&filter_ports, &port) != NULL;
+}
+
 static __always_inline void conn_open(__u32 tgid, __u64 ssl, struct conn_state *s)
 {
-	if (s->opened)
+	if (s->opened || !port_passes(&s->sock))
 		return;
 	s->opened = 1;
 	emit_conn(CAP_EV_CONN_OPEN, tgid, ssl, s, 0);
@@ -390,6 +414,10 @@ static __always_inline void emit_call(__u64 id, struct call_args *a, __u64 len, 
 		s->sock.flags |= CAP_SOCK_MID_STREAM;
 	}
 	conn_set_fd(tgid, a->ssl, s, a->fd);
+	if (!port_passes(&s->sock)) {
+		s->off[dir] += len; // not captured, but offsets stay exact should the filter change
+		return;
+	}
 	conn_open(tgid, a->ssl, s);
 	c.tmpl.seq = s->off[dir];
 	c.tmpl.ack = s->off[dir ^ 1];

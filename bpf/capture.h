@@ -152,6 +152,7 @@ enum cap_counter {
 enum cap_filter {
 	CAP_FILTER_PID = 1,  /* only tgids in map `filter_pids` */
 	CAP_FILTER_COMM = 2, /* only comms in map `filter_comms` */
+	CAP_FILTER_PORT = 4, /* and only connections with a local or remote port in `filter_ports` */
 };
 
 enum cap_config_flags {
@@ -159,7 +160,8 @@ enum cap_config_flags {
 };
 
 struct cap_config {
-	__u32 filter;   /* enum cap_filter bits; a call passes if it matches any set filter */
+	__u32 filter;   /* enum cap_filter bits: a process passes if it matches the pid or the comm
+			 * filter (when either is set); its connection, if the port filter is set */
 	__u32 flags;    /* enum cap_config_flags */
 	__u64 call_cap; /* most bytes captured per call (<= CAP_CHUNK_MAX * CAP_MAX_CHUNKS) */
 };

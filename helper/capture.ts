@@ -35,6 +35,7 @@ export const OPENSSL_CONN_PROBES: { func: string; prog: string; retprobe?: boole
 ];
 
 const CFG_EXEC_EVENTS = 1;
+const FILTER_PORT = 4;
 const FILTER_PID = 1;
 const FILTER_COMM = 2;
 
@@ -42,6 +43,8 @@ export interface CaptureOptions {
   /** Only these processes (and any process whose name is in `comms`). */
   pids?: number[];
   comms?: string[];
+  /** And only connections with one of these local or remote ports. */
+  ports?: number[];
   /** Most bytes captured of one call; the rest is counted. */
   callCap?: number;
   /** Size of the ring buffer in bytes (a power of two, at least one page). */
@@ -134,14 +137,21 @@ export class Capture {
    * Sets filters, cap and whether every exec is reported (targeted mode wants them; others need
    * not pay); takes effect for calls that start afterwards.
    */
-  configure(opts: Pick<CaptureOptions, 'pids' | 'comms' | 'callCap' | 'execEvents'>): void {
+  configure(opts: Pick<CaptureOptions, 'pids' | 'comms' | 'ports' | 'callCap' | 'execEvents'>): void {
     const cap = opts.callCap ?? DEFAULT_CALL_CAP;
     if (!Number.isSafeInteger(cap) || cap < 0 || cap > CALL_CAP_MAX) {
       throw new RangeError(`per-call cap ${cap} is outside 0..${CALL_CAP_MAX}`);
     }
     for (const key of this.bpf.keys('filter_pids')) this.bpf.delete('filter_pids', key);
     for (const key of this.bpf.keys('filter_comms')) this.bpf.delete('filter_comms', key);
+    for (const key of this.bpf.keys('filter_ports')) this.bpf.delete('filter_ports', key);
     let filter = 0;
+    for (const port of opts.ports ?? []) {
+      const k = Buffer.alloc(2);
+      k.writeUInt16LE(port);
+      this.bpf.update('filter_ports', k, Buffer.from([1]));
+      filter |= FILTER_PORT;
+    }
     for (const pid of opts.pids ?? []) {
       const k = Buffer.alloc(4);
       k.writeUInt32LE(pid);

@@ -16,6 +16,7 @@ import { showCall, showConn } from './show';
 interface Options {
   pid: number[];
   comm: string[];
+  port: number[];
   duration?: number;
   output?: string;
   callCap: number;
@@ -48,6 +49,7 @@ function program(): Command {
     .description('Prints the plaintext of TLS calls (OpenSSL SSL_write/SSL_read) made by processes on this machine, captured with eBPF.')
     .option('-p, --pid <pids>', 'only these processes (comma-separated, repeatable)', listOf(intArg('--pid', 1, 2 ** 31 - 1)), [])
     .option('-c, --comm <names>', 'only processes with these names (comma-separated, repeatable)', listOf(String), [])
+    .option('-P, --port <ports>', 'only connections with one of these local or remote ports (comma-separated, repeatable)', listOf(intArg('--port', 1, 65535)), [])
     .option('-d, --duration <seconds>', 'stop after this many seconds', intArg('--duration', 1, 365 * 86400))
     .option('-o, --output <file>', 'write the capture to this file (mode 0600) instead of stdout')
     .option('--call-cap <bytes>', 'most bytes captured of one TLS call; the rest is counted', intArg('--call-cap', 0, CALL_CAP_MAX), DEFAULT_CALL_CAP)
@@ -134,6 +136,7 @@ async function main(argv: string[]): Promise<number> {
     return runIpc({
       pids: opts.pid,
       comms: opts.comm,
+      ports: opts.port,
       callCap: opts.callCap,
       ringBytes: opts.ringSize,
       libraries: opts.library,
@@ -149,7 +152,7 @@ async function main(argv: string[]): Promise<number> {
   // name filter in BPF, which sees a process's first call however short it lives.
   const targeted = opts.targeted === true || (opts.pid.length > 0 && opts.comm.length === 0);
   if (opts.targeted && !opts.pid.length && !opts.comm.length) throw new UserError('--targeted needs --pid or --comm', 'name the processes to plant probes in', 2);
-  const capture = new Capture({ pids: opts.pid, comms: opts.comm, callCap: opts.callCap, ringBytes: opts.ringSize, execEvents: true });
+  const capture = new Capture({ pids: opts.pid, comms: opts.comm, ports: opts.port, callCap: opts.callCap, ringBytes: opts.ringSize, execEvents: true });
   const log = (s: string): void => void process.stderr.write(`https-capture: ${s}\n`);
   const where = (pid: number): string => (pid < 0 ? '' : ` in process ${pid}`);
   // --record: the frames --ipc would write, saved beside the human output (the same builder).

@@ -19,6 +19,8 @@ export const SUPPORTED_LIBRARIES = ['openssl'] as const;
 export interface IpcOptions {
   pids?: number[];
   comms?: string[];
+  /** Only connections with one of these local or remote ports. */
+  ports?: number[];
   callCap?: number;
   ringBytes?: number;
   /** /proc rescan interval in ms (--poll-interval). */
@@ -337,7 +339,7 @@ export async function runIpc(opts: IpcOptions = {}): Promise<number> {
   const state: Required<ConfigState> = {
     pids: opts.pids ?? [],
     comms: opts.comms ?? [],
-    ports: [],
+    ports: opts.ports ?? [],
     call_cap: opts.callCap ?? DEFAULT_CALL_CAP,
     libraries: [...SUPPORTED_LIBRARIES],
     stats_interval_ms: opts.statsIntervalMs ?? 5000,
@@ -346,7 +348,7 @@ export async function runIpc(opts: IpcOptions = {}): Promise<number> {
   let capture: Capture;
   try {
     preflight();
-    capture = new Capture({ pids: state.pids, comms: state.comms, callCap: state.call_cap, execEvents: true, ...(opts.ringBytes ? { ringBytes: opts.ringBytes } : {}) });
+    capture = new Capture({ pids: state.pids, comms: state.comms, ports: state.ports, callCap: state.call_cap, execEvents: true, ...(opts.ringBytes ? { ringBytes: opts.ringBytes } : {}) });
   } catch (e) {
     const u = explain(e);
     error('capture_failed', u.cause, u.fix, true);
@@ -421,10 +423,10 @@ export async function runIpc(opts: IpcOptions = {}): Promise<number> {
     if (c.libraries !== undefined) next.libraries = c.libraries;
     if (c.stats_interval_ms !== undefined) next.stats_interval_ms = c.stats_interval_ms;
     try {
-      capture.configure({ pids: next.pids, comms: next.comms, callCap: next.call_cap, execEvents: true });
+      capture.configure({ pids: next.pids, comms: next.comms, ports: next.ports, callCap: next.call_cap, execEvents: true });
     } catch (e) {
       try {
-        capture.configure({ pids: state.pids, comms: state.comms, callCap: state.call_cap, execEvents: true });
+        capture.configure({ pids: state.pids, comms: state.comms, ports: state.ports, callCap: state.call_cap, execEvents: true });
       } catch {
         // the previous settings were accepted before; if they fail now the next stats shows it
       }

@@ -173,6 +173,18 @@ describe('capture (kernel, real programs)', function () {
     assert.ok(rec.data.every((r) => r.pid === py.pid));
   });
 
+  it('filters by port: only connections with the port, on either end', async () => {
+    rec = new Recorder({ ports: [nginx.port] });
+    const a = await curl(`https://127.0.0.1:${nginx.port}/small.txt`);
+    const b = await pyClient(`https://127.0.0.1:${py.port}/bytes/100`);
+    await until(rec, a.pid, 'ingress', 6);
+    await until(rec, nginx.workerPids()[0]!, 'egress', 6);
+    assert.strictEqual(b.code, 0);
+    await rec.stop();
+    assert.strictEqual(rec.of(b.pid).length + rec.of(py.pid).length, 0, 'not the other port');
+    assert.ok(rec.data.every((r) => r.sock.remotePort === nginx.port || r.sock.localPort === nginx.port));
+  });
+
   it('reports the exit of a process it captured', async () => {
     rec = new Recorder();
     const res = await curl(`https://127.0.0.1:${nginx.port}/small.txt`);

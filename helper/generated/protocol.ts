@@ -525,7 +525,7 @@ export interface ConfigFrame {
    */
   comms?: string[];
   /**
-   * Capture only connections with one of these local or remote ports; empty: every port. Stored now; applied once the helper tracks connections (protocol 1 helpers may ignore it).
+   * Capture only connections with one of these local or remote ports (applied in the kernel, after the pid/comm filters choose processes); empty: every port. A connection whose socket is unknown does not pass while ports are set.
    *
    * @maxItems 4096
    */
