@@ -6,7 +6,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { ConnRecord } from '../helper/records';
 import { Recorder, requireKernel } from './lib/kernel';
-import { CertPair, curl, makeCert, NginxServer, run, startNginx, stopAll, tmpDir, waitFor } from './lib/servers';
+import { CertPair, curl, makeCert, NginxServer, run, startNginx, startPyServer, stopAll, tmpDir, waitFor } from './lib/servers';
 
 interface LogLine {
   ip: string;
@@ -145,6 +145,21 @@ describe('connections (kernel, real programs)', function () {
     // Ports are reused across tests: the address and the port together name the connection.
     const log = accessLog(nginx).filter((l) => l.ip === '::1' && l.port === c.sock.localPort);
     assert.strictEqual(log.length, 1, 'nginx logged that address and port');
+  });
+
+  it('v4-mapped: an IPv4 client of a dual-stack server is ::ffff:127.0.0.1 on the server side', async () => {
+    const dual = await startPyServer({ dir, ...cert, host: '::' });
+    rec = new Recorder({ pids: [dual.pid], comms: ['curl'] });
+    const res = await curl(`https://127.0.0.1:${dual.port}/bytes/10?seed=1`);
+    assert.strictEqual(res.code, 0, res.stderr.toString());
+    await waitFor(() => rec!.bytes(dual.pid, 'egress') >= 10, { what: 'the response' });
+    const [server] = opens(rec, dual.pid);
+    const [client] = opens(rec, res.pid);
+    assert.ok(server && client);
+    assert.deepStrictEqual([server.sock.family, server.sock.localIp, server.sock.remoteIp, server.sock.localPort], ['ipv6', '::ffff:127.0.0.1', '::ffff:127.0.0.1', dual.port]);
+    assert.strictEqual(server.sock.remotePort, client.sock.localPort, "the server's peer is curl's port");
+    assert.deepStrictEqual([client.sock.family, client.sock.remoteIp], ['ipv4', '127.0.0.1']);
+    await dual.stop();
   });
 
   it('one SSL* reused for two connections (SSL_clear + new fd) gives two connection ids', async () => {

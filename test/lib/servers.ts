@@ -378,9 +378,12 @@ export async function startPyServer(opts: {
   cert: string;
   key: string;
   ipv6?: boolean;
+  /** Listen address (overrides ipv6): '::' is dual-stack, IPv4 clients appear v4-mapped. */
+  host?: string;
 }): Promise<Server> {
   const args = [libFile('tls_server.py'), '--port', '0', '--cert', opts.cert, '--key', opts.key];
-  if (opts.ipv6) args.push('--host', '::1');
+  if (opts.host) args.push('--host', opts.host);
+  else if (opts.ipv6) args.push('--host', '::1');
   const proc = spawnTracked(PYTHON, args, { cwd: opts.dir, stdio: ['ignore', 'pipe', 'pipe'] });
   const pid = proc.child.pid;
   if (pid === undefined) throw new Error(`cannot spawn ${PYTHON}`);
