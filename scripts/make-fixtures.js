@@ -70,6 +70,22 @@ async function main() {
       },
       (ex) => ex.filter((e) => e.request.body.equals(body) && e.response.body.equals(body)).length >= 2,
     );
+    // node's https module (OpenSSL linked into /usr/bin/node) → python server, two requests on
+    // one keep-alive connection; node's side. Its sockets are not mapped yet (#6): fd -1.
+    await record(
+      'node-get',
+      ['node'],
+      async () => {
+        const script = `const https = require('https'); const agent = new https.Agent({ keepAlive: true });
+          const get = (p) => new Promise((ok, fail) => https.get({ host: '127.0.0.1', port: ${py.port}, path: p, agent, rejectUnauthorized: false, headers: { 'X-Fixture': 'node' } },
+            (r) => { const b = []; r.on('data', (d) => b.push(d)); r.on('end', () => ok(Buffer.concat(b))); }).on('error', fail));
+          (async () => { await get('/bytes/1500?seed=21'); await get('/bytes/200?seed=22'); agent.destroy(); })();`;
+        const r = await S.run(process.execPath, ['-e', script]);
+        if (r.code !== 0) throw new Error(`node client failed: ${r.stderr}`);
+        return r;
+      },
+      (ex, r) => ex.filter((e) => e.pid === r.pid && (e.response.body.equals(S.pattern(1500, 21)) || e.response.body.equals(S.pattern(200, 22)))).length === 2,
+    );
     // curl → nginx over HTTP/1.1, two requests on one keep-alive connection; both ends.
     const files = { 'a.txt': S.pattern(3000, 11), 'dir/b.bin': S.pattern(700, 12) };
     const ng = await S.startNginx({ dir: path.join(dir, 'nginx'), files, cert });

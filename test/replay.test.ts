@@ -15,8 +15,8 @@ const FIXTURES = path.resolve(__dirname, '..', '..', 'fixtures');
 const names = fs.readdirSync(FIXTURES).filter((f) => f.endsWith('.frames')).map((f) => f.replace(/\.frames$/, ''));
 
 describe('fixture replay (no root)', () => {
-  it('has fixtures of curl, python and nginx, over HTTP/1.1 and HTTP/2', () => {
-    for (const n of ['curl-get', 'python-post', 'nginx-keepalive', 'curl-http2-nginx']) assert.ok(names.includes(n), `no ${n} in fixtures: ${names.join(', ')}`);
+  it('has fixtures of curl, python, node and nginx, over HTTP/1.1 and HTTP/2', () => {
+    for (const n of ['curl-get', 'python-post', 'node-get', 'nginx-keepalive', 'curl-http2-nginx']) assert.ok(names.includes(n), `no ${n} in fixtures: ${names.join(', ')}`);
   });
 
   interface Expected {
