@@ -1,21 +1,9 @@
 // calls.ts: joins the chunk records of one TLS call back into the call, and notes the bytes
 // of it that are missing (past the cap, or lost to a full ring buffer). Pure code.
-import { DataRecord, Direction, SockInfo, TlsFunction } from './records';
+import { ConnectionEvent, DataRecord } from './records';
 
-export interface Call {
-  tsNs: bigint;
-  pid: number;
-  tid: number;
-  comm: string;
-  connId: bigint;
-  ssl: bigint;
-  dir: Direction;
-  func: TlsFunction;
-  sock: SockInfo;
-  /** Offset of the call's first byte within its connection and direction. */
-  seq: number;
-  /** Bytes the call moved. */
-  callLen: number;
+/** A whole call: its first record's identity, with `seq` the offset of the call's first byte. */
+export interface Call extends ConnectionEvent, Pick<DataRecord, 'dir' | 'func' | 'seq' | 'callLen'> {
   /** The captured bytes, from the call's start; shorter than callLen if truncated or lost. */
   data: Buffer;
   /** Bytes past the per-call cap (not captured by design). */

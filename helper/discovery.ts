@@ -12,7 +12,7 @@ import * as chokidar from 'chokidar';
 import * as fs from 'fs';
 import * as path from 'path';
 import { AttachResult, Capture, ProbeMode } from './capture';
-import { findOpenSslLibraries, LibraryFile, mappedLibraries, openSslExecutables } from './libraries';
+import { findOpenSslLibraries, LibraryFile, mappedLibraries, openSslExecutables, statKey } from './libraries';
 import { CaptureRecord } from './records';
 
 export interface DiscoveryReport {
@@ -39,14 +39,7 @@ interface Known {
 
 const key = (dev: number, ino: number): string => `${dev}:${ino}`;
 
-function stat(p: string): { dev: number; ino: number } | undefined {
-  try {
-    const st = fs.statSync(p);
-    return st.isFile() ? { dev: st.dev, ino: st.ino } : undefined;
-  } catch {
-    return undefined;
-  }
-}
+const stat = statKey;
 
 export class Discovery {
   private readonly files = new Map<string, Known>();

@@ -16,7 +16,8 @@ export interface LibraryFile {
 
 const LIBSSL = /(^|\/)libssl\.so(\.[0-9.]+)?$/;
 
-function statKey(path: string): { dev: number; ino: number } | undefined {
+/** (device, inode) of a regular file, or undefined if it is not one (or is gone). */
+export function statKey(path: string): { dev: number; ino: number } | undefined {
   try {
     const st = fs.statSync(path);
     return st.isFile() ? { dev: st.dev, ino: st.ino } : undefined;

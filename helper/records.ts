@@ -135,16 +135,21 @@ export function decodeSock(b: Buffer): SockInfo {
   };
 }
 
-/** One chunk of the plaintext one TLS call moved. */
-export interface DataRecord {
-  kind: 'data';
-  /** CLOCK_MONOTONIC nanoseconds at the call's return. */
+/** What data and connection records share: when, who, and which connection. */
+export interface ConnectionEvent {
+  /** CLOCK_MONOTONIC nanoseconds (a data record: at the call's return). */
   tsNs: bigint;
   pid: number;
   tid: number;
   comm: string;
   connId: bigint;
   ssl: bigint;
+  sock: SockInfo;
+}
+
+/** One chunk of the plaintext one TLS call moved. */
+export interface DataRecord extends ConnectionEvent {
+  kind: 'data';
   dir: Direction;
   func: TlsFunction;
   /** Offset of data[0] within the connection's direction. */
@@ -158,25 +163,17 @@ export interface DataRecord {
   /** Offset of data[0] within the call. */
   chunkOff: number;
   truncated: boolean;
-  sock: SockInfo;
   data: Buffer;
 }
 
 /** A connection was first seen (or its socket became known), or it ended. */
-export interface ConnRecord {
+export interface ConnRecord extends ConnectionEvent {
   kind: 'open' | 'close';
-  tsNs: bigint;
-  pid: number;
-  tid: number;
-  comm: string;
-  connId: bigint;
-  ssl: bigint;
   /** Bytes moved so far per direction (on close: the final totals). */
   egressBytes: number;
   ingressBytes: number;
   /** On close. */
   reason?: CloseReason;
-  sock: SockInfo;
 }
 
 export interface ExitRecord {
