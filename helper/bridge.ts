@@ -55,6 +55,7 @@ interface NativeCapture {
   attachUprobe(prog: string, file: string, opts: UprobeOptions): number;
   attach(prog: string): number;
   detach(id: number): boolean;
+  detachMany(ids: number[]): number;
   mapLookup(map: string, key: Buffer): Buffer | null;
   mapUpdate(map: string, key: Buffer, value: Buffer): void;
   mapDelete(map: string, key: Buffer): boolean;
@@ -164,6 +165,11 @@ export class BpfObject {
 
   detach(linkId: number): boolean {
     return this.native.detach(linkId);
+  }
+
+  /** Detaches several probes at once (their kernel-side waits overlap); returns how many. */
+  detachMany(linkIds: number[]): number {
+    return this.native.detachMany(linkIds);
   }
 
   lookup(map: string, key: Buffer): Buffer | null {

@@ -241,7 +241,7 @@ export class Capture {
     for (const key of [...this.links.keys()]) {
       const [p, forPid] = splitKey(key);
       if (p !== path || (pid !== undefined && forPid !== pid)) continue;
-      for (const id of this.links.get(key)!) this.bpf.detach(id);
+      this.bpf.detachMany(this.links.get(key)!);
       this.links.delete(key);
     }
   }
@@ -252,7 +252,7 @@ export class Capture {
     for (const key of [...this.links.keys()]) {
       const [p, forPid] = splitKey(key);
       if (forPid !== pid) continue;
-      for (const id of this.links.get(key)!) this.bpf.detach(id);
+      this.bpf.detachMany(this.links.get(key)!);
       this.links.delete(key);
       paths.push(p);
     }
@@ -288,7 +288,8 @@ export class Capture {
    */
   stop(): Promise<KernelCounters> {
     this.stopped ??= (async () => {
-      for (const path of [...this.links.keys()]) this.detachLibrary(path);
+      this.bpf.detachMany([...this.links.values()].flat());
+      this.links.clear();
       if (this.running) await this.bpf.stopRing();
       this.running = false;
       const final = this.counters();

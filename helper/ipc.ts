@@ -458,8 +458,8 @@ export async function runIpc(opts: IpcOptions = {}): Promise<number> {
       clearTimeout(partialTimer);
       input.off('data', onData);
       input.off('end', onEnd);
-      process.off('SIGTERM', onSignal);
-      process.off('SIGINT', onSignal);
+      // The signal handlers stay until the end: a second SIGTERM during the stop must not kill
+      // the helper before its bye (stop() runs once).
       await discovery?.stop();
       const k = await capture.stop(); // detaches, then delivers what is left in the ring
       builder.closeAll('helper_exit');

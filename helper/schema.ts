@@ -106,10 +106,18 @@ export class FrameSchemas {
 
   /** Turns u64 fields that arrived as small msgpack integers (JS numbers) into bigints. */
   normalize(frame: Record<string, unknown>): void {
-    const fields = typeof frame.type === 'string' ? this.u64Fields.get(frame.type) : undefined;
-    for (const f of fields ?? []) {
-      const v = frame[f];
-      if (typeof v === 'number' && Number.isSafeInteger(v) && v >= 0) frame[f] = BigInt(v);
+    const fields = new Set(typeof frame.type === 'string' ? this.u64Fields.get(frame.type) : undefined);
+    // Any integer format is accepted (docs/protocol.md): Go's msgpack writes every int as int64.
+    const small = (v: unknown): unknown =>
+      typeof v === 'bigint' && v >= BigInt(Number.MIN_SAFE_INTEGER) && v <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(v) : v;
+    for (const [f, v] of Object.entries(frame)) {
+      if (fields.has(f)) {
+        if (typeof v === 'number' && Number.isSafeInteger(v) && v >= 0) frame[f] = BigInt(v);
+      } else if (Array.isArray(v)) {
+        frame[f] = v.map(small);
+      } else {
+        frame[f] = small(v);
+      }
     }
   }
 }

