@@ -1,0 +1,84 @@
+package apidump
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/vmihailenco/msgpack/v5"
+)
+
+// A canned frame stream, played by `cat` in place of the helper: no root needed.
+func TestDecodesFramesAsTheProtocolSays(t *testing.T) {
+	var stream bytes.Buffer
+	frame := func(m map[string]interface{}) {
+		body, err := msgpack.Marshal(m) // 64-bit formats for every integer, as the helper writes u64s
+		if err != nil {
+			t.Fatal(err)
+		}
+		var head [4]byte
+		binary.BigEndian.PutUint32(head[:], uint32(len(body)))
+		stream.Write(head[:])
+		stream.Write(body)
+	}
+	frame(map[string]interface{}{"type": "hello", "protocol": 1, "helper_version": "0.1.0", "pid": 42, "clock": "realtime-ns", "ts_ns": int64(1),
+		"capabilities": map[string]interface{}{"libraries": []string{"openssl"}},
+		"limits":       map[string]interface{}{"max_frame_bytes": 65536, "max_control_frame_bytes": 1 << 20, "max_data_bytes": 16384, "max_queue_bytes": 64 << 20}})
+	frame(map[string]interface{}{"type": "from_the_future", "x": 1})
+	frame(map[string]interface{}{"type": "segment", "conn_id": uint64(1<<63 + 5), "pid": 7, "tid": 8, "comm": "curl", "ssl_ptr": uint64(0xffff_8000_0000_0010),
+		"fd": -1, "dir": 1, "local_ip": "::1", "local_port": 50000, "remote_ip": "::1", "remote_port": 443, "seq": int64(10), "ack": uint64(20),
+		"ts_ns": int64(1_700_000_000_000_000_000), "len_total": 3, "data": []byte("abc"), "eos": false, "truncated": true, "lost_before": 2,
+		"mid_stream": true, "new_field": map[string]interface{}{"a": 1}})
+	frame(map[string]interface{}{"type": "bye", "reason": "shutdown", "ts_ns": 3, "kernel": map[string]interface{}{}, "writer": map[string]interface{}{}})
+	file := filepath.Join(t.TempDir(), "frames")
+	if err := os.WriteFile(file, stream.Bytes(), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c, err := Start(context.Background(), Options{Command: []string{"sh", "-c", `exec cat "$1"`, "sh", file}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []Event
+	for ev := range c.Events {
+		got = append(got, ev)
+	}
+	if err := c.Wait(); err != nil {
+		t.Errorf("Wait: %v", err)
+	}
+	if c.Hello.Pid != 42 || c.Hello.Limits.MaxDataBytes != 16384 {
+		t.Errorf("hello %+v", c.Hello)
+	}
+	if len(got) != 2 {
+		t.Fatalf("%d events, want the segment and bye (the unknown type ignored): %#v", len(got), got)
+	}
+	s, ok := got[0].(*SSLEvent)
+	want := SSLEvent{ConnID: 1<<63 + 5, Pid: 7, Tid: 8, Comm: "curl", SSLPtr: 0xffff_8000_0000_0010, Fd: -1, Dir: DirIngress,
+		LocalIP: "::1", LocalPort: 50000, RemoteIP: "::1", RemotePort: 443, Seq: 10, Ack: 20, TsNs: 1_700_000_000_000_000_000,
+		LenTotal: 3, Data: []byte("abc"), Truncated: true, LostBefore: 2, MidStream: true}
+	if !ok || s.ConnID != want.ConnID || s.SSLPtr != want.SSLPtr || s.Fd != -1 || s.TsNs != want.TsNs || !bytes.Equal(s.Data, want.Data) ||
+		s.LocalPort != want.LocalPort || s.RemotePort != 443 || !s.Truncated || s.LostBefore != 2 || !s.MidStream || s.Seq != 10 || s.Ack != 20 || s.Dir != 1 {
+		t.Errorf("segment %+v, want %+v", got[0], want)
+	}
+	if s.Time().Unix() != 1_700_000_000 {
+		t.Errorf("Time() %v", s.Time())
+	}
+	if b, ok := got[1].(*Bye); !ok || b.Reason != "shutdown" {
+		t.Errorf("last event %#v", got[1])
+	}
+}
+
+// A stream that is not the protocol (a helper of another version) fails Start.
+func TestRefusesAnotherProtocolVersion(t *testing.T) {
+	body, _ := msgpack.Marshal(map[string]interface{}{"type": "hello", "protocol": 2, "capabilities": map[string]interface{}{"libraries": []string{"openssl"}}})
+	var head [4]byte
+	binary.BigEndian.PutUint32(head[:], uint32(len(body)))
+	file := filepath.Join(t.TempDir(), "frames")
+	_ = os.WriteFile(file, append(head[:], body...), 0o600)
+	_, err := Start(context.Background(), Options{Command: []string{"sh", "-c", `exec cat "$1"`, "sh", file}})
+	if err == nil || !bytes.Contains([]byte(err.Error()), []byte("protocol 2")) {
+		t.Errorf("Start: %v, want a protocol version error", err)
+	}
+}
