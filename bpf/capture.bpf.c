@@ -552,6 +552,32 @@ int BPF_KRETPROBE(ssl_read_internal_exit)
 	return call_return(ctx, CAP_FN_SSL_READ_INTERNAL, CAP_DIR_INGRESS, true);
 }
 
+// GnuTLS: gnutls_record_send/recv(session, buf, size) return the bytes moved (ssize_t), as
+// SSL_write/SSL_read do; the session pointer identifies the connection.
+SEC("uprobe")
+int BPF_KPROBE(gnutls_send_enter, void *session, const void *buf)
+{
+	return call_enter(session, buf, NULL, CAP_FN_GNUTLS_RECORD_SEND);
+}
+
+SEC("uretprobe")
+int BPF_KRETPROBE(gnutls_send_exit)
+{
+	return call_return(ctx, CAP_FN_GNUTLS_RECORD_SEND, CAP_DIR_EGRESS, false);
+}
+
+SEC("uprobe")
+int BPF_KPROBE(gnutls_recv_enter, void *session, void *buf)
+{
+	return call_enter(session, buf, NULL, CAP_FN_GNUTLS_RECORD_RECV);
+}
+
+SEC("uretprobe")
+int BPF_KRETPROBE(gnutls_recv_exit)
+{
+	return call_return(ctx, CAP_FN_GNUTLS_RECORD_RECV, CAP_DIR_INGRESS, false);
+}
+
 // ---- connection life: fd, role, handshake, end of stream ----------------------------------
 
 static __always_inline int set_fd(void *ssl, int fd)
@@ -697,8 +723,9 @@ static long find_base(__u32 i, void *ctx)
 	return 0;
 }
 
-// Whether the last path component starts with "libssl.so": the loader and dlopen open a
-// library before mapping it, so user space can attach to a new copy before it is used.
+// Whether the last path component starts with "libssl.so" or "libgnutls.so": the loader and
+// dlopen open a library before mapping it, so user space can attach to a new copy before it
+// is used.
 static __always_inline bool tls_library_name(const char *path, __u32 n)
 {
 	struct base_ctx b = { .path = path, .n = n };
@@ -708,9 +735,14 @@ static __always_inline bool tls_library_name(const char *path, __u32 n)
 	if (b.base + 9 > n)
 		return false;
 	at = b.base & (CAP_PATH_LEN - 1);
-	return path[at] == 'l' && path[at + 1] == 'i' && path[at + 2] == 'b' && path[at + 3] == 's' &&
-	       path[at + 4] == 's' && path[at + 5] == 'l' && path[at + 6] == '.' && path[at + 7] == 's' &&
-	       path[at + 8] == 'o';
+	if (path[at] != 'l' || path[at + 1] != 'i' || path[at + 2] != 'b')
+		return false;
+	if (path[at + 3] == 's' && path[at + 4] == 's' && path[at + 5] == 'l' && path[at + 6] == '.' &&
+	    path[at + 7] == 's' && path[at + 8] == 'o')
+		return true;
+	return b.base + 12 <= n && path[at + 3] == 'g' && path[at + 4] == 'n' && path[at + 5] == 'u' &&
+	       path[at + 6] == 't' && path[at + 7] == 'l' && path[at + 8] == 's' && path[at + 9] == '.' &&
+	       path[at + 10] == 's' && path[at + 11] == 'o';
 }
 
 static __always_inline void lib_open(const char *upath)

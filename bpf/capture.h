@@ -54,6 +54,9 @@ enum cap_func {
 	 * SSL BIO all call (found by helper/openssl.ts) */
 	CAP_FN_SSL_WRITE_INTERNAL = 5,
 	CAP_FN_SSL_READ_INTERNAL = 6,
+	/* GnuTLS: the session pointer stands where OpenSSL has the SSL* */
+	CAP_FN_GNUTLS_RECORD_SEND = 7,
+	CAP_FN_GNUTLS_RECORD_RECV = 8,
 };
 
 enum cap_dir {

@@ -3,7 +3,7 @@
 // ring buffer into decoded records, and reads the kernel-side counters.
 import { BpfObject, BPF_OBJECT_PATH, BridgeError, monotonicToWallOffset, RingStats, UprobeOptions } from './bridge';
 import { LibraryFile } from './libraries';
-import { planOpenSsl, ProbePlan } from './openssl';
+import { exportedOffsets, planOpenSsl, ProbePlan } from './openssl';
 import { CALL_CAP_MAX, CaptureRecord, COMM_LEN, decodeBatch, encodeConfig } from './records';
 
 export const DEFAULT_CALL_CAP = 1 << 20;
@@ -35,6 +35,21 @@ export const OPENSSL_CONN_PROBES: { func: string; prog: string; retprobe?: boole
 ];
 
 const CFG_EXEC_EVENTS = 1;
+/** GnuTLS: its record functions, and the connection-life functions mapped onto the same programs. */
+export const GNUTLS_PROBES = [
+  { func: 'gnutls_record_send', enter: 'gnutls_send_enter', exit: 'gnutls_send_exit' },
+  { func: 'gnutls_record_recv', enter: 'gnutls_recv_enter', exit: 'gnutls_recv_exit' },
+] as const;
+
+export const GNUTLS_CONN_PROBES: { func: string; prog: string; retprobe?: boolean }[] = [
+  // gnutls_transport_set_ptr is left out: its argument is only an fd by convention.
+  { func: 'gnutls_transport_set_int2', prog: 'ssl_set_fd' },
+  { func: 'gnutls_handshake', prog: 'ssl_do_handshake_exit', retprobe: true },
+  { func: 'gnutls_handshake', prog: 'ssl_do_handshake_enter' },
+  { func: 'gnutls_bye', prog: 'ssl_shutdown' },
+  { func: 'gnutls_deinit', prog: 'ssl_free' },
+];
+
 const FILTER_PORT = 4;
 const FILTER_PID = 1;
 const FILTER_COMM = 2;
@@ -94,6 +109,19 @@ const COUNTER_NAMES: (keyof KernelCounters)[] = [
   'bytesFaulted',
   'eventsLost',
 ];
+
+interface DataProbe {
+  name: string;
+  enter: string;
+  exit: string;
+  where: UprobeOptions;
+}
+
+/** Where to attach to a function: its offset worked out here, or libbpf's lookup by name. */
+function at(plan: ProbePlan, func: string): UprobeOptions {
+  const offset = plan.offsets.get(func);
+  return offset !== undefined ? { offset } : { func };
+}
 
 // Probes of a library for all processes are kept under its path; those planted for one
 // process under path#pid.
@@ -174,20 +202,35 @@ export class Capture {
    */
   attachOpenSsl(library: LibraryFile, mode: ProbeMode = 'auto', pid = -1): AttachResult {
     const plan = this.plan(library, mode);
-    // Offsets found once per file; libbpf's own lookup (by name) only where the file could
-    // not be read here.
-    const at = (func: string): UprobeOptions => {
-      const offset = plan.offsets.get(func);
-      return offset !== undefined ? { offset } : { func };
-    };
-    const result: AttachResult = { library, plan, attached: [], failed: [] };
-    const probes: { name: string; enter: string; exit: string; where: UprobeOptions }[] =
+    const data: DataProbe[] =
       plan.kind === 'internal'
         ? [
             { name: 'ssl_write_internal', enter: 'ssl_write_internal_enter', exit: 'ssl_write_internal_exit', where: { offset: plan.write } },
             { name: 'ssl_read_internal', enter: 'ssl_read_internal_enter', exit: 'ssl_read_internal_exit', where: { offset: plan.read } },
           ]
-        : OPENSSL_PROBES.map((p) => ({ name: p.func, enter: p.enter, exit: p.exit, where: at(p.func) }));
+        : OPENSSL_PROBES.map((p) => ({ name: p.func, enter: p.enter, exit: p.exit, where: at(plan, p.func) }));
+    return this.attachSet(library, plan, data, OPENSSL_CONN_PROBES, pid);
+  }
+
+  /** Attaches the GnuTLS probe set (gnutls_record_send/recv and the connection's life). */
+  attachGnutls(library: LibraryFile, pid = -1): AttachResult {
+    const k = `${library.dev}:${library.ino}:gnutls`;
+    let plan = this.plans.get(k);
+    if (!plan) {
+      plan = { kind: 'exported', reason: 'GnuTLS', offsets: exportedOffsets(library.path, [...GNUTLS_PROBES.map((p) => p.func), ...GNUTLS_CONN_PROBES.map((p) => p.func)]) };
+      this.plans.set(k, plan);
+    }
+    const data = GNUTLS_PROBES.map((p) => ({ name: p.func, enter: p.enter, exit: p.exit, where: at(plan!, p.func) }));
+    return this.attachSet(library, plan, data, GNUTLS_CONN_PROBES, pid);
+  }
+
+  /** The probe set that fits the file: OpenSSL or GnuTLS. */
+  attachLibrary(library: LibraryFile, mode: ProbeMode = 'auto', pid = -1): AttachResult {
+    return library.kind === 'gnutls' ? this.attachGnutls(library, pid) : this.attachOpenSsl(library, mode, pid);
+  }
+
+  private attachSet(library: LibraryFile, plan: ProbePlan, probes: DataProbe[], conn: typeof OPENSSL_CONN_PROBES, pid: number): AttachResult {
+    const result: AttachResult = { library, plan, attached: [], failed: [] };
     const ids: number[] = [];
     for (const p of probes) {
       let exitId: number | undefined;
@@ -202,9 +245,9 @@ export class Capture {
       }
     }
     if (ids.length > 0) {
-      for (const p of OPENSSL_CONN_PROBES) {
+      for (const p of conn) {
         try {
-          ids.push(this.bpf.attachUprobe(p.prog, library.path, { ...at(p.func), pid, retprobe: p.retprobe === true }));
+          ids.push(this.bpf.attachUprobe(p.prog, library.path, { ...at(plan, p.func), pid, retprobe: p.retprobe === true }));
         } catch (e) {
           result.failed.push({ func: p.func, reason: e instanceof BridgeError ? `${e.code}: ${e.message}` : String(e) });
         }
@@ -220,7 +263,7 @@ export class Capture {
 
   /** Works out a file's probe plan ahead of time, so that attaching later is quick. */
   prepare(library: LibraryFile, mode: ProbeMode = 'auto'): void {
-    this.plan(library, mode);
+    if (library.kind === 'openssl') this.plan(library, mode);
   }
 
   /** The probe plan of a file, worked out once per (device, inode) and mode. */

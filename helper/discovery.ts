@@ -1,7 +1,7 @@
 // discovery.ts: keeps the probes on every OpenSSL library file (and executable with OpenSSL
 // linked in, such as /usr/bin/node) that matters, as files appear,
 // change and go. Sources, fastest first: the kernel's report of a process opening a file
-// named libssl.so* (before the loader maps it), exec reports (targeted mode), a /proc scan at
+// named libssl.so* or libgnutls.so* (before the loader maps it), exec reports (targeted mode), a /proc scan at
 // start and every `pollMs` as the safety net, the linker cache, and file watches (chokidar)
 // that notice a library replaced by an upgrade.
 //
@@ -12,7 +12,7 @@ import * as chokidar from 'chokidar';
 import * as fs from 'fs';
 import * as path from 'path';
 import { AttachResult, Capture, ProbeMode } from './capture';
-import { findOpenSslLibraries, LibraryFile, mappedLibraries, openSslExecutables, statKey } from './libraries';
+import { findTlsLibraries, LibraryFile, libraryKind, mappedLibraries, openSslExecutables, statKey } from './libraries';
 import { CaptureRecord } from './records';
 
 export interface DiscoveryReport {
@@ -68,13 +68,13 @@ export class Discovery {
     this.watcher = chokidar.watch([], { ignoreInitial: true, persistent: false, atomic: false });
     this.watcher.on('add', (p) => this.fileChanged(p)).on('change', (p) => this.fileChanged(p));
     if (this.targeted) {
-      this.common = findOpenSslLibraries(this.opts.extra ?? []);
+      this.common = findTlsLibraries(this.opts.extra ?? []);
       // Decoding a library takes tens of ms once; a new target must get its probes in ~1 ms.
       for (const lib of this.common) this.capture.prepare(lib, this.opts.mode ?? 'auto');
       for (const pid of this.opts.targets!.pids) this.addTarget(pid);
       for (const pid of this.pidsByComm()) this.addTarget(pid);
     } else {
-      for (const lib of findOpenSslLibraries(this.opts.extra ?? [])) this.attachFile(lib);
+      for (const lib of findTlsLibraries(this.opts.extra ?? [])) this.attachFile(lib);
       for (const exe of openSslExecutables(this.judged)) this.attachFile(exe);
     }
     if (this.opts.pollMs) {
@@ -105,9 +105,9 @@ export class Discovery {
       if (!st) continue;
       mappedKeys.add(key(st.dev, st.ino));
       if (this.targeted) {
-        if (this.targets.has(m.pid)) this.attachFor(m.pid, { path: m.path, ...st, source: 'maps' });
+        if (this.targets.has(m.pid)) this.attachFor(m.pid, { path: m.path, ...st, source: 'maps', kind: libraryKind(m.path) });
       } else if (!this.files.has(key(st.dev, st.ino))) {
-        this.attachFile({ path: m.path, ...st, source: 'maps' });
+        this.attachFile({ path: m.path, ...st, source: 'maps', kind: libraryKind(m.path) });
       }
     }
     if (!this.targeted) for (const exe of openSslExecutables(this.judged)) this.attachFile(exe);
@@ -139,7 +139,7 @@ export class Discovery {
     }
     this.files.set(k, { lib, replaced: false });
     try {
-      this.report.attached(lib, this.capture.attachOpenSsl(lib, this.opts.mode ?? 'auto'), -1);
+      this.report.attached(lib, this.capture.attachLibrary(lib, this.opts.mode ?? 'auto'), -1);
       if (!lib.path.startsWith('/proc/')) this.watcher?.add(lib.path);
     } catch (e) {
       this.report.failed(lib, e instanceof Error ? e.message : String(e), -1);
@@ -150,7 +150,7 @@ export class Discovery {
   private fileChanged(p: string): void {
     const st = stat(p);
     if (!st || this.targeted) return;
-    this.attachFile({ path: p, ...st, source: 'maps' });
+    this.attachFile({ path: p, ...st, source: 'maps', kind: libraryKind(p) });
   }
 
   /** Probes are kept by path: move a replaced file's probes out of the way of its successor. */
@@ -163,7 +163,7 @@ export class Discovery {
     known.lib = { ...known.lib, path: alias };
   }
 
-  /** A process opens a file named libssl.so*: attach before the loader maps it. */
+  /** A process opens a file named libssl.so* or libgnutls.so*: attach before the loader maps it. */
   private libraryOpened(pid: number, given: string): void {
     if (pid === this.selfPid) return;
     if (this.targeted && !this.targets.has(pid)) return;
@@ -181,7 +181,7 @@ export class Discovery {
     if (!st) return; // the loader tries paths that do not exist
     const plain = stat(abs);
     const p = plain && plain.dev === st.dev && plain.ino === st.ino ? abs : viaRoot;
-    const lib: LibraryFile = { path: p, ...st, source: 'maps' };
+    const lib: LibraryFile = { path: p, ...st, source: 'maps', kind: libraryKind(abs) };
     if (this.targeted) this.attachFor(pid, lib);
     else this.attachFile(lib);
   }
@@ -221,7 +221,7 @@ export class Discovery {
       return; // not yet, or gone: its lib-open report or the next poll will do
     }
     for (const line of maps.split('\n')) {
-      const m = /^\S+ \S+ \S+ \S+ (\d+)\s+(\/.*libssl\.so[^/]*)$/.exec(line);
+      const m = /^\S+ \S+ \S+ \S+ (\d+)\s+(\/.*lib(?:ssl|gnutls)\.so[^/]*)$/.exec(line);
       if (m) this.libraryOpened(pid, m[2]!);
     }
   }
@@ -232,7 +232,7 @@ export class Discovery {
     if (!mine || mine.has(k)) return;
     mine.add(k);
     try {
-      this.report.attached(lib, this.capture.attachOpenSsl(lib, this.opts.mode ?? 'auto', pid), pid);
+      this.report.attached(lib, this.capture.attachLibrary(lib, this.opts.mode ?? 'auto', pid), pid);
     } catch (e) {
       this.report.failed(lib, e instanceof Error ? e.message : String(e), pid);
     }
@@ -242,7 +242,7 @@ export class Discovery {
     this.targets.delete(pid);
     for (const p of this.capture.detachPid(pid)) {
       const st = stat(p) ?? { dev: 0, ino: 0 };
-      this.report.detached({ path: p, ...st, source: 'maps' }, why, pid);
+      this.report.detached({ path: p, ...st, source: 'maps', kind: libraryKind(p) }, why, pid);
     }
   }
 }

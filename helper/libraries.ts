@@ -12,9 +12,18 @@ export interface LibraryFile {
   ino: number;
   /** How it was found. */
   source: 'ldconfig' | 'maps' | 'user';
+  /** Which TLS library it is (an executable with OpenSSL inside counts as openssl). */
+  kind: TlsKind;
 }
 
-const LIBSSL = /(^|\/)libssl\.so(\.[0-9.]+)?$/;
+export type TlsKind = 'openssl' | 'gnutls';
+
+const TLS_LIBRARY = /(^|\/)lib(ssl|gnutls)\.so(\.[0-9.]+)?$/;
+
+/** The kind of a library file, from its name (libgnutls.so* is GnuTLS; the rest OpenSSL). */
+export function libraryKind(path: string): TlsKind {
+  return /(^|\/)libgnutls\.so[^/]*$/.test(path) ? 'gnutls' : 'openssl';
+}
 
 /** (device, inode) of a regular file, or undefined if it is not one (or is gone). */
 export function statKey(path: string): { dev: number; ino: number } | undefined {
@@ -40,7 +49,7 @@ export function ldconfigLibraries(): string[] {
   const paths: string[] = [];
   for (const line of out.split('\n')) {
     const m = /=>\s*(\S+)$/.exec(line.trim());
-    if (m && LIBSSL.test(m[1]!)) paths.push(m[1]!);
+    if (m && TLS_LIBRARY.test(m[1]!)) paths.push(m[1]!);
   }
   return paths;
 }
@@ -67,7 +76,7 @@ export function mappedLibraries(): { path: string; pid: number }[] {
     for (const line of maps.split('\n')) {
       // address perms offset dev inode path
       const m = /^\S+ \S+ \S+ \S+ (\d+)\s+(\/.*)$/.exec(line);
-      if (!m || !LIBSSL.test(m[2]!)) continue;
+      if (!m || !TLS_LIBRARY.test(m[2]!)) continue;
       const ino = Number(m[1]);
       const key = `${ino}:${m[2]}`;
       if (found.has(key)) continue;
@@ -79,14 +88,14 @@ export function mappedLibraries(): { path: string; pid: number }[] {
   return [...found.values()];
 }
 
-/** Every OpenSSL library file on the system, once each. `extra` are files the user named. */
-export function findOpenSslLibraries(extra: string[] = []): LibraryFile[] {
+/** Every OpenSSL and GnuTLS library file on the system, once each. `extra` are files the user named. */
+export function findTlsLibraries(extra: string[] = []): LibraryFile[] {
   const byFile = new Map<string, LibraryFile>();
   const add = (path: string, source: LibraryFile['source']): void => {
     const key = statKey(path);
     if (!key) return;
     const id = `${key.dev}:${key.ino}`;
-    if (!byFile.has(id)) byFile.set(id, { path, ...key, source });
+    if (!byFile.has(id)) byFile.set(id, { path, ...key, source, kind: libraryKind(path) });
   };
   for (const p of extra) add(p, 'user');
   for (const p of ldconfigLibraries()) add(p, 'ldconfig');
@@ -135,7 +144,7 @@ export function openSslExecutables(seen: Set<string>, pids?: number[]): LibraryF
     } catch {
       // keep the /proc path: it opens the process's own file
     }
-    out.push({ path: real, ...st, source: 'maps' });
+    out.push({ path: real, ...st, source: 'maps', kind: 'openssl' });
   }
   return out;
 }

@@ -94,3 +94,21 @@ export function planOpenSsl(path: string, exported: string[] = []): ProbePlan {
     elf.close();
   }
 }
+
+/** File offsets of the named functions a file has (an empty map if it cannot be read). */
+export function exportedOffsets(path: string, names: string[]): Map<string, number> {
+  const offsets = new Map<string, number>();
+  let elf: ElfFile | undefined;
+  try {
+    elf = ElfFile.open(path);
+    for (const [name, s] of elf.functions(names)) {
+      const off = elf.execOffset(s.addr);
+      if (off !== undefined) offsets.set(name, off);
+    }
+  } catch {
+    // libbpf then looks the names up itself
+  } finally {
+    elf?.close();
+  }
+  return offsets;
+}

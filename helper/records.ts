@@ -30,7 +30,15 @@ export type CloseReason = 'shutdown' | 'free' | 'close' | 'reused' | 'exit';
 
 const ROLES: Role[] = ['unknown', 'client', 'server'];
 const CLOSE_REASONS: Record<number, CloseReason> = { 1: 'shutdown', 2: 'free', 3: 'close', 4: 'reused' };
-export type TlsFunction = 'SSL_write' | 'SSL_read' | 'SSL_write_ex' | 'SSL_read_ex' | 'ssl_write_internal' | 'ssl_read_internal';
+export type TlsFunction =
+  | 'SSL_write'
+  | 'SSL_read'
+  | 'SSL_write_ex'
+  | 'SSL_read_ex'
+  | 'ssl_write_internal'
+  | 'ssl_read_internal'
+  | 'gnutls_record_send'
+  | 'gnutls_record_recv';
 
 const FUNCS: Record<number, TlsFunction> = {
   1: 'SSL_write',
@@ -39,6 +47,8 @@ const FUNCS: Record<number, TlsFunction> = {
   4: 'SSL_read_ex',
   5: 'ssl_write_internal',
   6: 'ssl_read_internal',
+  7: 'gnutls_record_send',
+  8: 'gnutls_record_recv',
 };
 
 /** Byte offsets of the fields, as in capture.h. */

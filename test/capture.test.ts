@@ -98,6 +98,28 @@ describe('capture (kernel, real programs)', function () {
     }
   });
 
+  it('wget (GnuTLS) <-> nginx: a 1 MiB response, identical on both ends, with its socket', async () => {
+    rec = new Recorder({ comms: ['wget', 'nginx'] });
+    const res = await run('wget', ['-q', '--no-check-certificate', '--no-proxy', '-O', '-', `https://127.0.0.1:${nginx.port}/big.bin`]);
+    assert.strictEqual(res.code, 0, res.stderr.toString());
+    assert.ok(res.stdout.equals(pattern(MiB, 7)));
+    const worker = nginx.workerPids()[0]!;
+    await until(rec, res.pid, 'ingress', MiB);
+    const request = rec.stream(res.pid, 'egress');
+    const response = rec.stream(res.pid, 'ingress');
+    assert.match(request.toString(), /^GET \/big\.bin HTTP\/1\.1\r\n/);
+    assert.ok(response.subarray(response.length - MiB).equals(pattern(MiB, 7)));
+    assert.ok(rec.of(res.pid).every((r) => r.func === 'gnutls_record_send' || r.func === 'gnutls_record_recv'));
+    const mine = rec.of(res.pid)[0]!.sock;
+    assert.ok(mine.fd >= 0 && mine.remotePort === nginx.port && mine.remoteIp === '127.0.0.1', JSON.stringify(mine));
+    // nginx's side of the same connection (its peer port is wget's local port).
+    const server = rec.of(worker).filter((r) => r.sock.remotePort === mine.localPort);
+    const ids = [...new Set(server.map((r) => r.connId))];
+    assert.strictEqual(ids.length, 1);
+    assert.ok(rec.stream(worker, 'ingress', ids[0]).equals(request));
+    assert.ok(rec.stream(worker, 'egress', ids[0]).equals(response));
+  });
+
   it('openssl s_client <-> s_server -www: the SSL BIO path is captured', async () => {
     const server = await startSServer({ dir, ...cert, mode: 'www' });
     rec = new Recorder();

@@ -107,8 +107,17 @@ describe('records: layout of bpf/capture.h', function () {
     const header = fs.readFileSync(path.join(PACKAGE_ROOT, 'bpf', 'capture.h'), 'utf8');
     const funcs = cEnum(header, 'cap_func');
     const dirs = cEnum(header, 'cap_dir');
-    assert.strictEqual(funcs.size, 6);
-    const names: TlsFunction[] = ['SSL_write', 'SSL_read', 'SSL_write_ex', 'SSL_read_ex', 'ssl_write_internal', 'ssl_read_internal'];
+    assert.strictEqual(funcs.size, 8);
+    const names: TlsFunction[] = [
+      'SSL_write',
+      'SSL_read',
+      'SSL_write_ex',
+      'SSL_read_ex',
+      'ssl_write_internal',
+      'ssl_read_internal',
+      'gnutls_record_send',
+      'gnutls_record_recv',
+    ];
     for (const func of names) {
       const want = funcs.get(`CAP_FN_${func.toUpperCase()}`);
       assert.notStrictEqual(want, undefined, `capture.h has CAP_FN_${func.toUpperCase()}`);

@@ -5,7 +5,7 @@ import * as assert from 'assert';
 import { Capture, CaptureOptions, KernelCounters, ProbeMode } from '../../helper/capture';
 import { Discovery, DiscoveryOptions } from '../../helper/discovery';
 import { preflight } from '../../helper/errors';
-import { findOpenSslLibraries } from '../../helper/libraries';
+import { findTlsLibraries } from '../../helper/libraries';
 import { ConnRecord, DataRecord, Direction, ExitRecord } from '../../helper/records';
 
 let verdict: string | undefined | null = null; // null: not checked yet; undefined: available
@@ -53,7 +53,7 @@ export class Recorder {
       });
       this.discovery.start();
     } else {
-      for (const lib of findOpenSslLibraries()) this.capture.attachOpenSsl(lib, opts.mode ?? 'auto');
+      for (const lib of findTlsLibraries()) this.capture.attachLibrary(lib, opts.mode ?? 'auto');
     }
     this.capture.start((records) => {
       for (const r of records) {
