@@ -46,7 +46,7 @@ function listOf<T>(parse: (v: string) => T) {
 
 function program(): Command {
   return new Command('https-capture')
-    .description('Prints the plaintext of TLS calls (OpenSSL SSL_write/SSL_read) made by processes on this machine, captured with eBPF.')
+    .description('Prints the plaintext of TLS calls (OpenSSL, GnuTLS) made by processes on this machine, captured with eBPF.')
     .option('-p, --pid <pids>', 'only these processes (comma-separated, repeatable)', listOf(intArg('--pid', 1, 2 ** 31 - 1)), [])
     .option('-c, --comm <names>', 'only processes with these names (comma-separated, repeatable)', listOf(String), [])
     .option('-P, --port <ports>', 'only connections with one of these local or remote ports (comma-separated, repeatable)', listOf(intArg('--port', 1, 65535)), [])
