@@ -329,10 +329,8 @@ static __always_inline struct conn_state *conn_get(__u32 tgid, __u64 ssl)
 
 // The port filter: a connection passes if its local or remote port is listed. One whose
 // socket is unknown does not, when the filter is set.
-static __always_inline bool port_passes(struct cap_sock *sock)
+static __always_inline bool port_passes(struct cap_config *cfg, struct cap_sock *sock)
 {
-	__u32 zero = 0;
-	struct cap_config *cfg = bpf_map_lookup_elem(&settings, &zero);
 	__u16 port;
 
 	if (!cfg || !(cfg->filter & CAP_FILTER_PORT))
@@ -344,9 +342,16 @@ static __always_inline bool port_passes(struct cap_sock *sock)
 	return bpf_map_lookup_elem(&filter_ports, &port) != NULL;
 }
 
-static __always_inline void conn_open(__u32 tgid, __u64 ssl, struct conn_state *s)
+static __always_inline struct cap_config *settings_now(void)
 {
-	if (s->opened || !port_passes(&s->sock))
+	__u32 zero = 0;
+
+	return bpf_map_lookup_elem(&settings, &zero);
+}
+
+static __always_inline void conn_open(__u32 tgid, __u64 ssl, struct conn_state *s, struct cap_config *cfg)
+{
+	if (s->opened || !port_passes(cfg, &s->sock))
 		return;
 	s->opened = 1;
 	emit_conn(CAP_EV_CONN_OPEN, tgid, ssl, s, 0);
@@ -414,11 +419,11 @@ static __always_inline void emit_call(__u64 id, struct call_args *a, __u64 len, 
 		s->sock.flags |= CAP_SOCK_MID_STREAM;
 	}
 	conn_set_fd(tgid, a->ssl, s, a->fd);
-	if (!port_passes(&s->sock)) {
+	if (!port_passes(cfg, &s->sock)) {
 		s->off[dir] += len; // not captured, but offsets stay exact should the filter change
 		return;
 	}
-	conn_open(tgid, a->ssl, s);
+	conn_open(tgid, a->ssl, s, cfg);
 	c.tmpl.seq = s->off[dir];
 	c.tmpl.ack = s->off[dir ^ 1];
 	// One SSL* is used by one thread at a time (OpenSSL requires it), so this is no race.
@@ -656,7 +661,7 @@ int BPF_KRETPROBE(ssl_do_handshake_exit)
 		return 0;
 	conn_set_fd(id >> 32, ssl, s, fd);
 	if (s->sock.fd >= 0)
-		conn_open(id >> 32, ssl, s);
+		conn_open(id >> 32, ssl, s, settings_now());
 	return 0;
 }
 

@@ -3,7 +3,7 @@
 // FrameWriter owns an output stream, keeps frames in order and bounds the memory it queues.
 import { Packr, Unpackr } from 'msgpackr';
 import { Writable } from 'stream';
-import { SegmentFrame } from './generated/protocol';
+import { SegmentFrame, WriterCounters } from './generated/protocol';
 import { FrameSchemas, frameSchemas } from './schema';
 
 /** Largest frame the helper writes: a segment of 16 KiB plus its fields, with room to spare. */
@@ -201,14 +201,6 @@ export class FrameDecoder {
   }
 }
 
-export interface WriterCountersState {
-  frames_written: number;
-  bytes_written: number;
-  queued_bytes: number;
-  max_queue_bytes: number;
-  dropped_segments: number;
-  dropped_bytes: number;
-}
 
 export interface WriterOptions {
   /** Most bytes handed to the stream and not yet flushed; segments beyond it are dropped. */
@@ -311,7 +303,7 @@ export class FrameWriter {
     return n;
   }
 
-  snapshot(): WriterCountersState {
+  snapshot(): WriterCounters {
     return { ...this.counters, queued_bytes: this.queued, max_queue_bytes: this.maxQueueBytes };
   }
 
