@@ -87,7 +87,8 @@ struct conn_state {
 	__u64 off[2]; // bytes moved so far, per enum cap_dir
 	struct cap_sock sock;
 	__u8 opened;  // its CONN_OPEN was emitted
-	__u8 pad[7];
+	__u8 shut;    // SSL_shutdown/gnutls_bye was called: the end, when it comes, was orderly
+	__u8 pad[6];
 };
 
 struct {
@@ -117,6 +118,34 @@ struct {
 	__type(key, struct fd_key);
 	__type(value, __u64);
 } fd_conns SEC(".maps");
+
+// Memory BIOs (Node.js): the library does no socket I/O inside its calls, the program moves
+// the encrypted bytes itself, right after the call (node's TLSWrap writes what SSL_write or
+// a handshake step produced at once, on the same thread). So after a call on a connection
+// whose socket is still unknown, the thread's next socket write names it. Per thread: the
+// SSL* waiting for that write.
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u64); // pid_tgid
+	__type(value, __u64);
+} pending_fd SEC(".maps");
+
+// Go crypto/tls: calls in progress per goroutine, not per thread (a goroutine that blocks in
+// Read may return on another thread). The goroutine is its g pointer, in r14 under Go's
+// register ABI, at the probes and at the syscalls the call makes.
+struct go_key {
+	__u32 tgid;
+	__u32 pad;
+	__u64 g;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct go_key);
+	__type(value, struct call_args); // .func 0: a handshake, waiting for its first socket I/O
+} go_calls SEC(".maps");
 
 // Processes that made at least one captured call: only their exits are reported.
 struct {
@@ -244,7 +273,8 @@ static long emit_chunk(__u32 i, void *ctx)
 
 // fd -> file -> socket -> sock, in the current task; fills family, ports and addresses when
 // the fd is an IPv4/IPv6 socket. CO-RE reads, so it follows the running kernel's layout.
-static __always_inline void sock_resolve(int fd, struct cap_sock *out)
+// Returns whether the fd is a socket at all.
+static __always_inline bool sock_resolve(int fd, struct cap_sock *out)
 {
 	struct task_struct *task = bpf_get_current_task_btf();
 	struct fdtable *fdt = BPF_CORE_READ(task, files, fdt);
@@ -255,16 +285,16 @@ static __always_inline void sock_resolve(int fd, struct cap_sock *out)
 	__u16 family;
 
 	if (!fdt || fd < 0 || (unsigned int)fd >= BPF_CORE_READ(fdt, max_fds))
-		return;
+		return false;
 	fds = BPF_CORE_READ(fdt, fd);
 	if (bpf_probe_read_kernel(&file, sizeof(file), &fds[fd]) || !file)
-		return;
+		return false;
 	if ((BPF_CORE_READ(file, f_inode, i_mode) & S_IFMT) != S_IFSOCK)
-		return;
+		return false;
 	sock = BPF_CORE_READ(file, private_data);
 	sk = BPF_CORE_READ(sock, sk);
 	if (!sk)
-		return;
+		return true;
 	family = BPF_CORE_READ(sk, __sk_common.skc_family);
 	// (The address fields are byte arrays here: sizes are given, not taken from them.)
 	if (family == AF_INET) {
@@ -274,11 +304,12 @@ static __always_inline void sock_resolve(int fd, struct cap_sock *out)
 		bpf_core_read(out->laddr, 16, &sk->__sk_common.skc_v6_rcv_saddr);
 		bpf_core_read(out->raddr, 16, &sk->__sk_common.skc_v6_daddr);
 	} else {
-		return;
+		return true;
 	}
 	out->family = family;
 	out->lport = BPF_CORE_READ(sk, __sk_common.skc_num);
 	out->rport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+	return true;
 }
 
 static __always_inline void emit_conn(__u16 kind, __u32 tgid, __u64 ssl, struct conn_state *s, __u8 reason)
@@ -362,9 +393,14 @@ static __always_inline void conn_open(__u32 tgid, __u64 ssl, struct conn_state *
 static __always_inline void conn_set_fd(__u32 tgid, __u64 ssl, struct conn_state *s, int fd)
 {
 	struct fd_key fk = { .tgid = tgid, .fd = fd };
+	struct cap_sock probe = {};
 	__u8 role;
 
 	if (fd < 0 || s->sock.fd == fd)
+		return;
+	// The first I/O inside a call is not always the connection's (a random device, an
+	// eventfd): only a socket can be its transport.
+	if (!sock_resolve(fd, &probe))
 		return;
 	if (s->sock.fd >= 0) {
 		if (s->opened)
@@ -378,9 +414,14 @@ static __always_inline void conn_set_fd(__u32 tgid, __u64 ssl, struct conn_state
 		s->conn_id = new_conn_id();
 		s->off[0] = s->off[1] = 0;
 		s->opened = 0;
+		s->shut = 0;
 	}
 	s->sock.fd = fd;
-	sock_resolve(fd, &s->sock);
+	s->sock.family = probe.family;
+	s->sock.lport = probe.lport;
+	s->sock.rport = probe.rport;
+	__builtin_memcpy(s->sock.laddr, probe.laddr, sizeof(probe.laddr));
+	__builtin_memcpy(s->sock.raddr, probe.raddr, sizeof(probe.raddr));
 	bpf_map_update_elem(&fd_conns, &fk, &ssl, BPF_ANY);
 }
 
@@ -393,6 +434,8 @@ static __always_inline void conn_end(__u32 tgid, __u64 ssl, __u8 reason)
 
 	if (!s)
 		return;
+	if (s->shut && (reason == CAP_CLOSE_FD || reason == CAP_CLOSE_FREE))
+		reason = CAP_CLOSE_SHUTDOWN;
 	if (s->opened)
 		emit_conn(CAP_EV_CONN_CLOSE, tgid, ssl, s, reason);
 	if (s->sock.fd >= 0) {
@@ -453,6 +496,19 @@ static __always_inline void emit_call(__u64 id, struct call_args *a, __u64 len, 
 	bpf_loop((c.ncap + CAP_CHUNK_MAX - 1) / CAP_CHUNK_MAX, emit_chunk, &c, 0);
 }
 
+// After any call (with or without bytes, a handshake step included): its socket I/O names the
+// connection's socket; when it had none and the socket is still unknown, the thread's next
+// socket write will (memory BIOs; see pending_fd).
+static __always_inline void after_call(__u64 id, struct call_args *a)
+{
+	struct conn_state *s = bpf_map_lookup_elem(&conns, &(struct conn_key){ .tgid = id >> 32, .ssl = a->ssl });
+
+	if (s && a->fd >= 0)
+		conn_set_fd(id >> 32, a->ssl, s, a->fd);
+	if (!s || s->sock.fd < 0)
+		bpf_map_update_elem(&pending_fd, &id, &a->ssl, BPF_ANY);
+}
+
 static __always_inline int call_return(struct pt_regs *ctx, __u32 func, __u32 dir, bool ex)
 {
 	__u64 id = bpf_get_current_pid_tgid();
@@ -471,15 +527,14 @@ static __always_inline int call_return(struct pt_regs *ctx, __u32 func, __u32 di
 		// SSL_*_ex and the internal functions: > 0 on success, the count through the
 		// size_t * argument.
 		if (rc <= 0 || bpf_probe_read_user(&len, sizeof(len), (const void *)a.outlen))
-			return 0;
+			len = 0;
 	} else {
 		// SSL_write/SSL_read: the count, or <= 0 (WANT_READ/WANT_WRITE, error, close).
-		if (rc <= 0)
-			return 0;
-		len = rc;
+		len = rc > 0 ? rc : 0;
 	}
 	if (len)
 		emit_call(id, &a, len, dir);
+	after_call(id, &a);
 	return 0;
 }
 
@@ -662,13 +717,23 @@ int BPF_KRETPROBE(ssl_do_handshake_exit)
 	conn_set_fd(id >> 32, ssl, s, fd);
 	if (s->sock.fd >= 0)
 		conn_open(id >> 32, ssl, s, settings_now());
+	else
+		bpf_map_update_elem(&pending_fd, &id, &ssl, BPF_ANY);
 	return 0;
 }
 
+// SSL_shutdown/gnutls_bye send close_notify, but the program may still read the peer's last
+// bytes (node's http2 reads the server's GOAWAY after it; gnutls-cli reads the response after
+// GNUTLS_SHUT_WR): the connection is only marked, and ends at close(), free or exit, reported
+// as an orderly shutdown.
 SEC("uprobe")
 int BPF_KPROBE(ssl_shutdown, void *ssl)
 {
-	conn_end(bpf_get_current_pid_tgid() >> 32, (__u64)ssl, CAP_CLOSE_SHUTDOWN);
+	struct conn_key key = { .tgid = bpf_get_current_pid_tgid() >> 32, .ssl = (__u64)ssl };
+	struct conn_state *s = bpf_map_lookup_elem(&conns, &key);
+
+	if (s)
+		s->shut = 1;
 	return 0;
 }
 
@@ -676,6 +741,135 @@ SEC("uprobe")
 int BPF_KPROBE(ssl_free, void *ssl)
 {
 	conn_end(bpf_get_current_pid_tgid() >> 32, (__u64)ssl, CAP_CLOSE_FREE);
+	return 0;
+}
+
+// ---- Go crypto/tls -------------------------------------------------------------------------
+// Go >= 1.17 passes arguments and results in registers (ABIInternal, amd64): the receiver
+// (*tls.Conn) in rax, the []byte in rbx (pointer) and rcx (length); n in rax at return; the
+// current goroutine's g in r14. There is no return probe: Go moves goroutine stacks, which
+// breaks the return address a uretprobe plants, so helper/golang.ts probes every RET
+// instruction of the function instead.
+
+static __always_inline int go_enter(struct pt_regs *ctx, __u32 func)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	struct go_key gk = { .tgid = id >> 32, .g = ctx->r14 };
+	struct call_args args = {
+		.ssl = ctx->ax,
+		.buf = ctx->bx,
+		.func = func,
+		.fd = -1,
+	};
+
+	if (!traced(id >> 32))
+		return 0;
+	bpf_map_update_elem(&go_calls, &gk, &args, BPF_ANY);
+	return 0;
+}
+
+static __always_inline int go_return(struct pt_regs *ctx, __u32 func, __u32 dir)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	struct go_key gk = { .tgid = id >> 32, .g = ctx->r14 };
+	struct call_args *ap = bpf_map_lookup_elem(&go_calls, &gk);
+	struct call_args a;
+	long n = (long)ctx->ax;
+
+	if (!ap || ap->func != func)
+		return 0;
+	a = *ap;
+	bpf_map_delete_elem(&go_calls, &gk);
+	if (n > 0)
+		emit_call(id, &a, n, dir);
+	return 0;
+}
+
+SEC("uprobe")
+int go_tls_write_enter(struct pt_regs *ctx)
+{
+	return go_enter(ctx, CAP_FN_GO_TLS_WRITE);
+}
+
+SEC("uprobe")
+int go_tls_write_ret(struct pt_regs *ctx)
+{
+	return go_return(ctx, CAP_FN_GO_TLS_WRITE, CAP_DIR_EGRESS);
+}
+
+SEC("uprobe")
+int go_tls_read_enter(struct pt_regs *ctx)
+{
+	return go_enter(ctx, CAP_FN_GO_TLS_READ);
+}
+
+SEC("uprobe")
+int go_tls_read_ret(struct pt_regs *ctx)
+{
+	return go_return(ctx, CAP_FN_GO_TLS_READ, CAP_DIR_INGRESS);
+}
+
+// (*Conn).clientHandshake / serverHandshake: the role, and the socket from the handshake's
+// first socket I/O (net/http does the handshake before any Read or Write). A handshake inside
+// a Write or Read leaves that call's entry in place: the call learns the socket itself.
+static __always_inline int go_handshake(struct pt_regs *ctx, __u8 role)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	struct go_key gk = { .tgid = id >> 32, .g = ctx->r14 };
+	struct call_args args = { .ssl = ctx->ax, .fd = -1 };
+
+	set_role((void *)ctx->ax, role);
+	if (traced(id >> 32))
+		bpf_map_update_elem(&go_calls, &gk, &args, BPF_NOEXIST);
+	return 0;
+}
+
+SEC("uprobe")
+int go_tls_client_handshake(struct pt_regs *ctx)
+{
+	return go_handshake(ctx, CAP_ROLE_CLIENT);
+}
+
+SEC("uprobe")
+int go_tls_server_handshake(struct pt_regs *ctx)
+{
+	return go_handshake(ctx, CAP_ROLE_SERVER);
+}
+
+// GnuTLS's role: gnutls_init(gnutls_session_t *session, unsigned flags), GNUTLS_SERVER = 1.
+// The session exists only once it returns.
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u64); // pid_tgid
+	__type(value, struct call_args); // .outlen: the session **, .func: the flags
+} gnutls_inits SEC(".maps");
+
+SEC("uprobe")
+int BPF_KPROBE(gnutls_init_enter, void *session, unsigned int flags)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	struct call_args args = { .outlen = (__u64)session, .func = flags };
+
+	if (traced(id >> 32))
+		bpf_map_update_elem(&gnutls_inits, &id, &args, BPF_ANY);
+	return 0;
+}
+
+SEC("uretprobe")
+int BPF_KRETPROBE(gnutls_init_exit)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	struct call_args *a = bpf_map_lookup_elem(&gnutls_inits, &id);
+	__u64 session = 0;
+	__u32 flags;
+
+	if (!a)
+		return 0;
+	flags = a->func;
+	if (PT_REGS_RC(ctx) == 0 && !bpf_probe_read_user(&session, sizeof(session), (void *)a->outlen) && session)
+		set_role((void *)session, (flags & 1) ? CAP_ROLE_SERVER : CAP_ROLE_CLIENT);
+	bpf_map_delete_elem(&gnutls_inits, &id);
 	return 0;
 }
 
@@ -805,11 +999,53 @@ int BPF_PROG(process_exec, struct task_struct *p, pid_t old_pid, struct linux_bi
 #define NR_recvmmsg 299
 #define NR_sendmmsg 307
 
+// The socket write that follows a call on a connection without socket (pending_fd): it names
+// the connection's socket if it is a TCP/IP one. Only the first is taken: a mapped connection
+// keeps its socket.
+static __always_inline void socket_written(__u64 id, __u64 ssl, int fd)
+{
+	__u32 tgid = id >> 32;
+	struct conn_state *s;
+	struct cap_sock probe = {};
+
+	bpf_map_delete_elem(&pending_fd, &id);
+	s = conn_get(tgid, ssl);
+	if (!s || s->sock.fd >= 0)
+		return;
+	if (!sock_resolve(fd, &probe) || !probe.family)
+		return; // a pipe, a file, a Unix socket: not the connection's
+	conn_set_fd(tgid, ssl, s, fd);
+}
+
+// A syscall of goroutine g: the first socket I/O inside a crypto/tls call names the fd as the
+// OpenSSL calls' does; inside a handshake, it sets the connection's socket at once.
+static __always_inline void go_syscall(__u32 tgid, __u64 g, int fd)
+{
+	struct go_key gk = { .tgid = tgid, .g = g };
+	struct call_args *a = bpf_map_lookup_elem(&go_calls, &gk);
+	struct conn_state *s;
+	__u64 conn;
+
+	if (!a)
+		return;
+	if (a->func) {
+		if (a->fd < 0)
+			a->fd = fd;
+		return;
+	}
+	conn = a->ssl;
+	bpf_map_delete_elem(&go_calls, &gk);
+	s = conn_get(tgid, conn);
+	if (s && s->sock.fd < 0)
+		conn_set_fd(tgid, conn, s, fd);
+}
+
 SEC("tp_btf/sys_enter")
 int BPF_PROG(sys_enter, struct pt_regs *regs, long nr)
 {
 	__u64 id;
 	struct call_args *a;
+	bool inside = false;
 	struct fd_key fk;
 	__u64 *ssl;
 	int fd;
@@ -839,11 +1075,28 @@ int BPF_PROG(sys_enter, struct pt_regs *regs, long nr)
 		return 0;
 	}
 	a = bpf_map_lookup_elem(&active, &id);
-	if (a && a->fd < 0)
-		a->fd = fd;
+	if (a) {
+		inside = true;
+		if (a->fd < 0)
+			a->fd = fd;
+	}
 	a = bpf_map_lookup_elem(&handshakes, &id);
-	if (a && a->fd < 0)
-		a->fd = fd;
+	if (a) {
+		inside = true;
+		if (a->fd < 0)
+			a->fd = fd;
+	}
+	// A write outside any TLS call on this thread may be a memory BIO's output (pending_fd);
+	// one inside a call belongs to that call's connection.
+	switch (nr) {
+	case NR_write: case NR_writev: case NR_sendto: case NR_sendmsg: case NR_sendmmsg:
+		if (inside)
+			break;
+		ssl = bpf_map_lookup_elem(&pending_fd, &id);
+		if (ssl)
+			socket_written(id, *ssl, fd);
+	}
+	go_syscall(id >> 32, BPF_CORE_READ(regs, r14), fd);
 	return 0;
 }
 

@@ -38,7 +38,7 @@ enum cap_sock_flags {
 
 /* Why a connection ended. */
 enum cap_close {
-	CAP_CLOSE_SHUTDOWN = 1, /* SSL_shutdown */
+	CAP_CLOSE_SHUTDOWN = 1, /* closed, freed or reused after SSL_shutdown/gnutls_bye */
 	CAP_CLOSE_FREE = 2,     /* SSL_free */
 	CAP_CLOSE_FD = 3,       /* close() of its socket */
 	CAP_CLOSE_REUSED = 4,   /* the SSL* moved to another fd (SSL_clear + SSL_set_fd) */
@@ -57,6 +57,9 @@ enum cap_func {
 	/* GnuTLS: the session pointer stands where OpenSSL has the SSL* */
 	CAP_FN_GNUTLS_RECORD_SEND = 7,
 	CAP_FN_GNUTLS_RECORD_RECV = 8,
+	/* Go crypto/tls: (*Conn).Write/(*Conn).Read; the *tls.Conn stands for the SSL* */
+	CAP_FN_GO_TLS_WRITE = 9,
+	CAP_FN_GO_TLS_READ = 10,
 };
 
 enum cap_dir {

@@ -3,6 +3,7 @@
 // ring buffer into decoded records, and reads the kernel-side counters.
 import { BpfObject, BPF_OBJECT_PATH, BridgeError, monotonicToWallOffset, RingStats, UprobeOptions } from './bridge';
 import { LibraryFile } from './libraries';
+import { GO_READ, GO_WRITE, GoPlan, planGo } from './golang';
 import { exportedOffsets, planOpenSsl, ProbePlan } from './openssl';
 import { CALL_CAP_MAX, CaptureRecord, COMM_LEN, decodeBatch, encodeConfig } from './records';
 
@@ -44,6 +45,9 @@ export const GNUTLS_PROBES = [
 export const GNUTLS_CONN_PROBES: { func: string; prog: string; retprobe?: boolean }[] = [
   // gnutls_transport_set_ptr is left out: its argument is only an fd by convention.
   { func: 'gnutls_transport_set_int2', prog: 'ssl_set_fd' },
+  // The role: gnutls_init's flags (GNUTLS_SERVER), applied to the session it returns.
+  { func: 'gnutls_init', prog: 'gnutls_init_exit', retprobe: true },
+  { func: 'gnutls_init', prog: 'gnutls_init_enter' },
   { func: 'gnutls_handshake', prog: 'ssl_do_handshake_exit', retprobe: true },
   { func: 'gnutls_handshake', prog: 'ssl_do_handshake_enter' },
   { func: 'gnutls_bye', prog: 'ssl_shutdown' },
@@ -138,6 +142,9 @@ export class Capture {
   private readonly links = new Map<string, number[]>();
   private running = false;
   private readonly plans = new Map<string, ProbePlan>();
+  private readonly goPlans = new Map<string, GoPlan>();
+  /** Path → kind of the files with probes. */
+  private readonly kinds = new Map<string, LibraryFile['kind']>();
   private stopped?: Promise<KernelCounters>;
 
   constructor(opts: CaptureOptions = {}) {
@@ -224,8 +231,52 @@ export class Capture {
     return this.attachSet(library, plan, data, GNUTLS_CONN_PROBES, pid);
   }
 
-  /** The probe set that fits the file: OpenSSL or GnuTLS. */
+  /**
+   * Attaches to Go's crypto/tls in a Go executable: entry probes on (*Conn).Write and
+   * (*Conn).Read and a probe on each of their RET instructions (helper/golang.ts), and the
+   * handshakes' entries for role and socket. Throws if the file cannot be probed.
+   */
+  attachGo(library: LibraryFile, pid = -1): AttachResult {
+    const k = `${library.dev}:${library.ino}:go`;
+    let plan = this.goPlans.get(k);
+    if (!plan) {
+      plan = planGo(library.path);
+      this.goPlans.set(k, plan);
+    }
+    const result: AttachResult = {
+      library,
+      plan: { kind: 'go', reason: `${plan.version}, symbols from ${plan.symbols}`, offsets: new Map() },
+      attached: [],
+      failed: [],
+    };
+    const ids: number[] = [];
+    const add = (prog: string, offset: number): void => {
+      ids.push(this.bpf.attachUprobe(prog, library.path, { offset, pid }));
+    };
+    try {
+      for (const [fn, p, enter, ret] of [
+        [GO_WRITE, plan.write, 'go_tls_write_enter', 'go_tls_write_ret'],
+        [GO_READ, plan.read, 'go_tls_read_enter', 'go_tls_read_ret'],
+      ] as const) {
+        // Returns first: an entry without its returns would leave a stale stash.
+        for (const r of p.rets) add(ret, r);
+        add(enter, p.entry);
+        result.attached.push(fn);
+      }
+      if (plan.clientHandshake !== undefined) add('go_tls_client_handshake', plan.clientHandshake);
+      if (plan.serverHandshake !== undefined) add('go_tls_server_handshake', plan.serverHandshake);
+    } catch (e) {
+      this.bpf.detachMany(ids);
+      throw e;
+    }
+    this.links.set(linkKey(library.path, pid), ids);
+    this.kinds.set(library.path, 'go');
+    return result;
+  }
+
+  /** The probe set that fits the file: OpenSSL, GnuTLS or Go. */
   attachLibrary(library: LibraryFile, mode: ProbeMode = 'auto', pid = -1): AttachResult {
+    if (library.kind === 'go') return this.attachGo(library, pid);
     return library.kind === 'gnutls' ? this.attachGnutls(library, pid) : this.attachOpenSsl(library, mode, pid);
   }
 
@@ -258,12 +309,20 @@ export class Capture {
       throw new BridgeError(`no TLS function of ${library.path} could be probed (${why})`, 'ENOENT', 2, 'attach', library.path, '');
     }
     this.links.set(linkKey(library.path, pid), ids);
+    this.kinds.set(library.path, library.kind);
     return result;
   }
 
   /** Works out a file's probe plan ahead of time, so that attaching later is quick. */
   prepare(library: LibraryFile, mode: ProbeMode = 'auto'): void {
     if (library.kind === 'openssl') this.plan(library, mode);
+    if (library.kind === 'go' && !this.goPlans.has(`${library.dev}:${library.ino}:go`)) {
+      try {
+        this.goPlans.set(`${library.dev}:${library.ino}:go`, planGo(library.path));
+      } catch {
+        // attachGo() reports why
+      }
+    }
   }
 
   /** The probe plan of a file, worked out once per (device, inode) and mode. */
@@ -308,6 +367,13 @@ export class Capture {
     if (!ids) return;
     this.links.delete(from);
     this.links.set(to, ids);
+    const kind = this.kinds.get(from);
+    if (kind) this.kinds.set(to, kind);
+  }
+
+  /** The kind of TLS code probed in a file with probes, by its path. */
+  kindOf(path: string): LibraryFile['kind'] | undefined {
+    return this.kinds.get(path);
   }
 
   isAttached(path: string, pid = -1): boolean {

@@ -169,7 +169,7 @@ async function main(argv: string[]): Promise<number> {
     {
       attached: (lib, r, pid) => {
         const missing = r.failed.length ? ` (could not probe: ${r.failed.map((f) => f.func).join(', ')})` : '';
-        const how = r.plan.kind === 'internal' ? '' : ` (exported functions: ${r.plan.reason})`;
+        const how = r.plan.kind === 'internal' ? '' : r.plan.kind === 'go' ? ` (Go crypto/tls: ${r.plan.reason})` : ` (exported functions: ${r.plan.reason})`;
         log(`attached to ${lib.path}${where(pid)}: ${r.attached.join(', ')}${how}${missing}`);
         recording?.process({ pid, library: lib.path, state: 'attached', functions: r.attached, reason: `${how}${missing}`.trim() });
       },

@@ -12,7 +12,7 @@ import * as chokidar from 'chokidar';
 import * as fs from 'fs';
 import * as path from 'path';
 import { AttachResult, Capture, ProbeMode } from './capture';
-import { findTlsLibraries, LibraryFile, libraryKind, mappedLibraries, openSslExecutables, statKey } from './libraries';
+import { findTlsLibraries, LibraryFile, libraryKind, mappedLibraries, statKey, TlsKind, tlsExecutableAt, tlsExecutables } from './libraries';
 import { CaptureRecord } from './records';
 
 export interface DiscoveryReport {
@@ -29,6 +29,8 @@ export interface DiscoveryOptions {
   /** Targeted mode: only these pids and process names get probes. */
   targets?: { pids: number[]; comms: string[] };
   mode?: ProbeMode;
+  /** Only these kinds of TLS code (default: all). */
+  kinds?: TlsKind[];
 }
 
 interface Known {
@@ -75,7 +77,7 @@ export class Discovery {
       for (const pid of this.pidsByComm()) this.addTarget(pid);
     } else {
       for (const lib of findTlsLibraries(this.opts.extra ?? [])) this.attachFile(lib);
-      for (const exe of openSslExecutables(this.judged)) this.attachFile(exe);
+      for (const exe of tlsExecutables(this.judged)) this.attachFile(exe);
     }
     if (this.opts.pollMs) {
       this.timer = setInterval(() => this.poll(), this.opts.pollMs);
@@ -92,7 +94,7 @@ export class Discovery {
   onRecord(r: CaptureRecord): void {
     if (r.kind === 'lib-open') this.libraryOpened(r.pid, r.path);
     else if (r.kind === 'exec' && this.targeted && this.isTargetComm(r.comm)) this.addTarget(r.pid, true);
-    else if (r.kind === 'exec' && !this.targeted) for (const exe of openSslExecutables(this.judged, [r.pid])) this.attachFile(exe);
+    else if (r.kind === 'exec' && !this.targeted) this.executed(r.pid, r.path);
     else if (r.kind === 'exit' && this.targets.has(r.pid)) this.dropTarget(r.pid, 'target process exited');
   }
 
@@ -110,7 +112,7 @@ export class Discovery {
         this.attachFile({ path: m.path, ...st, source: 'maps', kind: libraryKind(m.path) });
       }
     }
-    if (!this.targeted) for (const exe of openSslExecutables(this.judged)) this.attachFile(exe);
+    if (!this.targeted) for (const exe of tlsExecutables(this.judged)) this.attachFile(exe);
     if (this.targeted) {
       for (const pid of this.pidsByComm()) if (!this.targets.has(pid)) this.addTarget(pid);
       for (const pid of [...this.targets.keys()]) if (!fs.existsSync(`/proc/${pid}`)) this.dropTarget(pid, 'target process is gone');
@@ -126,9 +128,13 @@ export class Discovery {
 
   // ---- system-wide ------------------------------------------------------------------
 
+  private wanted(lib: LibraryFile): boolean {
+    return !this.opts.kinds || this.opts.kinds.includes(lib.kind);
+  }
+
   private attachFile(lib: LibraryFile): void {
     const k = key(lib.dev, lib.ino);
-    if (this.files.has(k)) return;
+    if (this.files.has(k) || !this.wanted(lib)) return;
     // Another file under this path before: replaced on disk. Its probes stay (processes may
     // still map it) but move aside, and go once nobody maps it (poll()).
     for (const known of this.files.values()) {
@@ -144,6 +150,17 @@ export class Discovery {
     } catch (e) {
       this.report.failed(lib, e instanceof Error ? e.message : String(e), -1);
     }
+  }
+
+  /**
+   * A program started: its executable gets probes if it has TLS code inside (node, Go). A
+   * process already gone (a short client) is judged by the path it executed, so its next run
+   * is covered.
+   */
+  private executed(pid: number, file: string): void {
+    if (pid === this.selfPid) return;
+    const exe = tlsExecutableAt(`/proc/${pid}/exe`, this.judged) ?? (path.isAbsolute(file) ? tlsExecutableAt(file, this.judged) : undefined);
+    if (exe) this.attachFile(exe);
   }
 
   /** A watched library path changed: if it is another file now, that file gets probes too. */
@@ -214,6 +231,8 @@ export class Discovery {
   private addTarget(pid: number, fresh = false): void {
     if (!this.targets.has(pid)) this.targets.set(pid, new Set());
     if (fresh) for (const lib of this.common) this.attachFor(pid, lib);
+    // Its executable, if it has TLS code inside (node's OpenSSL, Go's crypto/tls).
+    for (const exe of tlsExecutables(new Set(), [pid])) this.attachFor(pid, exe);
     let maps = '';
     try {
       maps = fs.readFileSync(`/proc/${pid}/maps`, 'utf8');
@@ -229,7 +248,7 @@ export class Discovery {
   private attachFor(pid: number, lib: LibraryFile): void {
     const mine = this.targets.get(pid);
     const k = key(lib.dev, lib.ino);
-    if (!mine || mine.has(k)) return;
+    if (!mine || mine.has(k) || !this.wanted(lib)) return;
     mine.add(k);
     try {
       this.report.attached(lib, this.capture.attachLibrary(lib, this.opts.mode ?? 'auto', pid), pid);

@@ -162,6 +162,19 @@ export class ElfFile {
     return this.read(addr - seg.vaddr + seg.offset, Math.min(length, seg.vaddr + seg.filesz - addr));
   }
 
+  /** A section by name (the first of that name), or undefined. */
+  section(name: string): { addr: number; offset: number; size: number } | undefined {
+    const s = this.sections.find((x) => x.name === name);
+    return s ? { addr: s.addr, offset: s.offset, size: s.size } : undefined;
+  }
+
+  /** Bytes at a virtual address in any loaded segment (code or data). */
+  atAddress(addr: number, length: number): Buffer {
+    const seg = this.segments.find((s) => addr >= s.vaddr && addr + length <= s.vaddr + s.filesz);
+    if (!seg) throw new ElfError(`${this.path}: address 0x${addr.toString(16)} is not in the file's loaded data`);
+    return this.read(addr - seg.vaddr + seg.offset, length);
+  }
+
   /** True if the address is in a PLT section (a stub that jumps to another library). */
   inPlt(addr: number): boolean {
     return this.sections.some((s) => s.name.startsWith('.plt') && addr >= s.addr && addr < s.addr + s.size);

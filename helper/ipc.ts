@@ -9,12 +9,13 @@ import { Capture, DEFAULT_CALL_CAP, KernelCounters } from './capture';
 import { explain, preflight } from './errors';
 import { ConfigFrame, ConfigState, ConnCloseFrame, ConnOpenFrame, ErrorFrame, HelperFrame, KernelCounters as WireKernelCounters, SegmentFrame } from './generated/protocol';
 import { Discovery } from './discovery';
-import { LibraryFile } from './libraries';
+import { LibraryFile, TlsKind } from './libraries';
 import { CaptureRecord, ConnRecord, DataRecord, SockInfo } from './records';
 import { DEFAULT_MAX_QUEUE_BYTES, FrameDecoder, FrameError, FrameWriter, MAX_CONTROL_FRAME_BYTES, MAX_DATA_BYTES, MAX_FRAME_BYTES, RawFrame } from './wire';
 
 export const PROTOCOL_VERSION = 1;
-export const SUPPORTED_LIBRARIES = ['openssl'] as const;
+/** Kinds of TLS code the helper hooks (hello.capabilities.libraries; config.libraries picks among them). */
+export const SUPPORTED_LIBRARIES = ['openssl', 'gnutls', 'go'] as const;
 
 export interface IpcOptions {
   pids?: number[];
@@ -359,12 +360,12 @@ export async function runIpc(opts: IpcOptions = {}): Promise<number> {
   // as they are opened, other mount namespaces, upgrades, executables with OpenSSL inside);
   // each attachment, failure and detachment becomes a `process` frame.
   const processFrame = (lib: LibraryFile, pid: number, state: 'attached' | 'failed' | 'detached', functions: string[], reason: string): void =>
-    void send({ type: 'process', pid, library: lib.path, kind: 'openssl', state, functions, reason, ts_ns: nowNs() });
+    void send({ type: 'process', pid, library: lib.path, kind: lib.kind, state, functions, reason, ts_ns: nowNs() });
   let discovery: Discovery | undefined;
   const attachAll = (): number => {
-    discovery = new Discovery(capture, { extra: opts.libraries ?? [], pollMs: opts.pollMs ?? 2000 }, {
+    discovery = new Discovery(capture, { extra: opts.libraries ?? [], pollMs: opts.pollMs ?? 2000, kinds: state.libraries as TlsKind[] }, {
       attached: (lib, r, pid) => {
-        const notes = [r.plan.kind === 'internal' ? 'internal functions' : `exported functions (${r.plan.reason})`];
+        const notes = [r.plan.kind === 'internal' ? 'internal functions' : r.plan.kind === 'go' ? `Go crypto/tls (${r.plan.reason})` : `exported functions (${r.plan.reason})`];
         if (r.failed.length) notes.push(`could not probe ${r.failed.map((f) => `${f.func}: ${f.reason}`).join('; ')}`);
         processFrame(lib, pid, 'attached', r.attached, notes.join('; '));
       },
@@ -374,12 +375,13 @@ export async function runIpc(opts: IpcOptions = {}): Promise<number> {
     discovery.start();
     return capture.attachedLibraries.length;
   };
-  const detachAll = (): void => {
+  const detachAll = (why: string): void => {
     void discovery?.stop();
     discovery = undefined;
     for (const lib of capture.attachedLibraries) {
+      const kind = capture.kindOf(lib) ?? 'openssl';
       capture.detachLibrary(lib);
-      send({ type: 'process', pid: -1, library: lib, kind: 'openssl', state: 'detached', functions: [], reason: 'config asked for no openssl', ts_ns: nowNs() });
+      send({ type: 'process', pid: -1, library: lib, kind, state: 'detached', functions: [], reason: why, ts_ns: nowNs() });
     }
   };
 
@@ -433,8 +435,13 @@ export async function runIpc(opts: IpcOptions = {}): Promise<number> {
       error('config_failed', `the capture refused the config: ${explain(e).cause}`, 'check the values against schemas/config.schema.json; the previous settings are kept', false, 'config');
       return;
     }
-    if (next.libraries.includes('openssl') && capture.attachedLibraries.length === 0) attachAll();
-    if (!next.libraries.includes('openssl')) detachAll();
+    const kinds = (l: string[]): string => [...new Set(l)].sort().join(',');
+    if (kinds(next.libraries) !== kinds(state.libraries)) {
+      // Another set of kinds: start over with the new set (discovery attaches only those).
+      detachAll(`config asked for ${next.libraries.join(', ') || 'no library'}`);
+      state.libraries = next.libraries;
+      if (next.libraries.length) attachAll();
+    }
     if (next.stats_interval_ms !== state.stats_interval_ms) {
       clearInterval(statsTimer);
       statsTimer = setInterval(sendStats, next.stats_interval_ms);

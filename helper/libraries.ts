@@ -4,6 +4,7 @@
 import { execFileSync } from 'child_process';
 import * as fs from 'fs';
 import { ElfFile } from './elf';
+import { isGoTls } from './golang';
 
 export interface LibraryFile {
   /** A path that opens this file from our mount namespace. */
@@ -16,7 +17,7 @@ export interface LibraryFile {
   kind: TlsKind;
 }
 
-export type TlsKind = 'openssl' | 'gnutls';
+export type TlsKind = 'openssl' | 'gnutls' | 'go';
 
 const TLS_LIBRARY = /(^|\/)lib(ssl|gnutls)\.so(\.[0-9.]+)?$/;
 
@@ -95,7 +96,9 @@ export function findTlsLibraries(extra: string[] = []): LibraryFile[] {
     const key = statKey(path);
     if (!key) return;
     const id = `${key.dev}:${key.ino}`;
-    if (!byFile.has(id)) byFile.set(id, { path, ...key, source, kind: libraryKind(path) });
+    // A file the user named may be a Go executable; the others are found by name.
+    const kind: TlsKind = source === 'user' && isGoTls(path) ? 'go' : libraryKind(path);
+    if (!byFile.has(id)) byFile.set(id, { path, ...key, source, kind });
   };
   for (const p of extra) add(p, 'user');
   for (const p of ldconfigLibraries()) add(p, 'ldconfig');
@@ -117,11 +120,29 @@ export function hasOpenSsl(path: string): boolean {
 }
 
 /**
- * Executables of running processes with OpenSSL linked in, once per file. `seen` holds the
- * (device:inode) of files already judged, so each is read once.
+ * The file at `path` if it is an executable with TLS code inside: OpenSSL linked in (node) or
+ * Go's crypto/tls. `seen` holds the (device:inode) of files already judged, so each is read
+ * once; undefined if judged before, gone, or without TLS code.
  */
-export function openSslExecutables(seen: Set<string>, pids?: number[]): LibraryFile[] {
-  const out: LibraryFile[] = [];
+export function tlsExecutableAt(path: string, seen: Set<string>): LibraryFile | undefined {
+  const st = statKey(path);
+  if (!st || seen.has(`${st.dev}:${st.ino}`)) return undefined;
+  seen.add(`${st.dev}:${st.ino}`);
+  const kind: TlsKind | undefined = hasOpenSsl(path) ? 'openssl' : isGoTls(path) ? 'go' : undefined;
+  if (!kind) return undefined;
+  let real = path;
+  try {
+    const target = fs.readlinkSync(path);
+    const t = statKey(target);
+    if (t && t.dev === st.dev && t.ino === st.ino) real = target; // same file from here
+  } catch {
+    // not a link (or /proc/<pid>/exe of another namespace): keep the path, it opens the file
+  }
+  return { path: real, ...st, source: 'maps', kind };
+}
+
+/** Executables of running processes (all, or `pids`) with TLS code inside, once per file. */
+export function tlsExecutables(seen: Set<string>, pids?: number[]): LibraryFile[] {
   let all: number[] = pids ?? [];
   if (!pids) {
     try {
@@ -130,21 +151,10 @@ export function openSslExecutables(seen: Set<string>, pids?: number[]): LibraryF
       return [];
     }
   }
+  const out: LibraryFile[] = [];
   for (const pid of all) {
-    const exe = `/proc/${pid}/exe`;
-    const st = statKey(exe);
-    if (!st || seen.has(`${st.dev}:${st.ino}`)) continue;
-    seen.add(`${st.dev}:${st.ino}`);
-    if (!hasOpenSsl(exe)) continue;
-    let real = exe;
-    try {
-      const target = fs.readlinkSync(exe);
-      const t = statKey(target);
-      if (t && t.dev === st.dev && t.ino === st.ino) real = target; // same file from here
-    } catch {
-      // keep the /proc path: it opens the process's own file
-    }
-    out.push({ path: real, ...st, source: 'maps', kind: 'openssl' });
+    const exe = tlsExecutableAt(`/proc/${pid}/exe`, seen);
+    if (exe) out.push(exe);
   }
   return out;
 }

@@ -22,6 +22,7 @@ export type ProbePlan = (
       read: number;
     }
   | { kind: 'exported'; reason: string }
+  | { kind: 'go'; reason: string }
 ) & {
   /**
    * File offsets of the exported functions asked for that the file has, so that attaching

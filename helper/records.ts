@@ -38,7 +38,9 @@ export type TlsFunction =
   | 'ssl_write_internal'
   | 'ssl_read_internal'
   | 'gnutls_record_send'
-  | 'gnutls_record_recv';
+  | 'gnutls_record_recv'
+  | 'crypto/tls.(*Conn).Write'
+  | 'crypto/tls.(*Conn).Read';
 
 const FUNCS: Record<number, TlsFunction> = {
   1: 'SSL_write',
@@ -49,6 +51,8 @@ const FUNCS: Record<number, TlsFunction> = {
   6: 'ssl_read_internal',
   7: 'gnutls_record_send',
   8: 'gnutls_record_recv',
+  9: 'crypto/tls.(*Conn).Write',
+  10: 'crypto/tls.(*Conn).Read',
 };
 
 /** Byte offsets of the fields, as in capture.h. */

@@ -57,7 +57,12 @@ make -s -C bpf >&2
 addon=bridge/build/Release/bridge.node
 if [ ! -f "$addon" ] || [ -n "$(find bridge/src bridge/binding.gyp bpf/capture.h -newer "$addon" 2>/dev/null)" ]; then
   say "building bridge/"
-  node_modules/.bin/node-gyp rebuild -C bridge --loglevel=error 2>&1 | grep -v 'Unknown user config' >&2
+  # Headers of the running node when it ships them (Debian's and most packaged nodes do);
+  # otherwise node-gyp downloads them.
+  nodedir=()
+  prefix=$(dirname "$(dirname "$(readlink -f "$(command -v node)")")")
+  [ -f "$prefix/include/node/node.h" ] && nodedir=(--nodedir="$prefix")
+  node_modules/.bin/node-gyp rebuild -C bridge "${nodedir[@]}" --loglevel=error 2>&1 | grep -v 'Unknown user config' >&2
   [ -f "$addon" ] || { say "building bridge/ failed"; exit 1; }
 fi
 

@@ -141,7 +141,7 @@ describe('--ipc helper (kernel, real programs)', function () {
     const wrong = await expectError(() => host!.sendRaw({ type: 'config', pids: 'all' }), 'bad_frame');
     assert.strictEqual(wrong.frame_type, 'config');
     assert.match(wrong.message, /\/pids must be array/);
-    await expectError(() => host!.sendRaw({ type: 'config', libraries: ['gnutls'] }), 'unknown_library');
+    await expectError(() => host!.sendRaw({ type: 'config', libraries: ['boringssl'] }), 'unknown_library');
     await expectError(() => host!.sendRaw({ type: 'hello' }), 'bad_frame');
     // An absurd length: reported at once; the announced bytes would be skipped, so send a small
     // one that we then complete, and the stream is in step again.

@@ -381,7 +381,7 @@ export interface ProcessFrame {
    */
   library: string;
   /**
-   * Kind of library ("openssl").
+   * Kind of TLS code probed: "openssl" (libssl, or an executable with OpenSSL inside such as node), "gnutls" (libgnutls) or "go" (a Go executable's crypto/tls).
    */
   kind: string;
   /**

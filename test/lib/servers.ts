@@ -405,6 +405,28 @@ export async function startPyServer(opts: {
   }
 }
 
+/**
+ * A server program of our own (Go, node, gnutls-serv) started with `args`, listening on
+ * 127.0.0.1:`port`; ready when the port accepts connections.
+ */
+export async function startServer(cmd: string, args: string[], port: number, dir: string): Promise<Server> {
+  const proc = spawnTracked(cmd, args, { cwd: dir, stdio: ['ignore', 'pipe', 'pipe'] });
+  const pid = proc.child.pid;
+  if (pid === undefined) throw new Error(`cannot spawn ${cmd}`);
+  try {
+    await waitForPort(proc, '127.0.0.1', port, proc.output);
+  } catch (e) {
+    await terminate(proc);
+    throw e;
+  }
+  return { port, pid, stop: () => terminate(proc) };
+}
+
+/** A file of test/lib (the compiled tests run from dist/test). */
+export function testLibFile(name: string): string {
+  return libFile(name);
+}
+
 export function curl(url: string, extra: string[] = [], opts: RunOptions = {}): Promise<RunResult> {
   // -g: no URL globbing, so [::1] is taken literally; --noproxy: never leave loopback
   return run('curl', ['-sS', '-k', '--http1.1', '-g', '--noproxy', '*', ...extra, url], opts);
