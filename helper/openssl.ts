@@ -86,7 +86,7 @@ export function planOpenSsl(path: string, exported: string[] = []): ProbePlan {
     const read = target('SSL_read', 'SSL_read_ex');
     if (typeof write === 'string') return { kind: 'exported', reason: write, offsets };
     if (typeof read === 'string') return { kind: 'exported', reason: read, offsets };
-    if (write === read) return { kind: 'exported', reason: 'read and write wrappers call the same function', offsets };
+    if (write === read) return { kind: 'exported', reason: 'the internal functions are inlined in this build (SSL_write and SSL_read first call one shared helper)', offsets };
     return { kind: 'internal', write, read, offsets };
   } catch (e) {
     if (e instanceof ElfError) return { kind: 'exported', reason: e.message, offsets };
