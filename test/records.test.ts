@@ -107,20 +107,23 @@ describe('records: layout of bpf/capture.h', function () {
     const header = fs.readFileSync(path.join(PACKAGE_ROOT, 'bpf', 'capture.h'), 'utf8');
     const funcs = cEnum(header, 'cap_func');
     const dirs = cEnum(header, 'cap_dir');
-    assert.strictEqual(funcs.size, 8);
-    const names: TlsFunction[] = [
-      'SSL_write',
-      'SSL_read',
-      'SSL_write_ex',
-      'SSL_read_ex',
-      'ssl_write_internal',
-      'ssl_read_internal',
-      'gnutls_record_send',
-      'gnutls_record_recv',
+    assert.strictEqual(funcs.size, 10);
+    // Name in records.ts → enumerator in capture.h.
+    const names: [TlsFunction, string][] = [
+      ['SSL_write', 'CAP_FN_SSL_WRITE'],
+      ['SSL_read', 'CAP_FN_SSL_READ'],
+      ['SSL_write_ex', 'CAP_FN_SSL_WRITE_EX'],
+      ['SSL_read_ex', 'CAP_FN_SSL_READ_EX'],
+      ['ssl_write_internal', 'CAP_FN_SSL_WRITE_INTERNAL'],
+      ['ssl_read_internal', 'CAP_FN_SSL_READ_INTERNAL'],
+      ['gnutls_record_send', 'CAP_FN_GNUTLS_RECORD_SEND'],
+      ['gnutls_record_recv', 'CAP_FN_GNUTLS_RECORD_RECV'],
+      ['crypto/tls.(*Conn).Write', 'CAP_FN_GO_TLS_WRITE'],
+      ['crypto/tls.(*Conn).Read', 'CAP_FN_GO_TLS_READ'],
     ];
-    for (const func of names) {
-      const want = funcs.get(`CAP_FN_${func.toUpperCase()}`);
-      assert.notStrictEqual(want, undefined, `capture.h has CAP_FN_${func.toUpperCase()}`);
+    for (const [func, enumerator] of names) {
+      const want = funcs.get(enumerator);
+      assert.notStrictEqual(want, undefined, `capture.h has ${enumerator}`);
       const b = encodeData(fields({ func, data: Buffer.from('abc') }));
       assert.strictEqual(b[lay['cap_data.func']!], want, func);
     }
