@@ -3,7 +3,7 @@
 // ring buffer into decoded records, and reads the kernel-side counters.
 import { BpfObject, BPF_OBJECT_PATH, BridgeError, monotonicToWallOffset, RingStats, UprobeOptions } from './bridge';
 import { LibraryFile } from './libraries';
-import { GO_READ, GO_WRITE, GoPlan, planGo } from './golang';
+import { GO_READ, GO_WRITE, planGoCached } from './golang';
 import { exportedOffsets, planOpenSsl, ProbePlan } from './openssl';
 import { CALL_CAP_MAX, CaptureRecord, COMM_LEN, decodeBatch, encodeConfig } from './records';
 
@@ -142,7 +142,6 @@ export class Capture {
   private readonly links = new Map<string, number[]>();
   private running = false;
   private readonly plans = new Map<string, ProbePlan>();
-  private readonly goPlans = new Map<string, GoPlan>();
   /** Path → kind of the files with probes. */
   private readonly kinds = new Map<string, LibraryFile['kind']>();
   private stopped?: Promise<KernelCounters>;
@@ -237,12 +236,8 @@ export class Capture {
    * handshakes' entries for role and socket. Throws if the file cannot be probed.
    */
   attachGo(library: LibraryFile, pid = -1): AttachResult {
-    const k = `${library.dev}:${library.ino}:go`;
-    let plan = this.goPlans.get(k);
-    if (!plan) {
-      plan = planGo(library.path);
-      this.goPlans.set(k, plan);
-    }
+    const plan = planGoCached(library.path);
+    if (typeof plan === 'string') throw new BridgeError(`cannot probe ${library.path}: ${plan}`, 'ENOENT', 2, 'attach', library.path, '');
     const result: AttachResult = {
       library,
       plan: { kind: 'go', reason: `${plan.version}, symbols from ${plan.symbols}`, offsets: new Map() },
@@ -316,13 +311,7 @@ export class Capture {
   /** Works out a file's probe plan ahead of time, so that attaching later is quick. */
   prepare(library: LibraryFile, mode: ProbeMode = 'auto'): void {
     if (library.kind === 'openssl') this.plan(library, mode);
-    if (library.kind === 'go' && !this.goPlans.has(`${library.dev}:${library.ino}:go`)) {
-      try {
-        this.goPlans.set(`${library.dev}:${library.ino}:go`, planGo(library.path));
-      } catch {
-        // attachGo() reports why
-      }
-    }
+    if (library.kind === 'go') planGoCached(library.path);
   }
 
   /** The probe plan of a file, worked out once per (device, inode) and mode. */

@@ -15,6 +15,7 @@
 // own function table (.gopclntab), which stripping keeps.
 // Hand-written because no npm package reads Go's pclntab or build info; the formats are those
 // of Go's debug/gosym and debug/buildinfo packages (Go 1.16 and later).
+import * as fs from 'fs';
 import { Decoder, DecoderOptions, FlowControl, Instruction, Register } from 'iced-x86';
 import { ElfError, ElfFile, EM_X86_64 } from './elf';
 
@@ -214,18 +215,47 @@ export function planGo(path: string): GoPlan {
   }
 }
 
-/** Whether a file is a Go executable that uses crypto/tls (cheap: build info, then symbols). */
-export function isGoTls(path: string): boolean {
+/** Whether a file is a Go executable (its build info is there); cheap: section headers only. */
+export function isGo(path: string): boolean {
   let elf: ElfFile | undefined;
   try {
     elf = ElfFile.open(path);
-    if (!goVersion(elf)) return false;
-    const syms = elf.functions([GO_WRITE]);
-    if (syms.has(GO_WRITE)) return true;
-    return pclntabFunctions(elf, [GO_WRITE]).has(GO_WRITE);
+    return goVersion(elf) !== undefined;
   } catch {
-    return false; // not ELF, unreadable, gone, or a table we cannot read: not ours to probe
+    return false; // not ELF, unreadable, gone: not ours to probe
   } finally {
     elf?.close();
   }
+}
+
+// Plans by file identity: a new Go program must get its probes within milliseconds of its
+// exec, so its file is read once, when it is judged, and attaching reuses that.
+const planned = new Map<string, GoPlan | string>();
+
+/** planGo() once per file (device, inode, size, mtime); the reason as a string if it fails. */
+export function planGoCached(path: string): GoPlan | string {
+  let id: string;
+  try {
+    const st = fs.statSync(path);
+    id = `${st.dev}:${st.ino}:${st.size}:${st.mtimeMs}`;
+  } catch (e) {
+    return `${path}: ${(e as NodeJS.ErrnoException).code ?? String(e)}`;
+  }
+  let plan = planned.get(id);
+  if (plan === undefined) {
+    try {
+      plan = planGo(path);
+    } catch (e) {
+      if (!(e instanceof GoPlanError || e instanceof ElfError)) throw e;
+      plan = e.message;
+    }
+    if (planned.size > 1000) planned.clear();
+    planned.set(id, plan);
+  }
+  return plan;
+}
+
+/** Whether a file is a Go executable that uses crypto/tls and can be probed. */
+export function isGoTls(path: string): boolean {
+  return isGo(path) && typeof planGoCached(path) !== 'string';
 }

@@ -4,7 +4,7 @@
 import { execFileSync } from 'child_process';
 import * as fs from 'fs';
 import { ElfFile } from './elf';
-import { isGoTls } from './golang';
+import { isGo, isGoTls } from './golang';
 
 export interface LibraryFile {
   /** A path that opens this file from our mount namespace. */
@@ -128,7 +128,9 @@ export function tlsExecutableAt(path: string, seen: Set<string>): LibraryFile | 
   const st = statKey(path);
   if (!st || seen.has(`${st.dev}:${st.ino}`)) return undefined;
   seen.add(`${st.dev}:${st.ino}`);
-  const kind: TlsKind | undefined = hasOpenSsl(path) ? 'openssl' : isGoTls(path) ? 'go' : undefined;
+  // Go first: telling a Go program apart costs one header read, and its plan is kept for
+  // attaching; reading its whole symbol table for OpenSSL would only cost time.
+  const kind: TlsKind | undefined = isGo(path) ? (isGoTls(path) ? 'go' : undefined) : hasOpenSsl(path) ? 'openssl' : undefined;
   if (!kind) return undefined;
   let real = path;
   try {
