@@ -22,6 +22,8 @@ export interface IpcOptions {
   /** Only connections with one of these local or remote ports. */
   ports?: number[];
   callCap?: number;
+  /** Bytes per second per process captured at most (--rate-cap; 0 no limit). */
+  rateCap?: number;
   ringBytes?: number;
   /** /proc rescan interval in ms (--poll-interval). */
   pollMs?: number;
@@ -68,6 +70,7 @@ export function wireCounters(k: KernelCounters | undefined): WireKernelCounters 
     read_faults: k?.readFaults ?? 0,
     bytes_faulted: k?.bytesFaulted ?? 0,
     events_lost: k?.eventsLost ?? 0,
+    bytes_rate_limited: k?.bytesRateLimited ?? 0,
   };
 }
 
@@ -98,6 +101,7 @@ export function segmentFrom(r: DataRecord, wallOffsetNs: bigint, lostBefore: num
     eos: false,
     // On the last segment of a call that was cut at the per-call cap.
     truncated: r.truncated && r.chunkOff + r.data.length >= r.capLen,
+    ...(r.rateLimited && r.chunkOff + r.data.length >= r.capLen ? { rate_limited: true } : {}),
     lost_before: lostBefore,
     mid_stream: midStream,
   };
@@ -341,6 +345,7 @@ export async function runIpc(opts: IpcOptions = {}): Promise<number> {
     comms: opts.comms ?? [],
     ports: opts.ports ?? [],
     call_cap: opts.callCap ?? DEFAULT_CALL_CAP,
+    rate_cap: opts.rateCap ?? 0,
     libraries: [...SUPPORTED_LIBRARIES],
     stats_interval_ms: opts.statsIntervalMs ?? 5000,
   };
@@ -348,7 +353,7 @@ export async function runIpc(opts: IpcOptions = {}): Promise<number> {
   let capture: Capture;
   try {
     preflight();
-    capture = new Capture({ pids: state.pids, comms: state.comms, ports: state.ports, callCap: state.call_cap, execEvents: true, ...(opts.ringBytes ? { ringBytes: opts.ringBytes } : {}) });
+    capture = new Capture({ pids: state.pids, comms: state.comms, ports: state.ports, callCap: state.call_cap, rateCap: state.rate_cap, execEvents: true, ...(opts.ringBytes ? { ringBytes: opts.ringBytes } : {}) });
   } catch (e) {
     const u = explain(e);
     error('capture_failed', u.cause, u.fix, true);
@@ -420,13 +425,14 @@ export async function runIpc(opts: IpcOptions = {}): Promise<number> {
     if (c.comms !== undefined) next.comms = c.comms;
     if (c.ports !== undefined) next.ports = c.ports;
     if (c.call_cap !== undefined) next.call_cap = c.call_cap;
+    if (c.rate_cap !== undefined) next.rate_cap = c.rate_cap;
     if (c.libraries !== undefined) next.libraries = c.libraries;
     if (c.stats_interval_ms !== undefined) next.stats_interval_ms = c.stats_interval_ms;
     try {
-      capture.configure({ pids: next.pids, comms: next.comms, ports: next.ports, callCap: next.call_cap, execEvents: true });
+      capture.configure({ pids: next.pids, comms: next.comms, ports: next.ports, callCap: next.call_cap, rateCap: next.rate_cap, execEvents: true });
     } catch (e) {
       try {
-        capture.configure({ pids: state.pids, comms: state.comms, ports: state.ports, callCap: state.call_cap, execEvents: true });
+        capture.configure({ pids: state.pids, comms: state.comms, ports: state.ports, callCap: state.call_cap, rateCap: state.rate_cap, execEvents: true });
       } catch {
         // the previous settings were accepted before; if they fail now the next stats shows it
       }
