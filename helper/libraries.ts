@@ -3,7 +3,7 @@
 // (device, inode) however many paths and processes lead to it.
 import { execFileSync } from 'child_process';
 import * as fs from 'fs';
-import { ElfFile } from './elf';
+import { ElfError, ElfFile } from './elf';
 
 export interface LibraryFile {
   /** A path that opens this file from our mount namespace. */
@@ -105,12 +105,20 @@ export function findTlsLibraries(extra: string[] = []): LibraryFile[] {
 
 /** Whether an executable or library carries OpenSSL's TLS functions (e.g. /usr/bin/node). */
 export function hasOpenSsl(path: string): boolean {
+  return openSslIn(path) === true;
+}
+
+/**
+ * hasOpenSsl, telling "no" (an ELF file without them, or not ELF) from "cannot tell" (the file
+ * could not be opened or read: gone with its process, or not readable by us).
+ */
+export function openSslIn(path: string): boolean | undefined {
   let elf: ElfFile | undefined;
   try {
     elf = ElfFile.open(path);
     return elf.functions(['SSL_write', 'SSL_read']).size === 2;
-  } catch {
-    return false; // not ELF, unreadable, gone: not ours to probe
+  } catch (e) {
+    return e instanceof ElfError ? false : undefined;
   } finally {
     elf?.close();
   }
@@ -118,9 +126,10 @@ export function hasOpenSsl(path: string): boolean {
 
 /**
  * Executables of running processes with OpenSSL linked in, once per file. `seen` holds the
- * (device:inode) of files already judged, so each is read once.
+ * (device:inode) of files already judged, so each is read once; a file that could not be read
+ * (its process ended between the stat and the open) is judged again at its next sighting.
  */
-export function openSslExecutables(seen: Set<string>, pids?: number[]): LibraryFile[] {
+export function openSslExecutables(seen: Set<string>, pids?: number[], judge: (path: string) => boolean | undefined = openSslIn): LibraryFile[] {
   const out: LibraryFile[] = [];
   let all: number[] = pids ?? [];
   if (!pids) {
@@ -134,8 +143,10 @@ export function openSslExecutables(seen: Set<string>, pids?: number[]): LibraryF
     const exe = `/proc/${pid}/exe`;
     const st = statKey(exe);
     if (!st || seen.has(`${st.dev}:${st.ino}`)) continue;
+    const has = judge(exe);
+    if (has === undefined) continue; // gone meanwhile: not judged
     seen.add(`${st.dev}:${st.ino}`);
-    if (!hasOpenSsl(exe)) continue;
+    if (!has) continue;
     let real = exe;
     try {
       const target = fs.readlinkSync(exe);

@@ -334,3 +334,54 @@ describe('fuzz: malformed and truncated ELF files (helper/elf.ts, openssl.ts, li
     }
   });
 });
+
+describe('vanishing /proc entries during discovery (helper/libraries.ts)', function () {
+  this.timeout(60_000);
+
+  it('scans of /proc while 200 short-lived processes come and go: no throw, every path a string', async () => {
+    const { spawn } = await import('child_process');
+    const { mappedLibraries, openSslExecutables, findTlsLibraries } = await import('../helper/libraries');
+    let running = 0;
+    let started = 0;
+    let scans = 0;
+    await new Promise<void>((resolve) => {
+      const more = (): void => {
+        while (running < 8 && started < 200) {
+          running++;
+          started++;
+          // curl maps libssl and exits at once: its /proc entries vanish mid-scan
+          const c = spawn('curl', ['--version'], { stdio: 'ignore' });
+          c.on('exit', () => {
+            running--;
+            if (started === 200 && running === 0) resolve();
+            else more();
+          });
+        }
+      };
+      more();
+      const scan = (): void => {
+        if (started === 200 && running === 0) return;
+        for (const m of mappedLibraries()) assert.ok(typeof m.path === 'string' && m.pid > 0);
+        for (const e of openSslExecutables(new Set())) assert.strictEqual(typeof e.path, 'string');
+        for (const l of findTlsLibraries()) assert.strictEqual(typeof l.path, 'string');
+        scans++;
+        setImmediate(scan);
+      };
+      scan();
+    });
+    assert.ok(scans > 2, `only ${scans} scans ran during the churn`);
+  });
+
+  it('an executable whose process ended before it could be read is judged again later, not skipped for good (regression)', async () => {
+    const { openSslExecutables } = await import('../helper/libraries');
+    const seen = new Set<string>();
+    // This test's own node has OpenSSL inside. First sighting: the file cannot be read (as when
+    // the process exits between the stat and the open).
+    assert.deepStrictEqual(openSslExecutables(seen, [process.pid], () => undefined), []);
+    assert.strictEqual(seen.size, 0, 'not marked as judged');
+    const found = openSslExecutables(seen, [process.pid]);
+    assert.strictEqual(found.length, 1, 'found at the next sighting');
+    assert.strictEqual(seen.size, 1);
+    assert.deepStrictEqual(openSslExecutables(seen, [process.pid]), [], 'and judged once');
+  });
+});
