@@ -7,7 +7,7 @@ import { Call, CallAssembler } from './calls';
 import { OpenConnections } from './conns';
 import { Discovery } from './discovery';
 import { Capture, DEFAULT_CALL_CAP, DEFAULT_RING_BYTES, KernelCounters, RATE_CAP_MAX } from './capture';
-import { explain, preflight, UserError } from './errors';
+import { attachRefused, explain, preflight, privilegeWarnings, UserError } from './errors';
 import { ByeReason, FrameRecording, runIpc } from './ipc';
 import { CALL_CAP_MAX } from './records';
 import { replayCommand } from './replay';
@@ -166,6 +166,8 @@ async function main(argv: string[]): Promise<number> {
     await capture.stop();
     throw new UserError(`cannot create the recording ${opts.record}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`, 'name a file in a directory you can write to');
   }
+  for (const w of privilegeWarnings()) log(`warning: ${w}`);
+  const refused: string[] = [];
   const discovery = new Discovery(
     capture,
     { extra: opts.library, pollMs: opts.pollInterval, ...(targeted ? { targets: { pids: opts.pid, comms: opts.comm } } : {}) },
@@ -177,7 +179,8 @@ async function main(argv: string[]): Promise<number> {
         recording?.process({ pid, library: lib.path, state: 'attached', functions: r.attached, reason: `${how}${missing}`.trim() });
       },
       failed: (lib, reason, pid) => {
-        log(`could not attach to ${lib.path}${where(pid)}: ${reason}`);
+        refused.push(reason);
+        log(`could not attach to ${lib.path}${where(pid)}: ${attachRefused([reason], pid >= 0)?.cause ?? reason}`);
         recording?.process({ pid, library: lib.path, state: 'failed', functions: [], reason });
       },
       detached: (lib, why, pid) => {
@@ -189,7 +192,7 @@ async function main(argv: string[]): Promise<number> {
   try {
     discovery.start();
     if (!targeted && capture.attachedLibraries.length === 0) {
-      throw new UserError(
+      throw attachRefused(refused, false) ?? new UserError(
         'no OpenSSL library (libssl.so*) could be found and probed in the linker cache or in any running process',
         'install OpenSSL (apt-get install libssl3), see the lines above, or name the file with --library PATH',
       );

@@ -6,7 +6,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { Readable, Writable } from 'stream';
 import { Capture, DEFAULT_CALL_CAP, KernelCounters } from './capture';
-import { explain, preflight } from './errors';
+import { attachRefused, explain, preflight, privilegeWarnings } from './errors';
 import { ConfigFrame, ConfigState, ConnCloseFrame, ConnOpenFrame, ErrorFrame, HelperFrame, KernelCounters as WireKernelCounters, SegmentFrame } from './generated/protocol';
 import { Discovery } from './discovery';
 import { LibraryFile } from './libraries';
@@ -363,8 +363,12 @@ export async function runIpc(opts: IpcOptions = {}): Promise<number> {
   // Libraries are found and followed by the same discovery as the standalone mode (new files
   // as they are opened, other mount namespaces, upgrades, executables with OpenSSL inside);
   // each attachment, failure and detachment becomes a `process` frame.
-  const processFrame = (lib: LibraryFile, pid: number, state: 'attached' | 'failed' | 'detached', functions: string[], reason: string): void =>
-    void send({ type: 'process', pid, library: lib.path, kind: 'openssl', state, functions, reason, ts_ns: nowNs() });
+  const refused: string[] = [];
+  const processFrame = (lib: LibraryFile, pid: number, state: 'attached' | 'failed' | 'detached', functions: string[], reason: string): void => {
+    if (state === 'failed') refused.push(reason);
+    send({ type: 'process', pid, library: lib.path, kind: 'openssl', state, functions, reason: state === 'failed' ? (attachRefused([reason], pid >= 0)?.cause ?? reason) : reason, ts_ns: nowNs() });
+  };
+  for (const w of privilegeWarnings()) log(`warning: ${w}`);
   let discovery: Discovery | undefined;
   const attachAll = (): number => {
     discovery = new Discovery(capture, { extra: opts.libraries ?? [], pollMs: opts.pollMs ?? 2000 }, {
@@ -389,7 +393,9 @@ export async function runIpc(opts: IpcOptions = {}): Promise<number> {
   };
 
   if (attachAll() === 0) {
-    error('attach_failed', 'no OpenSSL library could be probed (see the process frames)', 'install OpenSSL (libssl3), or name the library with --library PATH', true);
+    const why = attachRefused(refused, false);
+    if (why) error('attach_failed', why.cause, why.fix, true);
+    else error('attach_failed', 'no OpenSSL library could be probed (see the process frames)', 'install OpenSSL (libssl3), or name the library with --library PATH', true);
     await discovery?.stop();
     return finish('fatal_error', await capture.stop(), 1);
   }
