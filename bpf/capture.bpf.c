@@ -252,7 +252,7 @@ static long emit_chunk(__u32 i, void *ctx)
 	__u64 off = (__u64)i * CAP_CHUNK_MAX;
 	__u64 n;
 
-	if (off >= c->ncap)
+	if (off >= c->ncap && off)
 		return 1;
 	n = c->ncap - off;
 	if (n > CAP_CHUNK_MAX)
@@ -373,6 +373,58 @@ static __always_inline bool port_passes(struct cap_config *cfg, struct cap_sock 
 	return bpf_map_lookup_elem(&filter_ports, &port) != NULL;
 }
 
+// The per-process byte-rate cap (cap_config.rate_cap): a token bucket per tgid, in
+// byte-nanoseconds so that refills of a few ns lose nothing, holding at most one second.
+// Threads of one process on several CPUs may race on it and capture a little more than the
+// rate; what was not captured is still counted exactly, by the caller.
+struct rate_state {
+	__u64 tokens;  /* bytes * 1e9 */
+	__u64 last_ns;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u32);
+	__type(value, struct rate_state);
+} rates SEC(".maps");
+
+// Of `want` bytes of a call, how many the process may have captured now.
+static __always_inline __u64 rate_take(__u32 tgid, __u64 want, __u64 rate)
+{
+	const __u64 NS = 1000000000ULL;
+	struct rate_state *b, fresh;
+	__u64 now, dt, full, got;
+
+	if (!rate || !want)
+		return want;
+	if (rate > CAP_RATE_CAP_MAX)
+		rate = CAP_RATE_CAP_MAX;
+	full = rate * NS;
+	now = bpf_ktime_get_ns();
+	b = bpf_map_lookup_elem(&rates, &tgid);
+	if (!b) {
+		fresh.tokens = full;
+		fresh.last_ns = now;
+		bpf_map_update_elem(&rates, &tgid, &fresh, BPF_NOEXIST);
+		b = bpf_map_lookup_elem(&rates, &tgid);
+		if (!b)
+			return want;
+	}
+	dt = now - b->last_ns;
+	if (dt > NS)
+		dt = NS;
+	b->last_ns = now;
+	b->tokens += dt * rate;
+	if (b->tokens > full)
+		b->tokens = full;
+	got = b->tokens / NS;
+	if (got > want)
+		got = want;
+	b->tokens -= got * NS;
+	return got;
+}
+
 static __always_inline struct cap_config *settings_now(void)
 {
 	__u32 zero = 0;
@@ -487,13 +539,19 @@ static __always_inline void emit_call(__u64 id, struct call_args *a, __u64 len, 
 	__builtin_memcpy(&c.tmpl.sock, &s->sock, sizeof(c.tmpl.sock));
 	bpf_get_current_comm(c.tmpl.comm, sizeof(c.tmpl.comm));
 	c.buf = a->buf;
-	c.ncap = len < cap ? len : cap;
+	c.ncap = rate_take(tgid, len < cap ? len : cap, cfg ? cfg->rate_cap : 0);
+	if (c.ncap < len && c.ncap < cap) {
+		c.tmpl.h.flags = CAP_F_TRUNCATED | CAP_F_RATE_LIMITED;
+		count(CAP_CTR_BYTES_RATE_LIMITED, (len < cap ? len : cap) - c.ncap);
+	}
 	c.tmpl.cap_len = c.ncap;
 
 	count(CAP_CTR_CALLS, 1);
 	count(CAP_CTR_BYTES_MOVED, len);
-	count(CAP_CTR_BYTES_TRUNCATED, len - c.ncap);
-	bpf_loop((c.ncap + CAP_CHUNK_MAX - 1) / CAP_CHUNK_MAX, emit_chunk, &c, 0);
+	count(CAP_CTR_BYTES_TRUNCATED, len - (len < cap ? len : cap));
+	// A call with nothing captured still gets one record of no data, marked, so that its
+	// bytes show as cut off rather than as lost.
+	bpf_loop(c.ncap ? (c.ncap + CAP_CHUNK_MAX - 1) / CAP_CHUNK_MAX : 1, emit_chunk, &c, 0);
 }
 
 // After any call (with or without bytes, a handshake step included): its socket I/O names the

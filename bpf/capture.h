@@ -68,7 +68,8 @@ enum cap_dir {
 };
 
 enum cap_flags {
-	CAP_F_TRUNCATED = 1, /* the call moved more than the per-call cap */
+	CAP_F_TRUNCATED = 1, /* bytes of the call past cap_len were not captured (a cap below) */
+	CAP_F_RATE_LIMITED = 2, /* ...because the process was over its byte-rate cap */
 };
 
 /* Every record starts with this; `size` is the number of meaningful bytes of the
@@ -151,6 +152,7 @@ enum cap_counter {
 	CAP_CTR_READ_FAULTS,        /* records dropped: user memory unreadable */
 	CAP_CTR_BYTES_FAULTED,      /* plaintext bytes in those records */
 	CAP_CTR_EVENTS_LOST,        /* non-data records the ring had no room for */
+	CAP_CTR_BYTES_RATE_LIMITED, /* bytes not captured: the process was over rate_cap */
 	CAP_CTR_MAX,
 };
 
@@ -170,7 +172,10 @@ struct cap_config {
 			 * filter (when either is set); its connection, if the port filter is set */
 	__u32 flags;    /* enum cap_config_flags */
 	__u64 call_cap; /* most bytes captured per call (<= CAP_CHUNK_MAX * CAP_MAX_CHUNKS) */
+	__u64 rate_cap; /* most bytes captured per second per process (token bucket, burst of
+			 * one second); 0: no limit. At most CAP_RATE_CAP_MAX. */
 };
+#define CAP_RATE_CAP_MAX 0xffffffffULL
 
 #ifdef __cplusplus
 #define _Static_assert static_assert
@@ -181,6 +186,6 @@ _Static_assert(sizeof(struct cap_data) == 144, "cap_data layout");
 _Static_assert(sizeof(struct cap_conn) == 128, "cap_conn layout");
 _Static_assert(sizeof(struct cap_proc) == 296, "cap_proc layout");
 _Static_assert(sizeof(struct cap_exit) == 48, "cap_exit layout");
-_Static_assert(sizeof(struct cap_config) == 16, "cap_config layout");
+_Static_assert(sizeof(struct cap_config) == 24, "cap_config layout");
 
 #endif

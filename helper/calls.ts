@@ -8,6 +8,8 @@ export interface Call extends ConnectionEvent, Pick<DataRecord, 'dir' | 'func' |
   data: Buffer;
   /** Bytes past the per-call cap (not captured by design). */
   truncatedBytes: number;
+  /** The truncation was the rate cap's (the process was over its bytes per second). */
+  rateLimited: boolean;
   /** Bytes within the cap that never arrived (ring buffer full, unreadable memory). */
   lostBytes: number;
 }
@@ -71,6 +73,7 @@ export class CallAssembler {
       callLen: f.callLen,
       data,
       truncatedBytes: f.callLen - f.capLen,
+      rateLimited: f.rateLimited,
       lostBytes: f.capLen - p.got,
     });
   }

@@ -8,6 +8,8 @@ import { exportedOffsets, planOpenSsl, ProbePlan } from './openssl';
 import { CALL_CAP_MAX, CaptureRecord, COMM_LEN, decodeBatch, encodeConfig } from './records';
 
 export const DEFAULT_CALL_CAP = 1 << 20;
+/** Most bytes per second per process the rate cap can be set to (capture.h CAP_RATE_CAP_MAX). */
+export const RATE_CAP_MAX = 0xffffffff;
 export const DEFAULT_RING_BYTES = 32 << 20;
 
 /** Entry and return programs of bpf/capture.bpf.c for each exported OpenSSL function. */
@@ -66,6 +68,8 @@ export interface CaptureOptions {
   ports?: number[];
   /** Most bytes captured of one call; the rest is counted. */
   callCap?: number;
+  /** Most bytes captured per second per process (0: no limit); the rest is counted. */
+  rateCap?: number;
   /** Size of the ring buffer in bytes (a power of two, at least one page). */
   ringBytes?: number;
   /** Report every exec (CAP_EV_EXEC records). */
@@ -100,6 +104,7 @@ export interface KernelCounters {
   readFaults: number;
   bytesFaulted: number;
   eventsLost: number;
+  bytesRateLimited: number;
 }
 
 const COUNTER_NAMES: (keyof KernelCounters)[] = [
@@ -112,6 +117,7 @@ const COUNTER_NAMES: (keyof KernelCounters)[] = [
   'readFaults',
   'bytesFaulted',
   'eventsLost',
+  'bytesRateLimited',
 ];
 
 interface DataProbe {
@@ -171,10 +177,14 @@ export class Capture {
    * Sets filters, cap and whether every exec is reported (targeted mode wants them; others need
    * not pay); takes effect for calls that start afterwards.
    */
-  configure(opts: Pick<CaptureOptions, 'pids' | 'comms' | 'ports' | 'callCap' | 'execEvents'>): void {
+  configure(opts: Pick<CaptureOptions, 'pids' | 'comms' | 'ports' | 'callCap' | 'rateCap' | 'execEvents'>): void {
     const cap = opts.callCap ?? DEFAULT_CALL_CAP;
     if (!Number.isSafeInteger(cap) || cap < 0 || cap > CALL_CAP_MAX) {
       throw new RangeError(`per-call cap ${cap} is outside 0..${CALL_CAP_MAX}`);
+    }
+    const rate = opts.rateCap ?? 0;
+    if (!Number.isSafeInteger(rate) || rate < 0 || rate > RATE_CAP_MAX) {
+      throw new RangeError(`rate cap ${rate} bytes/s is outside 0..${RATE_CAP_MAX}`);
     }
     for (const key of this.bpf.keys('filter_pids')) this.bpf.delete('filter_pids', key);
     for (const key of this.bpf.keys('filter_comms')) this.bpf.delete('filter_comms', key);
@@ -199,7 +209,7 @@ export class Capture {
       this.bpf.update('filter_comms', k, Buffer.from([1]));
       filter |= FILTER_COMM;
     }
-    this.bpf.update('settings', Buffer.alloc(4), encodeConfig(filter, cap, opts.execEvents ? CFG_EXEC_EVENTS : 0));
+    this.bpf.update('settings', Buffer.alloc(4), encodeConfig(filter, cap, opts.execEvents ? CFG_EXEC_EVENTS : 0, rate));
   }
 
   /**

@@ -6,8 +6,8 @@ import * as fs from 'fs';
 import { Call, CallAssembler } from './calls';
 import { OpenConnections } from './conns';
 import { Discovery } from './discovery';
-import { Capture, DEFAULT_CALL_CAP, DEFAULT_RING_BYTES, KernelCounters } from './capture';
-import { explain, preflight, UserError } from './errors';
+import { Capture, DEFAULT_CALL_CAP, DEFAULT_RING_BYTES, KernelCounters, RATE_CAP_MAX } from './capture';
+import { attachRefused, explain, preflight, privilegeWarnings, UserError } from './errors';
 import { ByeReason, FrameRecording, runIpc } from './ipc';
 import { CALL_CAP_MAX } from './records';
 import { replayCommand } from './replay';
@@ -20,6 +20,7 @@ interface Options {
   duration?: number;
   output?: string;
   callCap: number;
+  rateCap: number;
   ringSize: number;
   library: string[];
   printLimit: number;
@@ -53,6 +54,7 @@ function program(): Command {
     .option('-d, --duration <seconds>', 'stop after this many seconds', intArg('--duration', 1, 365 * 86400))
     .option('-o, --output <file>', 'write the capture to this file (mode 0600) instead of stdout')
     .option('--call-cap <bytes>', 'most bytes captured of one TLS call; the rest is counted', intArg('--call-cap', 0, CALL_CAP_MAX), DEFAULT_CALL_CAP)
+    .option('--rate-cap <bytes>', 'most bytes captured per second per process (0: no limit); the rest is counted', intArg('--rate-cap', 0, RATE_CAP_MAX), 0)
     .option('--ring-size <bytes>', 'ring buffer size, a power of two', intArg('--ring-size', 4096, 1 << 30), DEFAULT_RING_BYTES)
     .option('-l, --library <path>', 'also attach to this OpenSSL library or executable (repeatable)', listOf(String), [])
     .option(
@@ -138,6 +140,7 @@ async function main(argv: string[]): Promise<number> {
       comms: opts.comm,
       ports: opts.port,
       callCap: opts.callCap,
+      rateCap: opts.rateCap,
       ringBytes: opts.ringSize,
       libraries: opts.library,
       validate: opts.validate === true,
@@ -152,7 +155,7 @@ async function main(argv: string[]): Promise<number> {
   // name filter in BPF, which sees a process's first call however short it lives.
   const targeted = opts.targeted === true || (opts.pid.length > 0 && opts.comm.length === 0);
   if (opts.targeted && !opts.pid.length && !opts.comm.length) throw new UserError('--targeted needs --pid or --comm', 'name the processes to plant probes in', 2);
-  const capture = new Capture({ pids: opts.pid, comms: opts.comm, ports: opts.port, callCap: opts.callCap, ringBytes: opts.ringSize, execEvents: true });
+  const capture = new Capture({ pids: opts.pid, comms: opts.comm, ports: opts.port, callCap: opts.callCap, rateCap: opts.rateCap, ringBytes: opts.ringSize, execEvents: true });
   const log = (s: string): void => void process.stderr.write(`https-capture: ${s}\n`);
   const where = (pid: number): string => (pid < 0 ? '' : ` in process ${pid}`);
   // --record: the frames --ipc would write, saved beside the human output (the same builder).
@@ -163,6 +166,8 @@ async function main(argv: string[]): Promise<number> {
     await capture.stop();
     throw new UserError(`cannot create the recording ${opts.record}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`, 'name a file in a directory you can write to');
   }
+  for (const w of privilegeWarnings()) log(`warning: ${w}`);
+  const refused: string[] = [];
   const discovery = new Discovery(
     capture,
     { extra: opts.library, pollMs: opts.pollInterval, ...(targeted ? { targets: { pids: opts.pid, comms: opts.comm } } : {}) },
@@ -174,7 +179,8 @@ async function main(argv: string[]): Promise<number> {
         recording?.process({ pid, library: lib.path, state: 'attached', functions: r.attached, reason: `${how}${missing}`.trim() });
       },
       failed: (lib, reason, pid) => {
-        log(`could not attach to ${lib.path}${where(pid)}: ${reason}`);
+        refused.push(reason);
+        log(`could not attach to ${lib.path}${where(pid)}: ${attachRefused([reason], pid >= 0)?.cause ?? reason}`);
         recording?.process({ pid, library: lib.path, state: 'failed', functions: [], reason });
       },
       detached: (lib, why, pid) => {
@@ -186,7 +192,7 @@ async function main(argv: string[]): Promise<number> {
   try {
     discovery.start();
     if (!targeted && capture.attachedLibraries.length === 0) {
-      throw new UserError(
+      throw attachRefused(refused, false) ?? new UserError(
         'no OpenSSL library (libssl.so*) could be found and probed in the linker cache or in any running process',
         'install OpenSSL (apt-get install libssl3), see the lines above, or name the file with --library PATH',
       );

@@ -15,9 +15,14 @@ export class UserError extends Error {
   }
 }
 
+const CAP_SYS_PTRACE = 19;
 const CAP_SYS_ADMIN = 21;
 const CAP_PERFMON = 38;
 const CAP_BPF = 39;
+/** The capabilities the helper uses (docs/security.md says what each one is for). */
+export const CAPABILITIES = { CAP_SYS_PTRACE, CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF } as const;
+/** How to run with exactly those (as a user other than root, the file owner needs them too). */
+const GRANT = 'setpriv --inh-caps=-all,+sys_admin,+sys_ptrace --ambient-caps=-all,+sys_admin,+sys_ptrace --bounding-set=-all,+sys_admin,+sys_ptrace https-capture …';
 
 /** Effective capabilities of this process, from /proc/self/status. */
 export function effectiveCaps(): bigint {
@@ -42,8 +47,8 @@ export function preflight(): void {
   if (!bpfOk) {
     const missing = [!has(caps, CAP_BPF) && 'CAP_BPF', !has(caps, CAP_PERFMON) && 'CAP_PERFMON'].filter(Boolean).join(' and ');
     throw new UserError(
-      `loading eBPF uprobes needs root or ${missing} (this process has neither)`,
-      'run it as root (sudo), or grant the capabilities: sudo setcap cap_bpf,cap_perfmon,cap_sys_ptrace,cap_dac_read_search+ep "$(command -v node)"',
+      `eBPF uprobes need CAP_SYS_ADMIN (or, on kernels without the CVE-2025-38466 fix, CAP_BPF and CAP_PERFMON); this process lacks CAP_SYS_ADMIN and ${missing}`,
+      `run it as root, or with exactly the capabilities of docs/security.md: ${GRANT}`,
     );
   }
   if (!fs.existsSync('/sys/kernel/btf/vmlinux')) {
@@ -52,6 +57,39 @@ export function preflight(): void {
       'use a kernel built with CONFIG_DEBUG_INFO_BTF=y (Debian, Ubuntu, Fedora and RHEL kernels since 2021 have it)',
     );
   }
+}
+
+
+/**
+ * What the helper cannot do with the capabilities it has, though it runs: one line each,
+ * naming the capability. Empty as root.
+ */
+export function privilegeWarnings(caps = effectiveCaps()): string[] {
+  const out: string[] = [];
+  if (!has(caps, CAP_SYS_PTRACE)) {
+    out.push(
+      "no CAP_SYS_PTRACE: other users' processes are looked into only through /proc/<pid>/maps, not /proc/<pid>/{exe,root,cwd}: executables with OpenSSL inside (node), libraries in other mount namespaces and libraries opened by relative path are missed for them, and --pid probes in them may come late",
+    );
+  }
+  return out;
+}
+
+/**
+ * Why no library could be probed, if it was the kernel refusing (EACCES/EPERM): names the
+ * capability that is missing. `reasons` are the attach failures as reported.
+ */
+export function attachRefused(reasons: string[], targeted: boolean, caps = effectiveCaps()): UserError | undefined {
+  if (!reasons.some((r) => /\b(EACCES|EPERM)\b/.test(r))) return undefined;
+  if (!has(caps, CAP_SYS_ADMIN)) {
+    return new UserError(
+      'the kernel refused to create uprobes (EACCES): this process lacks CAP_SYS_ADMIN, which uprobes through perf_event_open need since the CVE-2025-38466 fix (Linux 6.16, and stable kernels since July 2025); CAP_PERFMON is not enough there',
+      `grant CAP_SYS_ADMIN, or run as root: ${GRANT}`,
+    );
+  }
+  if (targeted && !has(caps, CAP_SYS_PTRACE)) {
+    return new UserError('the kernel refused to plant uprobes in the chosen processes (EACCES): this process lacks CAP_SYS_PTRACE, needed for processes of other users', `grant CAP_SYS_PTRACE, or run as root: ${GRANT}`);
+  }
+  return new UserError(`the kernel refused the probes: ${reasons.find((r) => /\b(EACCES|EPERM)\b/.test(r))}`, 'check lockdown mode (/sys/kernel/security/lockdown), seccomp and LSM policies; or run as root');
 }
 
 /** Turns an error from the bridge into the user's terms. */
@@ -70,7 +108,7 @@ export function explain(e: unknown): UserError {
       return new UserError(`the kernel rejected the eBPF program: ${e.message}${said}`, 'report this with the kernel version (uname -r); set HTTPS_CAPTURE_LIBBPF_DEBUG=1 for the full verifier log');
     }
     if (e.op.startsWith('attach') && (e.code === 'EPERM' || e.code === 'EACCES')) {
-      return new UserError(`the kernel refused a probe: ${e.message}`, 'run as root, or grant CAP_PERFMON and CAP_BPF');
+      return attachRefused([`${e.code}: ${e.message}`], false) ?? new UserError(`the kernel refused a probe: ${e.message}`, 'run as root');
     }
     if (e.op === 'open' || e.op === 'load addon') {
       return new UserError(`${e.message}`, 'run `npm run build` to build bpf/ and bridge/');

@@ -6,7 +6,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { Readable, Writable } from 'stream';
 import { Capture, DEFAULT_CALL_CAP, KernelCounters } from './capture';
-import { explain, preflight } from './errors';
+import { attachRefused, explain, preflight, privilegeWarnings } from './errors';
 import { ConfigFrame, ConfigState, ConnCloseFrame, ConnOpenFrame, ErrorFrame, HelperFrame, KernelCounters as WireKernelCounters, SegmentFrame } from './generated/protocol';
 import { Discovery } from './discovery';
 import { LibraryFile, TlsKind } from './libraries';
@@ -23,6 +23,8 @@ export interface IpcOptions {
   /** Only connections with one of these local or remote ports. */
   ports?: number[];
   callCap?: number;
+  /** Bytes per second per process captured at most (--rate-cap; 0 no limit). */
+  rateCap?: number;
   ringBytes?: number;
   /** /proc rescan interval in ms (--poll-interval). */
   pollMs?: number;
@@ -69,6 +71,7 @@ export function wireCounters(k: KernelCounters | undefined): WireKernelCounters 
     read_faults: k?.readFaults ?? 0,
     bytes_faulted: k?.bytesFaulted ?? 0,
     events_lost: k?.eventsLost ?? 0,
+    bytes_rate_limited: k?.bytesRateLimited ?? 0,
   };
 }
 
@@ -99,6 +102,7 @@ export function segmentFrom(r: DataRecord, wallOffsetNs: bigint, lostBefore: num
     eos: false,
     // On the last segment of a call that was cut at the per-call cap.
     truncated: r.truncated && r.chunkOff + r.data.length >= r.capLen,
+    ...(r.rateLimited && r.chunkOff + r.data.length >= r.capLen ? { rate_limited: true } : {}),
     lost_before: lostBefore,
     mid_stream: midStream,
   };
@@ -342,6 +346,7 @@ export async function runIpc(opts: IpcOptions = {}): Promise<number> {
     comms: opts.comms ?? [],
     ports: opts.ports ?? [],
     call_cap: opts.callCap ?? DEFAULT_CALL_CAP,
+    rate_cap: opts.rateCap ?? 0,
     libraries: [...SUPPORTED_LIBRARIES],
     stats_interval_ms: opts.statsIntervalMs ?? 5000,
   };
@@ -349,7 +354,7 @@ export async function runIpc(opts: IpcOptions = {}): Promise<number> {
   let capture: Capture;
   try {
     preflight();
-    capture = new Capture({ pids: state.pids, comms: state.comms, ports: state.ports, callCap: state.call_cap, execEvents: true, ...(opts.ringBytes ? { ringBytes: opts.ringBytes } : {}) });
+    capture = new Capture({ pids: state.pids, comms: state.comms, ports: state.ports, callCap: state.call_cap, rateCap: state.rate_cap, execEvents: true, ...(opts.ringBytes ? { ringBytes: opts.ringBytes } : {}) });
   } catch (e) {
     const u = explain(e);
     error('capture_failed', u.cause, u.fix, true);
@@ -359,8 +364,12 @@ export async function runIpc(opts: IpcOptions = {}): Promise<number> {
   // Libraries are found and followed by the same discovery as the standalone mode (new files
   // as they are opened, other mount namespaces, upgrades, executables with OpenSSL inside);
   // each attachment, failure and detachment becomes a `process` frame.
-  const processFrame = (lib: LibraryFile, pid: number, state: 'attached' | 'failed' | 'detached', functions: string[], reason: string): void =>
-    void send({ type: 'process', pid, library: lib.path, kind: lib.kind, state, functions, reason, ts_ns: nowNs() });
+  const refused: string[] = [];
+  const processFrame = (lib: LibraryFile, pid: number, state: 'attached' | 'failed' | 'detached', functions: string[], reason: string): void => {
+    if (state === 'failed') refused.push(reason);
+    send({ type: 'process', pid, library: lib.path, kind: lib.kind, state, functions, reason: state === 'failed' ? (attachRefused([reason], pid >= 0)?.cause ?? reason) : reason, ts_ns: nowNs() });
+  };
+  for (const w of privilegeWarnings()) log(`warning: ${w}`);
   let discovery: Discovery | undefined;
   const attachAll = (): number => {
     discovery = new Discovery(capture, { extra: opts.libraries ?? [], pollMs: opts.pollMs ?? 2000, kinds: state.libraries as TlsKind[] }, {
@@ -386,7 +395,9 @@ export async function runIpc(opts: IpcOptions = {}): Promise<number> {
   };
 
   if (attachAll() === 0) {
-    error('attach_failed', 'no OpenSSL library could be probed (see the process frames)', 'install OpenSSL (libssl3), or name the library with --library PATH', true);
+    const why = attachRefused(refused, false);
+    if (why) error('attach_failed', why.cause, why.fix, true);
+    else error('attach_failed', 'no OpenSSL library could be probed (see the process frames)', 'install OpenSSL (libssl3), or name the library with --library PATH', true);
     await discovery?.stop();
     return finish('fatal_error', await capture.stop(), 1);
   }
@@ -422,13 +433,14 @@ export async function runIpc(opts: IpcOptions = {}): Promise<number> {
     if (c.comms !== undefined) next.comms = c.comms;
     if (c.ports !== undefined) next.ports = c.ports;
     if (c.call_cap !== undefined) next.call_cap = c.call_cap;
+    if (c.rate_cap !== undefined) next.rate_cap = c.rate_cap;
     if (c.libraries !== undefined) next.libraries = c.libraries;
     if (c.stats_interval_ms !== undefined) next.stats_interval_ms = c.stats_interval_ms;
     try {
-      capture.configure({ pids: next.pids, comms: next.comms, ports: next.ports, callCap: next.call_cap, execEvents: true });
+      capture.configure({ pids: next.pids, comms: next.comms, ports: next.ports, callCap: next.call_cap, rateCap: next.rate_cap, execEvents: true });
     } catch (e) {
       try {
-        capture.configure({ pids: state.pids, comms: state.comms, ports: state.ports, callCap: state.call_cap, execEvents: true });
+        capture.configure({ pids: state.pids, comms: state.comms, ports: state.ports, callCap: state.call_cap, rateCap: state.rate_cap, execEvents: true });
       } catch {
         // the previous settings were accepted before; if they fail now the next stats shows it
       }

@@ -3,7 +3,7 @@
 // (device, inode) however many paths and processes lead to it.
 import { execFileSync } from 'child_process';
 import * as fs from 'fs';
-import { ElfFile } from './elf';
+import { ElfError, ElfFile } from './elf';
 import { isGo, isGoTls } from './golang';
 
 export interface LibraryFile {
@@ -108,29 +108,55 @@ export function findTlsLibraries(extra: string[] = []): LibraryFile[] {
 
 /** Whether an executable or library carries OpenSSL's TLS functions (e.g. /usr/bin/node). */
 export function hasOpenSsl(path: string): boolean {
+  return openSslIn(path) === true;
+}
+
+/**
+ * hasOpenSsl, telling "no" (an ELF file without them, or not ELF) from "cannot tell" (the file
+ * could not be opened or read: gone with its process, or not readable by us).
+ */
+export function openSslIn(path: string): boolean | undefined {
   let elf: ElfFile | undefined;
   try {
     elf = ElfFile.open(path);
     return elf.functions(['SSL_write', 'SSL_read']).size === 2;
-  } catch {
-    return false; // not ELF, unreadable, gone: not ours to probe
+  } catch (e) {
+    return e instanceof ElfError ? false : undefined;
   } finally {
     elf?.close();
   }
 }
 
 /**
- * The file at `path` if it is an executable with TLS code inside: OpenSSL linked in (node) or
- * Go's crypto/tls. `seen` holds the (device:inode) of files already judged, so each is read
- * once; undefined if judged before, gone, or without TLS code.
+/**
+ * What TLS code an executable has inside: 'openssl' (linked in, as node), 'go' (Go's
+ * crypto/tls), null for none (or not ELF), undefined when it cannot tell (the file could not be
+ * opened: gone with its process, or not readable by us).
  */
-export function tlsExecutableAt(path: string, seen: Set<string>): LibraryFile | undefined {
-  const st = statKey(path);
-  if (!st || seen.has(`${st.dev}:${st.ino}`)) return undefined;
-  seen.add(`${st.dev}:${st.ino}`);
+export function tlsKindIn(path: string): TlsKind | null | undefined {
+  try {
+    fs.closeSync(fs.openSync(path, 'r'));
+  } catch {
+    return undefined;
+  }
   // Go first: telling a Go program apart costs one header read, and its plan is kept for
   // attaching; reading its whole symbol table for OpenSSL would only cost time.
-  const kind: TlsKind | undefined = isGo(path) ? (isGoTls(path) ? 'go' : undefined) : hasOpenSsl(path) ? 'openssl' : undefined;
+  if (isGo(path)) return isGoTls(path) ? 'go' : null;
+  const o = openSslIn(path);
+  return o === undefined ? undefined : o ? 'openssl' : null;
+}
+
+/**
+ * The file at `path` if it is an executable with TLS code inside. `seen` holds the
+ * (device:inode) of files already judged, so each is read once; a file that could not be read
+ * (its process ended between the stat and the open) is judged again at its next sighting.
+ */
+export function tlsExecutableAt(path: string, seen: Set<string>, judge: (path: string) => TlsKind | null | undefined = tlsKindIn): LibraryFile | undefined {
+  const st = statKey(path);
+  if (!st || seen.has(`${st.dev}:${st.ino}`)) return undefined;
+  const kind = judge(path);
+  if (kind === undefined) return undefined; // gone meanwhile: not judged
+  seen.add(`${st.dev}:${st.ino}`);
   if (!kind) return undefined;
   let real = path;
   try {
@@ -144,7 +170,7 @@ export function tlsExecutableAt(path: string, seen: Set<string>): LibraryFile | 
 }
 
 /** Executables of running processes (all, or `pids`) with TLS code inside, once per file. */
-export function tlsExecutables(seen: Set<string>, pids?: number[]): LibraryFile[] {
+export function tlsExecutables(seen: Set<string>, pids?: number[], judge: (path: string) => TlsKind | null | undefined = tlsKindIn): LibraryFile[] {
   let all: number[] = pids ?? [];
   if (!pids) {
     try {
@@ -155,7 +181,7 @@ export function tlsExecutables(seen: Set<string>, pids?: number[]): LibraryFile[
   }
   const out: LibraryFile[] = [];
   for (const pid of all) {
-    const exe = tlsExecutableAt(`/proc/${pid}/exe`, seen);
+    const exe = tlsExecutableAt(`/proc/${pid}/exe`, seen, judge);
     if (exe) out.push(exe);
   }
   return out;

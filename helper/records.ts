@@ -22,6 +22,7 @@ export const enum Kind {
 
 export const enum Flag {
   Truncated = 1,
+  RateLimited = 2,
 }
 
 export type Direction = 'egress' | 'ingress';
@@ -99,10 +100,11 @@ export const OFFSETS = {
   'cap_proc': 296,
   'cap_proc.comm': 24,
   'cap_proc.path': 40,
-  'cap_config': 16,
+  'cap_config': 24,
   'cap_config.filter': 0,
   'cap_config.flags': 4,
   'cap_config.call_cap': 8,
+  'cap_config.rate_cap': 16,
 } as const;
 
 const O = OFFSETS;
@@ -177,6 +179,8 @@ export interface DataRecord extends ConnectionEvent {
   /** Offset of data[0] within the call. */
   chunkOff: number;
   truncated: boolean;
+  /** The call was cut (truncated) because its process was over the byte-rate cap. */
+  rateLimited: boolean;
   data: Buffer;
 }
 
@@ -267,6 +271,7 @@ export function decodeRecord(r: Buffer): CaptureRecord | undefined {
       capLen: r.readUInt32LE(O['cap_data.cap_len']),
       chunkOff: r.readUInt32LE(O['cap_data.chunk_off']),
       truncated: (r.readUInt16LE(O['cap_hdr.flags']) & Flag.Truncated) !== 0,
+      rateLimited: (r.readUInt16LE(O['cap_hdr.flags']) & Flag.RateLimited) !== 0,
       sock: decodeSock(r.subarray(O['cap_data.sock'], O['cap_data.sock'] + O.cap_sock)),
       data: r.subarray(O.cap_data),
     };
@@ -309,11 +314,12 @@ export function decodeRecord(r: Buffer): CaptureRecord | undefined {
 }
 
 /** Encodes the `settings` map value (struct cap_config). */
-export function encodeConfig(filter: number, callCap: number, flags = 0): Buffer {
+export function encodeConfig(filter: number, callCap: number, flags = 0, rateCap = 0): Buffer {
   const b = Buffer.alloc(O.cap_config);
   b.writeUInt32LE(filter, O['cap_config.filter']);
   b.writeUInt32LE(flags, O['cap_config.flags']);
   b.writeBigUInt64LE(BigInt(callCap), O['cap_config.call_cap']);
+  b.writeBigUInt64LE(BigInt(rateCap), O['cap_config.rate_cap']);
   return b;
 }
 
@@ -341,11 +347,11 @@ function ipv6Bytes(ip: string): Buffer {
 }
 
 /** Encodes a record as the BPF program would: used by tests and recorded fixtures. */
-export function encodeData(r: Omit<DataRecord, 'kind'>): Buffer {
+export function encodeData(r: Omit<DataRecord, 'kind' | 'rateLimited'> & { rateLimited?: boolean }): Buffer {
   const b = Buffer.alloc(O.cap_data + r.data.length);
   b.writeUInt32LE(b.length, O['cap_hdr.size']);
   b.writeUInt16LE(Kind.Data, O['cap_hdr.kind']);
-  b.writeUInt16LE(r.truncated ? Flag.Truncated : 0, O['cap_hdr.flags']);
+  b.writeUInt16LE((r.truncated ? Flag.Truncated : 0) | (r.rateLimited ? Flag.RateLimited : 0), O['cap_hdr.flags']);
   b.writeBigUInt64LE(r.tsNs, O['cap_hdr.ts_ns']);
   b.writeUInt32LE(r.pid, O['cap_hdr.pid']);
   b.writeUInt32LE(r.tid, O['cap_hdr.tid']);

@@ -53,6 +53,7 @@ function chunks(s: CallSpec, chunkSize = CHUNK_MAX): DataRecord[] {
       capLen,
       chunkOff: off,
       truncated: capLen < s.data.length,
+      rateLimited: false,
       sock: s.sock ?? SOCK,
       data: piece,
     });
@@ -104,6 +105,7 @@ describe('calls: CallAssembler', function () {
         callLen: data.length,
         data: undefined,
         truncatedBytes: 0,
+        rateLimited: false,
         lostBytes: 0,
       },
     );

@@ -51,6 +51,7 @@ function fields(over: Partial<Fields> = {}): Fields {
     capLen: 10,
     chunkOff: 0,
     truncated: false,
+    rateLimited: false,
     sock: NO_SOCK,
     data: Buffer.from('0123456789'),
     ...over,

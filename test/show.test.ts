@@ -19,6 +19,7 @@ function call(over: Partial<Call> = {}): Call {
     callLen: data.length,
     data,
     truncatedBytes: 0,
+    rateLimited: false,
     lostBytes: 0,
     ...over,
   };

@@ -595,6 +595,7 @@ Napi::Value Layout(const Napi::CallbackInfo &info) {
   OFF(cap_config, filter);
   OFF(cap_config, flags);
   OFF(cap_config, call_cap);
+  OFF(cap_config, rate_cap);
 #undef OFF
   set("CAP_COMM_LEN", CAP_COMM_LEN);
   set("CAP_CHUNK_MAX", CAP_CHUNK_MAX);
@@ -607,11 +608,14 @@ Napi::Value Layout(const Napi::CallbackInfo &info) {
   set("CAP_EV_LIB_OPEN", CAP_EV_LIB_OPEN);
   set("CAP_PATH_LEN", CAP_PATH_LEN);
   set("CAP_F_TRUNCATED", CAP_F_TRUNCATED);
+  set("CAP_F_RATE_LIMITED", CAP_F_RATE_LIMITED);
+  set("CAP_RATE_CAP_MAX", CAP_RATE_CAP_MAX);
   set("CAP_FILTER_PID", CAP_FILTER_PID);
   set("CAP_FILTER_COMM", CAP_FILTER_COMM);
   set("CAP_CTR_MAX", CAP_CTR_MAX);
   set("CAP_CTR_BYTES_LOST", CAP_CTR_BYTES_LOST);
   set("CAP_CTR_EVENTS_LOST", CAP_CTR_EVENTS_LOST);
+  set("CAP_CTR_BYTES_RATE_LIMITED", CAP_CTR_BYTES_RATE_LIMITED);
   return o;
 }
 

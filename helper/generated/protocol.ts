@@ -34,7 +34,7 @@ export interface KernelCounters {
    */
   bytes_captured: number;
   /**
-   * Bytes past the per-call cap (not captured by design).
+   * Bytes past the per-call cap (not captured by design; bytes cut by the rate cap are in bytes_rate_limited instead).
    */
   bytes_truncated: number;
   /**
@@ -57,6 +57,10 @@ export interface KernelCounters {
    * Other events (exits) the ring buffer had no room for.
    */
   events_lost: number;
+  /**
+   * Bytes not captured because their process was over the byte-rate cap (rate_cap); the segments are marked rate_limited. Absent from helpers older than this field.
+   */
+  bytes_rate_limited?: number;
 }
 /**
  * Counters of the helper's frame writer (its stdout queue).
@@ -115,6 +119,10 @@ export interface ConfigState {
    * Most bytes captured of one TLS call; the rest is counted in bytes_truncated and the segment is marked truncated.
    */
   call_cap?: number;
+  /**
+   * Most plaintext bytes captured per second per process (a token bucket per process holding one second's worth); the rest of a call over it is not captured, counted in bytes_rate_limited, and its last segment is marked truncated and rate_limited, so offsets stay exact. 0: no limit (default).
+   */
+  rate_cap?: number;
   /**
    * Kinds of TLS library to hook, from hello.capabilities.libraries ("openssl"). An unknown kind is an error.
    */
@@ -254,9 +262,13 @@ export interface SegmentFrame {
    */
   eos: boolean;
   /**
-   * The call moved more than was captured (per-call cap): the bytes after this segment up to the call's end are missing, and the next segment's seq says how many.
+   * The call moved more than was captured (per-call cap, or the rate cap when rate_limited is true): the bytes after this segment up to the call's end are missing, and the next segment's seq says how many. A call of which nothing was captured has one segment with empty data.
    */
   truncated: boolean;
+  /**
+   * Set (true) on a truncated segment whose call was cut because its process was over the byte-rate cap (config rate_cap); absent otherwise.
+   */
+  rate_limited?: boolean;
   /**
    * Bytes of this direction lost just before data[0] (ring buffer full, writer queue full, unreadable memory). seq already counts them.
    */
@@ -535,7 +547,11 @@ export interface ConfigFrame {
    */
   call_cap?: number;
   /**
-   * Kinds of TLS library to hook, from hello.capabilities.libraries ("openssl"). An unknown kind is an error.
+   * Most plaintext bytes captured per second per process (a token bucket per process holding one second's worth); the rest of a call over it is not captured, counted in bytes_rate_limited, and its last segment is marked truncated and rate_limited, so offsets stay exact. 0: no limit (default).
+   */
+  rate_cap?: number;
+  /**
+   * Kinds of TLS code to hook, from hello.capabilities.libraries: "openssl" (libssl, and executables with OpenSSL inside such as node), "gnutls" (libgnutls), "go" (Go executables' crypto/tls). Another set than the current one detaches everything and attaches the new set; an unknown kind is an error and changes nothing.
    */
   libraries?: string[];
   /**
