@@ -192,7 +192,7 @@ describe('https-capture command', function () {
     // Root without any capability is what an unprivileged user is to the kernel.
     const res = await run('setpriv', ['--inh-caps=-all', '--ambient-caps=-all', '--bounding-set=-all', process.execPath, CLI]);
     assert.strictEqual(res.code, 1);
-    assertOneLineError(res.stderr.toString(), /needs root or CAP_BPF and CAP_PERFMON/);
+    assertOneLineError(res.stderr.toString(), /eBPF uprobes need CAP_SYS_ADMIN .*lacks CAP_SYS_ADMIN and CAP_BPF and CAP_PERFMON/);
   });
 
   it('bad options: a clear message and a usage exit code', async () => {

@@ -9,6 +9,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { ConfigState, ErrorFrame, StatsFrame } from '../helper/generated/protocol';
 import { Exchange, HelperHost } from '../helper/host';
+import { SUPPORTED_LIBRARIES } from '../helper/ipc';
 import { frameSchemas } from '../helper/schema';
 import { FrameEncoder, RawFrame } from '../helper/wire';
 import { requireKernel } from './lib/kernel';
@@ -28,8 +29,9 @@ const configFrame = fc.record(
     call_cap: fc.oneof(fc.integer({ min: 0, max: 64 << 20 }), fc.constantFrom(-1, (64 << 20) + 1, 2.5)),
     rate_cap: fc.oneof(fc.integer({ min: 0, max: 2 ** 32 - 1 }), fc.constantFrom(-1, 2 ** 32)),
     stats_interval_ms: fc.oneof(fc.integer({ min: 100, max: 3_600_000 }), fc.constantFrom(99, 0)),
-    // no []: detaching and attaching again takes seconds each; the ipc tests cover it
-    libraries: fc.constantFrom(['openssl'], ['gnutls'], ['openssl', 'other']),
+    // The full set, or one with a kind no helper knows. Not [] or another subset: detaching
+    // and attaching again takes seconds each; the ipc tests cover it.
+    libraries: fc.constantFrom([...SUPPORTED_LIBRARIES], ['openssl', 'other'], ['go', 'gnutls', 'other']),
     later_field: fc.anything({ maxDepth: 1 }),
   },
   { requiredKeys: [] },
@@ -68,13 +70,13 @@ describe('fuzz: control frames of a running --ipc helper (kernel)', function () 
     await waitFor(() => host!.stderr.includes('capturing TLS plaintext'), { what: 'the helper to attach' });
 
     // The model: the protocol's rules, with the schemas as the judge of a frame's validity.
-    const model: Required<ConfigState> = { pids: [], comms: ['curl'], ports: [], call_cap: 1 << 20, rate_cap: 0, libraries: ['openssl'], stats_interval_ms: 3_600_000 };
+    const model: Required<ConfigState> = { pids: [], comms: ['curl'], ports: [], call_cap: 1 << 20, rate_cap: 0, libraries: [...SUPPORTED_LIBRARIES], stats_interval_ms: 3_600_000 };
     let refused = 0;
     for (const f of frames) {
       const frame = { type: 'config', ...f } as RawFrame;
       const copy = { ...frame };
       schemas.normalize(copy);
-      const valid = schemas.check(copy) === undefined && (f.libraries ?? ['openssl']).every((l) => l === 'openssl');
+      const valid = schemas.check(copy) === undefined && (f.libraries ?? []).every((l) => (SUPPORTED_LIBRARIES as readonly string[]).includes(l));
       if (valid) {
         const { later_field: _, ...known } = f;
         Object.assign(model, known);
