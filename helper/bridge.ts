@@ -40,6 +40,13 @@ export interface RingOptions {
   batchBytes?: number;
   /** Batches JavaScript may have pending before the ring thread waits (default 16). */
   queue?: number;
+  /**
+   * Fill this many buffers, allocated once, instead of a new one per batch: `onBatch` then gets
+   * a view that is valid only until it returns (copy what must outlive the call).
+   */
+  reuse?: number;
+  /** Also drain the ring this often, in ms (needed when BPF wakes the thread only past a watermark). */
+  drainMs?: number;
 }
 
 export interface RingStats {
@@ -60,7 +67,7 @@ interface NativeCapture {
   mapUpdate(map: string, key: Buffer, value: Buffer): void;
   mapDelete(map: string, key: Buffer): boolean;
   mapKeys(map: string): Buffer[];
-  startRing(map: string, onBatch: (batch: Buffer, records: number) => void, opts: RingOptions): void;
+  startRing(map: string, onBatch: (batch: Buffer, records: number, used?: number) => void, opts: RingOptions): void;
   stopRing(): Promise<void>;
   ringStats(): RingStats;
   close(): void;
@@ -193,9 +200,10 @@ export class BpfObject {
    * loop with a buffer of whole records, back to back (each starts with its u32 size).
    */
   startRing(map: string, onBatch: (batch: Buffer, records: number) => void, opts: RingOptions = {}): void {
-    const safe = (batch: Buffer, records: number): void => {
+    if (opts.reuse !== undefined && (!Number.isInteger(opts.reuse) || opts.reuse < 1 || opts.reuse > 64)) throw new TypeError(`startRing: reuse must be 1..64, not ${opts.reuse}`);
+    const safe = (batch: Buffer, records: number, used?: number): void => {
       try {
-        onBatch(batch, records);
+        onBatch(used === undefined ? batch : batch.subarray(0, used), records);
       } catch (e) {
         process.nextTick(() => {
           throw e;

@@ -11,6 +11,10 @@ export const DEFAULT_CALL_CAP = 1 << 20;
 /** Most bytes per second per process the rate cap can be set to (capture.h CAP_RATE_CAP_MAX). */
 export const RATE_CAP_MAX = 0xffffffff;
 export const DEFAULT_RING_BYTES = 32 << 20;
+/** The ring thread is woken once this many bytes wait (bpf targ_wakeup_bytes)... */
+const WAKEUP_BYTES = 1 << 20;
+/** ...and drains the ring this often in any case: the most a record waits, in ms. */
+export const DRAIN_MS = 4;
 
 /** Entry and return programs of bpf/capture.bpf.c for each exported OpenSSL function. */
 export const OPENSSL_PROBES = [
@@ -76,6 +80,12 @@ export interface CaptureOptions {
   execEvents?: boolean;
   /** Never trace this process (default: ourselves). */
   selfPid?: number;
+  /**
+   * The probe floor (benchmarks): every probe goes to the same place, with a program that does
+   * nothing (bpf/capture.bpf.c `floor_*`), so traced programs pay only the traps and the BPF
+   * dispatch. Nothing is captured.
+   */
+  floor?: boolean;
 }
 
 /**
@@ -151,21 +161,23 @@ export class Capture {
   /** Path → kind of the files with probes. */
   private readonly kinds = new Map<string, LibraryFile['kind']>();
   private stopped?: Promise<KernelCounters>;
+  private readonly floor: boolean;
 
   constructor(opts: CaptureOptions = {}) {
+    this.floor = opts.floor === true;
     const ringBytes = opts.ringBytes ?? DEFAULT_RING_BYTES;
     if (ringBytes < 4096 || (ringBytes & (ringBytes - 1)) !== 0) {
       throw new RangeError(`ring buffer size ${ringBytes} is not a power of two of at least 4096 bytes`);
     }
     this.bpf = new BpfObject(BPF_OBJECT_PATH, {
-      consts: { targ_self_tgid: opts.selfPid ?? process.pid },
+      // Wake the ring thread once a batch's worth waits (or an eighth of a small ring); it
+      // also drains every DRAIN_MS (start()).
+      consts: { targ_self_tgid: opts.selfPid ?? process.pid, targ_wakeup_bytes: BigInt(Math.min(WAKEUP_BYTES, ringBytes / 8)) },
       maxEntries: { events: ringBytes },
     });
     try {
       this.configure(opts);
-      this.bpf.attach('process_exit');
-      this.bpf.attach('process_exec');
-      this.bpf.attach('sys_enter');
+      for (const prog of ['process_exit', 'process_exec', 'sys_enter']) this.bpf.attach(this.floor ? `floor_${prog}` : prog);
     } catch (e) {
       this.bpf.close();
       throw e;
@@ -256,7 +268,7 @@ export class Capture {
     };
     const ids: number[] = [];
     const add = (prog: string, offset: number): void => {
-      ids.push(this.bpf.attachUprobe(prog, library.path, { offset, pid }));
+      ids.push(this.uprobe(prog, library.path, { offset, pid }));
     };
     try {
       for (const [fn, p, enter, ret] of [
@@ -292,8 +304,8 @@ export class Capture {
       let exitId: number | undefined;
       try {
         // Return probe first: an entry without its return would leave a stale argument stash.
-        exitId = this.bpf.attachUprobe(p.exit, library.path, { ...p.where, pid, retprobe: true });
-        ids.push(this.bpf.attachUprobe(p.enter, library.path, { ...p.where, pid }), exitId);
+        exitId = this.uprobe(p.exit, library.path, { ...p.where, pid, retprobe: true });
+        ids.push(this.uprobe(p.enter, library.path, { ...p.where, pid }), exitId);
         result.attached.push(p.name);
       } catch (e) {
         if (exitId !== undefined) this.bpf.detach(exitId);
@@ -303,7 +315,7 @@ export class Capture {
     if (ids.length > 0) {
       for (const p of conn) {
         try {
-          ids.push(this.bpf.attachUprobe(p.prog, library.path, { ...at(plan, p.func), pid, retprobe: p.retprobe === true }));
+          ids.push(this.uprobe(p.prog, library.path, { ...at(plan, p.func), pid, retprobe: p.retprobe === true }));
         } catch (e) {
           result.failed.push({ func: p.func, reason: e instanceof BridgeError ? `${e.code}: ${e.message}` : String(e) });
         }
@@ -316,6 +328,11 @@ export class Capture {
     this.links.set(linkKey(library.path, pid), ids);
     this.kinds.set(library.path, library.kind);
     return result;
+  }
+
+  /** One uprobe of `prog`, or of the do-nothing program at the same place (the floor). */
+  private uprobe(prog: string, file: string, opts: UprobeOptions): number {
+    return this.bpf.attachUprobe(this.floor ? 'floor_uprobe' : prog, file, opts);
   }
 
   /** Works out a file's probe plan ahead of time, so that attaching later is quick. */
@@ -385,8 +402,19 @@ export class Capture {
   }
 
   /** Starts delivering records; `onRecords` runs on the event loop, once per batch. */
-  start(onRecords: (records: CaptureRecord[]) => void, opts: { batchBytes?: number; queue?: number } = {}): void {
-    this.bpf.startRing('events', (batch) => onRecords(decodeBatch(batch)), opts);
+  start(onRecords: (records: CaptureRecord[], batch: Buffer) => void, opts: { batchBytes?: number; queue?: number } = {}): void {
+    // Decoded records keep views into their batch: each batch is a buffer of its own.
+    this.bpf.startRing('events', (batch) => onRecords(decodeBatch(batch), batch), { drainMs: DRAIN_MS, ...opts });
+    this.running = true;
+  }
+
+  /**
+   * Starts delivering batches of records undecoded (bpf/capture.h layout, back to back), each
+   * in one of a few buffers the bridge fills again once `onBatch` returns: copy what must
+   * outlive the call.
+   */
+  startRaw(onBatch: (batch: Buffer) => void, opts: { batchBytes?: number; queue?: number } = {}): void {
+    this.bpf.startRing('events', onBatch, { reuse: 4, drainMs: DRAIN_MS, ...opts });
     this.running = true;
   }
 

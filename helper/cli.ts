@@ -31,6 +31,7 @@ interface Options {
   maxQueueBytes: number;
   pollInterval: number;
   targeted?: boolean;
+  probeFloor?: boolean;
 }
 
 function intArg(name: string, min: number, max: number) {
@@ -61,6 +62,7 @@ function program(): Command {
       '--targeted',
       'plant probes only in the processes named by --pid/--comm (others pay nothing); a new process that finishes within ~20-200 ms of starting may be missed',
     )
+    .option('--probe-floor', 'benchmarks: attach the same probes with programs that do nothing (what the probes alone cost); captures nothing')
     .option('--poll-interval <ms>', 'rescan /proc for new TLS libraries this often (0: never; new files are also seen as they are opened)', intArg('--poll-interval', 0, 3600000), 2000)
     .option('--print-limit <bytes>', 'most bytes of each call to print (0: all)', intArg('--print-limit', 0, CALL_CAP_MAX), 4096)
     .option('--no-color', 'no colors, even on a terminal')
@@ -147,6 +149,7 @@ async function main(argv: string[]): Promise<number> {
       ...(opts.record ? { record: opts.record } : {}),
       maxQueueBytes: opts.maxQueueBytes,
       pollMs: opts.pollInterval,
+      floor: opts.probeFloor === true,
     });
   }
   preflight();
@@ -155,7 +158,7 @@ async function main(argv: string[]): Promise<number> {
   // name filter in BPF, which sees a process's first call however short it lives.
   const targeted = opts.targeted === true || (opts.pid.length > 0 && opts.comm.length === 0);
   if (opts.targeted && !opts.pid.length && !opts.comm.length) throw new UserError('--targeted needs --pid or --comm', 'name the processes to plant probes in', 2);
-  const capture = new Capture({ pids: opts.pid, comms: opts.comm, ports: opts.port, callCap: opts.callCap, rateCap: opts.rateCap, ringBytes: opts.ringSize, execEvents: true });
+  const capture = new Capture({ pids: opts.pid, comms: opts.comm, ports: opts.port, callCap: opts.callCap, rateCap: opts.rateCap, ringBytes: opts.ringSize, execEvents: true, floor: opts.probeFloor === true });
   const log = (s: string): void => void process.stderr.write(`https-capture: ${s}\n`);
   const where = (pid: number): string => (pid < 0 ? '' : ` in process ${pid}`);
   // --record: the frames --ipc would write, saved beside the human output (the same builder).
@@ -212,9 +215,9 @@ async function main(argv: string[]): Promise<number> {
     status.clear();
     out.write(showCall(call, showOpts));
   });
-  capture.start((records) => {
+  capture.start((records, batch) => {
+    recording?.pushBatch(batch);
     for (const r of records) {
-      recording?.push(r);
       if (r.kind === 'data') {
         calls.push(r);
         continue;

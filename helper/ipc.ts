@@ -7,10 +7,11 @@ import * as path from 'path';
 import { Readable, Writable } from 'stream';
 import { Capture, DEFAULT_CALL_CAP, KernelCounters } from './capture';
 import { attachRefused, explain, preflight, privilegeWarnings } from './errors';
-import { ConfigFrame, ConfigState, ConnCloseFrame, ConnOpenFrame, ErrorFrame, HelperFrame, KernelCounters as WireKernelCounters, SegmentFrame } from './generated/protocol';
+import { ConfigFrame, ConfigState, ErrorFrame, HelperFrame, KernelCounters as WireKernelCounters } from './generated/protocol';
 import { Discovery } from './discovery';
 import { LibraryFile, TlsKind } from './libraries';
-import { CaptureRecord, ConnRecord, DataRecord, SockInfo } from './records';
+import { FrameBuilder } from './frames';
+import { CaptureRecord } from './records';
 import { DEFAULT_MAX_QUEUE_BYTES, FrameDecoder, FrameError, FrameWriter, MAX_CONTROL_FRAME_BYTES, MAX_DATA_BYTES, MAX_FRAME_BYTES, RawFrame } from './wire';
 
 export const PROTOCOL_VERSION = 1;
@@ -26,6 +27,8 @@ export interface IpcOptions {
   /** Bytes per second per process captured at most (--rate-cap; 0 no limit). */
   rateCap?: number;
   ringBytes?: number;
+  /** The probe floor (--probe-floor): the same probes doing nothing, for benchmarks. */
+  floor?: boolean;
   /** /proc rescan interval in ms (--poll-interval). */
   pollMs?: number;
   /** Extra library files to attach to (--library). */
@@ -75,134 +78,8 @@ export function wireCounters(k: KernelCounters | undefined): WireKernelCounters 
   };
 }
 
-/** The socket fields shared by segment and conn_open (0.0.0.0:0 and fd -1 when unknown). */
-function socketFields(s: SockInfo): Pick<SegmentFrame, 'fd' | 'local_ip' | 'local_port' | 'remote_ip' | 'remote_port'> {
-  return { fd: s.fd, local_ip: s.localIp, local_port: s.localPort, remote_ip: s.remoteIp, remote_port: s.remotePort };
-}
-
-/**
- * The one place where a capture record becomes a segment frame.
- * `lostBefore` is every byte of this direction missing before data[0] (ring buffer, faults).
- */
-export function segmentFrom(r: DataRecord, wallOffsetNs: bigint, lostBefore: number, midStream: boolean): SegmentFrame {
-  return {
-    type: 'segment',
-    conn_id: r.connId,
-    pid: r.pid,
-    tid: r.tid,
-    comm: r.comm,
-    ssl_ptr: r.ssl,
-    dir: r.dir === 'egress' ? 0 : 1,
-    ...socketFields(r.sock),
-    seq: BigInt(r.seq),
-    ack: BigInt(r.ack),
-    ts_ns: r.tsNs + wallOffsetNs,
-    len_total: r.callLen,
-    data: r.data,
-    eos: false,
-    // On the last segment of a call that was cut at the per-call cap.
-    truncated: r.truncated && r.chunkOff + r.data.length >= r.capLen,
-    ...(r.rateLimited && r.chunkOff + r.data.length >= r.capLen ? { rate_limited: true } : {}),
-    lost_before: lostBefore,
-    mid_stream: midStream,
-  };
-}
-
-interface Conn {
-  open: ConnOpenFrame;
-  /** Offset just past the last byte seen, per direction (0 egress, 1 ingress). */
-  end: [number, number];
-}
-
-/**
- * Turns capture records into frames, in capture order: conn_open before a connection's first
- * segment, conn_close (eos) for each connection of a process when it exits, and for every
- * connection still open at `closeAll()`. Pure: it only calls `emit`.
- */
-export class FrameBuilder {
-  private readonly conns = new Map<string, Conn>();
-
-  constructor(
-    private readonly wallOffsetNs: bigint,
-    private readonly emit: (f: HelperFrame) => void,
-  ) {}
-
-  get openConnections(): number {
-    return this.conns.size;
-  }
-
-  push(r: CaptureRecord): void {
-    if (r.kind === 'data') this.data(r);
-    else if (r.kind === 'open') this.opened(r, r.sock);
-    else if (r.kind === 'close') {
-      // The kernel's final offsets are exact even when the last records were lost.
-      const c = this.conns.get(`${r.pid}:${r.connId}`);
-      if (c) c.end = [Math.max(c.end[0], r.egressBytes), Math.max(c.end[1], r.ingressBytes)];
-      this.closeWhere((x) => x.open.pid === r.pid && x.open.conn_id === r.connId, r.reason ?? 'close', r.tsNs + this.wallOffsetNs);
-    } else if (r.kind === 'exit') this.closeWhere((c) => c.open.pid === r.pid, 'process_exit', r.tsNs + this.wallOffsetNs);
-    // other records (a process's exec, a library opened) are discovery's, not the host's
-  }
-
-  closeAll(reason: string): void {
-    this.closeWhere(() => true, reason, nowNs());
-  }
-
-  /** conn_open, once per connection: from the kernel's open record, or from its first data. */
-  private opened(r: ConnRecord | DataRecord, sock: SockInfo): Conn {
-    const key = `${r.pid}:${r.connId}`;
-    let c = this.conns.get(key);
-    if (c) return c;
-    c = {
-      open: {
-        type: 'conn_open',
-        conn_id: r.connId,
-        pid: r.pid,
-        tid: r.tid,
-        comm: r.comm,
-        ssl_ptr: r.ssl,
-        ...socketFields(sock),
-        ts_ns: r.tsNs + this.wallOffsetNs,
-        mid_stream: sock.midStream,
-        role: sock.role,
-      },
-      // Offsets count from the first byte the capture saw, mid-stream or not.
-      end: [0, 0],
-    };
-    this.conns.set(key, c);
-    this.emit(c.open);
-    return c;
-  }
-
-  private data(r: DataRecord): void {
-    const c = this.opened(r, r.sock);
-    const d = r.dir === 'egress' ? 0 : 1;
-    // Bytes between the last one delivered and this record's first were lost (ring buffer
-    // full, unreadable memory); bytes past a call's cap are not: they end at the call's end.
-    const lost = Math.max(0, r.seq - c.end[d]);
-    c.end[d] = Math.max(c.end[d], r.seq + r.data.length);
-    // Bytes past the cap are counted in the offsets too: the call's end is its seq + callLen.
-    if (r.truncated && r.chunkOff + r.data.length >= r.capLen) c.end[d] = Math.max(c.end[d], r.seq - r.chunkOff + r.callLen);
-    this.emit(segmentFrom(r, this.wallOffsetNs, lost, c.open.mid_stream));
-  }
-
-  private closeWhere(match: (c: Conn) => boolean, reason: string, tsNs: bigint): void {
-    for (const [key, c] of this.conns) {
-      if (!match(c)) continue;
-      this.conns.delete(key);
-      const close: ConnCloseFrame = {
-        type: 'conn_close',
-        conn_id: c.open.conn_id,
-        pid: c.open.pid,
-        ts_ns: tsNs,
-        reason,
-        egress_end: BigInt(c.end[0]),
-        ingress_end: BigInt(c.end[1]),
-        eos: true,
-      };
-      this.emit(close);
-    }
-  }
-}
+// FrameBuilder and segmentFrom live in frames.ts; importers of this module find them here too.
+export { FrameBuilder, segmentFrom } from './frames';
 
 /** Opens a file for a frame recording: created or truncated, mode 0600 even if it existed. */
 export function openRecording(file: string): fs.WriteStream {
@@ -289,6 +166,11 @@ export class FrameRecording {
     this.builder = new FrameBuilder(wallOffsetNs, send);
   }
 
+  /** One ring-buffer batch, as Capture.startRaw() delivers it. */
+  pushBatch(batch: Buffer): void {
+    if (!this.closed) this.builder.pushBatch(batch, this.writer);
+  }
+
   push(r: CaptureRecord): void {
     if (!this.closed) this.builder.push(r);
   }
@@ -354,7 +236,7 @@ export async function runIpc(opts: IpcOptions = {}): Promise<number> {
   let capture: Capture;
   try {
     preflight();
-    capture = new Capture({ pids: state.pids, comms: state.comms, ports: state.ports, callCap: state.call_cap, rateCap: state.rate_cap, execEvents: true, ...(opts.ringBytes ? { ringBytes: opts.ringBytes } : {}) });
+    capture = new Capture({ pids: state.pids, comms: state.comms, ports: state.ports, callCap: state.call_cap, rateCap: state.rate_cap, execEvents: true, floor: opts.floor === true, ...(opts.ringBytes ? { ringBytes: opts.ringBytes } : {}) });
   } catch (e) {
     const u = explain(e);
     error('capture_failed', u.cause, u.fix, true);
@@ -403,12 +285,8 @@ export async function runIpc(opts: IpcOptions = {}): Promise<number> {
   }
 
   const builder = new FrameBuilder(capture.wallOffsetNs, send);
-  capture.start((records) => {
-    for (const r of records) {
-      discovery?.onRecord(r);
-      builder.push(r);
-    }
-  });
+  const onRecord = (r: CaptureRecord): void => discovery?.onRecord(r);
+  capture.startRaw((batch) => builder.pushBatch(batch, writer, onRecord));
   log(`capturing TLS plaintext; frames on stdout (protocol ${PROTOCOL_VERSION})`);
 
   // Loss: report what grew since the last report, per source.

@@ -220,7 +220,8 @@ export class RecordError extends Error {
   override name = 'RecordError';
 }
 
-function comm(buf: Buffer, at: number): string {
+/** The process name at `at` (NUL-terminated, at most COMM_LEN bytes). */
+export function comm(buf: Buffer, at: number): string {
   const raw = buf.subarray(at, at + COMM_LEN);
   const nul = raw.indexOf(0);
   return raw.subarray(0, nul < 0 ? COMM_LEN : nul).toString('utf8');

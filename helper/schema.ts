@@ -108,13 +108,19 @@ export class FrameSchemas {
   normalize(frame: Record<string, unknown>): void {
     const fields = new Set(typeof frame.type === 'string' ? this.u64Fields.get(frame.type) : undefined);
     // Any integer format is accepted (docs/protocol.md): Go's msgpack writes every int as int64.
-    const small = (v: unknown): unknown =>
-      typeof v === 'bigint' && v >= BigInt(Number.MIN_SAFE_INTEGER) && v <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(v) : v;
+    // Counts are JS numbers wherever they are: in arrays and in nested maps (stats.kernel).
+    const small = (v: unknown): unknown => {
+      if (typeof v === 'bigint') return v >= BigInt(Number.MIN_SAFE_INTEGER) && v <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(v) : v;
+      if (Array.isArray(v)) return v.map(small);
+      if (v !== null && typeof v === 'object' && !(v instanceof Uint8Array)) {
+        const o = v as Record<string, unknown>;
+        for (const [k, x] of Object.entries(o)) o[k] = small(x);
+      }
+      return v;
+    };
     for (const [f, v] of Object.entries(frame)) {
       if (fields.has(f)) {
         if (typeof v === 'number' && Number.isSafeInteger(v) && v >= 0) frame[f] = BigInt(v);
-      } else if (Array.isArray(v)) {
-        frame[f] = v.map(small);
       } else {
         frame[f] = small(v);
       }

@@ -44,15 +44,31 @@ const packr = new Packr({ useRecords: false, variableMapSize: true });
 export class FrameEncoder {
   /** The frame as it goes on the wire: length prefix and body. */
   encode(frame: object): Buffer {
-    // An absent optional field is left out (msgpackr would write `undefined` as an extension).
-    const plain: Record<string, unknown> = {};
-    for (const [k, v] of Object.entries(frame)) if (v !== undefined) plain[k] = v;
-    const body = packr.pack(plain);
+    const body = packr.pack(plainValue(frame));
     const out = Buffer.allocUnsafe(4 + body.length);
     out.writeUInt32BE(body.length, 0);
     body.copy(out, 4);
     return out;
   }
+}
+
+/**
+ * A frame as msgpackr should pack it: an absent optional field is left out (msgpackr would
+ * write `undefined` as an extension), and an integer of 2^32 or more becomes a bigint, which
+ * msgpackr writes as an 8-byte integer (it writes such a number as a float64, which is not an
+ * integer to a host: counters pass 2^32 on a long capture). Nested maps too (stats, bye).
+ */
+function plainValue(v: unknown): unknown {
+  if (typeof v === 'number') {
+    // (Beyond 64 bits a number is only a float, and stays one.)
+    const wide = v >= 0 ? v >= 2 ** 32 && v < 2 ** 64 : v < -(2 ** 31) && v >= -(2 ** 63);
+    return wide && Number.isInteger(v) ? BigInt(v) : v;
+  }
+  if (v === null || typeof v !== 'object' || Buffer.isBuffer(v) || v instanceof Uint8Array) return v;
+  if (Array.isArray(v)) return v.map(plainValue);
+  const plain: Record<string, unknown> = {};
+  for (const [k, x] of Object.entries(v)) if (x !== undefined) plain[k] = plainValue(x);
+  return plain;
 }
 
 export interface DecoderOptions {
@@ -213,11 +229,14 @@ export interface WriterOptions {
 }
 
 /**
- * The only writer of a frame stream. Frames go out in the order write() is called. What the
- * stream has not flushed yet is counted; when that reaches maxQueueBytes, segment and stats
- * frames are dropped (segments with eos never are), the loss is counted, and the next
- * segment of the same connection and direction carries it in lost_before. Other frames
- * (hello, conn_*, process, loss, error, bye) are always queued: they are small and few.
+ * The only writer of a frame stream. Frames go out in the order they are written, collected in
+ * one output buffer and handed to the stream in one write: at once for a single write(), at the
+ * end of a batch() for everything written inside it (a ring-buffer batch: one pipe write for
+ * thousands of segments). What the stream has not flushed yet is counted; when that reaches
+ * maxQueueBytes, segment and stats frames are dropped (segments with eos never are), the loss
+ * is counted, and the next segment of the same connection and direction carries it in
+ * lost_before. Other frames (hello, conn_*, process, loss, error, bye) are always queued: they
+ * are small and few.
  */
 export class FrameWriter {
   readonly maxQueueBytes: number;
@@ -225,12 +244,21 @@ export class FrameWriter {
   private readonly validate: boolean;
   private readonly schemas: FrameSchemas;
   private readonly tee?: (bytes: Buffer) => void;
+  /** Bytes handed to the stream and not yet flushed by it. */
   private queued = 0;
   private readonly counters = { frames_written: 0, bytes_written: 0, dropped_segments: 0, dropped_bytes: 0 };
-  /** Bytes dropped per `${conn_id}:${dir}` and not yet reported in a segment's lost_before. */
-  private readonly lostBefore = new Map<string, number>();
+  /** Bytes dropped per connection and direction (conn_id * 2 + dir), not yet reported in a segment's lost_before. */
+  private readonly lostBefore = new Map<number, number>();
   private broken?: Error;
   private idle: (() => void)[] = [];
+  /** Frames not yet handed to the stream: out[0, pos). */
+  private out: Buffer = Buffer.allocUnsafeSlow(OUT_BYTES);
+  private outView = new DataView(this.out.buffer, this.out.byteOffset, this.out.length);
+  private pos = 0;
+  /** Output buffers the stream is done with, for reuse (not with a tee, which may hold them). */
+  private readonly spare: Buffer[] = [];
+  private batching = 0;
+  private readonly checker?: Unpackr;
 
   constructor(
     private readonly stream: Writable,
@@ -240,6 +268,7 @@ export class FrameWriter {
     this.validate = opts.validate ?? false;
     this.schemas = opts.schemas ?? frameSchemas();
     if (opts.tee) this.tee = opts.tee;
+    if (this.validate) this.checker = new Unpackr({ useRecords: false, mapsAsObjects: true, int64AsType: 'bigint' });
     stream.on('error', (e: Error) => {
       this.broken ??= e;
       this.wake();
@@ -252,48 +281,95 @@ export class FrameWriter {
   }
 
   get queuedBytes(): number {
-    return this.queued;
+    return this.queued + this.pos;
+  }
+
+  private get full(): boolean {
+    return this.queued + this.pos >= this.maxQueueBytes;
   }
 
   /** Writes a frame, or drops it (segments, stats) when the queue is full; true if written. */
   write(frame: RawFrame | { type: string }): boolean {
     if (this.broken) return false;
     const f = frame as RawFrame;
-    const droppable = f.type === 'stats' || (f.type === 'segment' && f.eos !== true);
-    let key: string | undefined;
-    if (f.type === 'segment') {
+    if (f.type === 'segment' && f.eos !== true) {
       const s = f as unknown as SegmentFrame;
-      key = `${s.conn_id}:${s.dir}`;
-      const owed = this.lostBefore.get(key);
-      if (owed && !(droppable && this.queued >= this.maxQueueBytes)) {
-        s.lost_before += owed;
-        this.lostBefore.delete(key);
-      }
-    }
-    if (droppable && this.queued >= this.maxQueueBytes) {
-      if (f.type === 'segment' && key) {
-        const n = (f as unknown as SegmentFrame).data.length + (f as unknown as SegmentFrame).lost_before;
-        this.counters.dropped_segments++;
-        this.counters.dropped_bytes += (f as unknown as SegmentFrame).data.length;
-        this.lostBefore.set(key, (this.lostBefore.get(key) ?? 0) + n);
-      }
-      return false;
-    }
+      const lost = this.admitSegment(Number(s.conn_id) * 2 + s.dir, s.data.length, s.lost_before);
+      if (lost < 0) return false;
+      s.lost_before = lost;
+    } else if (f.type === 'stats' && this.full) return false;
     if (this.validate) {
       const v = this.schemas.check(f);
       if (v) throw new Error(`the helper built an invalid ${f.type} frame: ${v.message} (a bug: report it with this message)`);
     }
     const bytes = this.encoder.encode(f);
     if (bytes.length - 4 > MAX_FRAME_BYTES) throw new Error(`the helper built a ${bytes.length}-byte ${f.type} frame, above its limit of ${MAX_FRAME_BYTES} (a bug)`);
-    this.tee?.(bytes);
-    this.queued += bytes.length;
-    this.counters.frames_written++;
-    this.counters.bytes_written += bytes.length;
-    this.stream.write(bytes, () => {
-      this.queued -= bytes.length;
-      if (this.queued === 0) this.wake();
-    });
+    bytes.copy(this.reserve(bytes.length), this.pos);
+    this.pos += bytes.length;
+    this.count(bytes.length);
+    if (this.batching === 0) this.flush();
     return true;
+  }
+
+  /**
+   * Whether a segment of `dataBytes` bytes, with `lostBefore` bytes missing before it, may be
+   * queued now: the lost_before it must carry (what was dropped before it included), or -1 if
+   * it is dropped, which is counted and owed to the next segment of `key` (conn_id * 2 + dir).
+   */
+  admitSegment(key: number, dataBytes: number, lostBefore: number): number {
+    if (this.broken) return -1;
+    const owed = this.lostBefore.get(key) ?? 0;
+    if (this.full) {
+      this.counters.dropped_segments++;
+      this.counters.dropped_bytes += dataBytes;
+      this.lostBefore.set(key, owed + lostBefore + dataBytes);
+      return -1;
+    }
+    if (owed) this.lostBefore.delete(key);
+    return lostBefore + owed;
+  }
+
+  /** The output buffer, with room for `n` more bytes at `position`. */
+  reserve(n: number): Buffer {
+    if (this.pos + n > this.out.length) {
+      if (this.pos > 0 && this.batching === 0) this.flush();
+      else if (this.pos > 0) this.handOff(); // inside a batch: what is there goes out now, in order
+      if (n > this.out.length) this.setOut(Buffer.allocUnsafeSlow(Math.max(n, OUT_BYTES)));
+    }
+    return this.out;
+  }
+
+  /** A DataView of the buffer reserve() returned. */
+  get view(): DataView {
+    return this.outView;
+  }
+
+  private setOut(b: Buffer): void {
+    this.out = b;
+    this.outView = new DataView(b.buffer, b.byteOffset, b.length);
+  }
+
+  /** Where the next frame goes in the buffer reserve() returned. */
+  get position(): number {
+    return this.pos;
+  }
+
+  /** One frame was encoded into the buffer, ending at `end`. */
+  commit(end: number): void {
+    const n = end - this.pos;
+    if (this.checker) this.check(this.out.subarray(this.pos, end));
+    this.pos = end;
+    this.count(n);
+  }
+
+  /** Runs `fn`, then hands every frame it wrote to the stream in one write. */
+  batch<T>(fn: () => T): T {
+    this.batching++;
+    try {
+      return fn();
+    } finally {
+      if (--this.batching === 0) this.flush();
+    }
   }
 
   /** Bytes owed to segments not yet written (dropped, reported in the next lost_before). */
@@ -304,11 +380,12 @@ export class FrameWriter {
   }
 
   snapshot(): WriterCounters {
-    return { ...this.counters, queued_bytes: this.queued, max_queue_bytes: this.maxQueueBytes };
+    return { ...this.counters, queued_bytes: this.queuedBytes, max_queue_bytes: this.maxQueueBytes };
   }
 
   /** Resolves when everything written so far has been flushed (or the stream failed). */
   flushed(timeoutMs = 5000): Promise<boolean> {
+    this.flush();
     if (this.queued === 0 || this.broken) return Promise.resolve(true);
     return new Promise((resolve) => {
       const timer = setTimeout(() => resolve(false), timeoutMs);
@@ -319,9 +396,44 @@ export class FrameWriter {
     });
   }
 
+  private count(n: number): void {
+    this.counters.frames_written++;
+    this.counters.bytes_written += n;
+  }
+
+  /** A frame of the binary path, decoded and checked against its schema (--validate, tests). */
+  private check(bytes: Buffer): void {
+    const frame = this.checker!.unpack(bytes.subarray(4)) as RawFrame;
+    this.schemas.normalize(frame);
+    const v = this.schemas.check(frame);
+    if (v || bytes.readUInt32BE(0) !== bytes.length - 4) throw new Error(`the helper built an invalid ${frame.type} frame: ${v?.message ?? 'length prefix'} (a bug: report it with this message)`);
+  }
+
+  private flush(): void {
+    if (this.pos > 0) this.handOff();
+  }
+
+  private handOff(): void {
+    const bytes = this.out.subarray(0, this.pos);
+    const buf = this.out;
+    this.setOut(this.spare.pop() ?? Buffer.allocUnsafeSlow(OUT_BYTES));
+    this.pos = 0;
+    if (this.broken) return;
+    this.tee?.(bytes);
+    this.queued += bytes.length;
+    this.stream.write(bytes, () => {
+      this.queued -= bytes.length;
+      if (!this.tee && buf.length === OUT_BYTES && this.spare.length < 4) this.spare.push(buf);
+      if (this.queued === 0) this.wake();
+    });
+  }
+
   private wake(): void {
     const waiting = this.idle;
     this.idle = [];
     for (const w of waiting) w();
   }
 }
+
+/** Size of the writer's output buffers: room for a ring-buffer batch of segments. */
+const OUT_BYTES = 1 << 20;

@@ -16,6 +16,7 @@
 
 #include <atomic>
 #include <cerrno>
+#include <condition_variable>
 #include <cstdarg>
 #include <cstring>
 #include <ctime>
@@ -84,6 +85,18 @@ constexpr size_t kBatchStart = 64 << 10;
 struct Batch {
   std::vector<uint8_t> bytes;
   uint32_t records = 0;
+};
+
+class Capture;
+
+// With startRing's `reuse` option: a batch is written into one of a few buffers allocated once
+// (slots), and handed back when JavaScript's callback returns. No allocation per batch, and no
+// external memory for V8 to account for (it started a full collection every few batches).
+struct SlotBatch {
+  Capture *self;
+  int slot;
+  size_t used;
+  uint32_t records;
 };
 
 // Destroys links on parallel threads: closing a uprobe link waits in the kernel (about 110 ms
@@ -159,8 +172,20 @@ class Capture : public Napi::ObjectWrap<Capture> {
   bool ring_running_ = false;
   bool close_pending_ = false;
   size_t batch_bytes_ = 1 << 20;
+  int drain_ms_ = 0;
   Batch cur_;
   std::atomic<uint64_t> batches_{0}, records_{0}, bytes_{0};
+  // Reuse mode (slots): the buffers, who may write them, and the batch being filled.
+  bool reuse_ = false;
+  size_t slot_cap_ = 0;
+  std::vector<uint8_t *> slot_data_;                          // written by the ring thread
+  std::vector<Napi::Reference<Napi::Buffer<uint8_t>>> slot_ref_;  // JS thread only
+  std::mutex slot_mu_;
+  std::condition_variable slot_cv_;
+  std::vector<int> free_slots_;
+  int cur_slot_ = -1;
+  size_t cur_used_ = 0;
+  uint32_t cur_records_ = 0;
 
   bpf_map *FindMap(Napi::Env env, const std::string &name) {
     bpf_map *map = bpf_object__find_map_by_name(obj_, name.c_str());
@@ -205,8 +230,10 @@ class Capture : public Napi::ObjectWrap<Capture> {
       for (int v = 0; v < btf_vlen(sec); v++) {
         const btf_type *var = btf__type_by_id(btf, vars[v].type);
         if (want != btf__name_by_offset(btf, var->name_off)) continue;
-        uint64_t x = val.IsBigInt() ? val.As<Napi::BigInt>().Uint64Value(nullptr)
+        bool lossless = true;
+        uint64_t x = val.IsBigInt() ? val.As<Napi::BigInt>().Uint64Value(&lossless)
                                     : static_cast<uint64_t>(val.As<Napi::Number>().Int64Value());
+        if (!lossless) throw BridgeError(env, "set constant", want, ERANGE);
         uint32_t off = vars[v].offset, sz = vars[v].size;
         if (off + sz > size || (sz != 1 && sz != 2 && sz != 4 && sz != 8))
           throw BridgeError(env, "set constant", want, EINVAL);
@@ -371,6 +398,15 @@ class Capture : public Napi::ObjectWrap<Capture> {
     uint32_t used = 0;
     if (size >= sizeof(uint32_t)) memcpy(&used, data, sizeof(used));
     if (used < sizeof(uint32_t) || used > size) used = static_cast<uint32_t>(size);
+    if (self->reuse_) {
+      if (self->cur_slot_ >= 0 && self->cur_used_ + used > self->slot_cap_) self->Flush();
+      if (self->cur_slot_ < 0) self->AcquireSlot();
+      memcpy(self->slot_data_[self->cur_slot_] + self->cur_used_, data, used);
+      self->cur_used_ += used;
+      self->cur_records_++;
+      if (self->cur_used_ >= self->batch_bytes_) self->Flush();
+      return 0;
+    }
     Batch &b = self->cur_;
     b.bytes.insert(b.bytes.end(), static_cast<uint8_t *>(data), static_cast<uint8_t *>(data) + used);
     b.records++;
@@ -401,9 +437,58 @@ class Capture : public Napi::ObjectWrap<Capture> {
     }
   }
 
+  static void CallJsSlot(Napi::Env env, Napi::Function cb, SlotBatch *b) {
+    Capture *self = b->self;
+    if (env != nullptr) {
+      try {
+        cb.Call({self->slot_ref_[b->slot].Value(), Napi::Number::New(env, b->records), Napi::Number::New(env, static_cast<double>(b->used))});
+      } catch (const Napi::Error &e) {
+        napi_fatal_exception(env, e.Value());
+      }
+    }
+    self->ReleaseSlot(b->slot);  // JavaScript is done with it (the callback may not keep it)
+    delete b;
+  }
+
+  // Ring thread: waits for a slot JavaScript has handed back (back-pressure, as BlockingCall).
+  void AcquireSlot() {
+    std::unique_lock<std::mutex> lock(slot_mu_);
+    slot_cv_.wait(lock, [this] { return !free_slots_.empty(); });
+    cur_slot_ = free_slots_.back();
+    free_slots_.pop_back();
+    cur_used_ = 0;
+    cur_records_ = 0;
+  }
+
+  void ReleaseSlot(int slot) {
+    {
+      std::lock_guard<std::mutex> lock(slot_mu_);
+      free_slots_.push_back(slot);
+    }
+    slot_cv_.notify_one();
+  }
+
   // Runs on the ring thread. Blocks while JavaScript has `queue` batches pending: that is
   // the back-pressure that makes the ring buffer fill, where BPF counts every lost record.
   void Flush() {
+    if (reuse_) {
+      if (cur_slot_ < 0) return;
+      if (cur_used_ == 0) {
+        ReleaseSlot(cur_slot_);
+        cur_slot_ = -1;
+        return;
+      }
+      auto *b = new SlotBatch{this, cur_slot_, cur_used_, cur_records_};
+      cur_slot_ = -1;
+      batches_++;
+      records_ += b->records;
+      bytes_ += b->used;
+      if (tsfn_.BlockingCall(b, CallJsSlot) != napi_ok) {
+        ReleaseSlot(b->slot);
+        delete b;
+      }
+      return;
+    }
     if (cur_.bytes.empty()) return;
     auto *b = new Batch(std::move(cur_));
     cur_ = Batch();
@@ -425,7 +510,9 @@ class Capture : public Napi::ObjectWrap<Capture> {
     bool stop = false;
     while (!stop) {
       epoll_event got[2];
-      int n = epoll_wait(ep, got, 2, -1);
+      // With batched wakeups (BPF wakes the thread only past a watermark) a timer drains
+      // whatever is there, so a record waits at most drain_ms_.
+      int n = epoll_wait(ep, got, 2, drain_ms_ > 0 ? drain_ms_ : -1);
       if (n < 0 && errno != EINTR) break;
       for (int i = 0; i < n; i++)
         if (got[i].data.fd == stop_fd_) stop = true;
@@ -436,7 +523,10 @@ class Capture : public Napi::ObjectWrap<Capture> {
     tsfn_.Release();
   }
 
-  // startRing(map, onBatch(buffer, records), { batchBytes?, queue? })
+  // startRing(map, onBatch(buffer, records[, used]), { batchBytes?, queue?, reuse?, drainMs? })
+  // drainMs: also drain the ring this often (for BPF programs that submit with NO_WAKEUP).
+  // reuse: N slots of batchBytes (+ one record) allocated once; onBatch then gets a slot and
+  // the bytes used in it, valid only until it returns.
   Napi::Value StartRing(const Napi::CallbackInfo &info) {
     Napi::Env env = info.Env();
     CheckOpen(env);
@@ -447,6 +537,24 @@ class Capture : public Napi::ObjectWrap<Capture> {
     Napi::Object o = info[2].As<Napi::Object>();
     if (o.Has("batchBytes")) batch_bytes_ = o.Get("batchBytes").As<Napi::Number>().Uint32Value();
     uint32_t queue = o.Has("queue") ? o.Get("queue").As<Napi::Number>().Uint32Value() : 16;
+    drain_ms_ = o.Has("drainMs") ? o.Get("drainMs").As<Napi::Number>().Int32Value() : 0;
+    uint32_t slots = o.Has("reuse") ? o.Get("reuse").As<Napi::Number>().Uint32Value() : 0;
+    reuse_ = slots > 0;
+    if (reuse_) {
+      // Room for a full batch plus the largest record (a 16 KiB chunk and its header).
+      slot_cap_ = batch_bytes_ + sizeof(struct cap_data) + CAP_CHUNK_MAX;
+      slot_data_.clear();
+      slot_ref_.clear();
+      free_slots_.clear();
+      for (uint32_t i = 0; i < slots; i++) {
+        Napi::Buffer<uint8_t> b = Napi::Buffer<uint8_t>::New(env, slot_cap_);
+        slot_data_.push_back(b.Data());
+        slot_ref_.push_back(Napi::Persistent(b));
+        free_slots_.push_back(static_cast<int>(i));
+      }
+      cur_slot_ = -1;
+      if (queue < slots) queue = slots;
+    }
 
     bpf_map *map = FindMap(env, name);
     LogReset();
@@ -472,6 +580,9 @@ class Capture : public Napi::ObjectWrap<Capture> {
 
   void RingEnded() {
     if (thread_.joinable()) thread_.join();
+    slot_ref_.clear();
+    slot_data_.clear();
+    reuse_ = false;
     ring_buffer__free(rb_);
     rb_ = nullptr;
     close(stop_fd_);
