@@ -38,6 +38,8 @@ type SSLEvent struct {
 	Truncated  bool   `msgpack:"truncated"`   // the rest of the call was cut by the cap
 	LostBefore uint64 `msgpack:"lost_before"` // bytes lost just before Data[0]
 	MidStream  bool   `msgpack:"mid_stream"`  // the helper joined after the start
+	// RateLimited: Truncated because the process was over the rate cap (config rate_cap).
+	RateLimited bool `msgpack:"rate_limited"`
 }
 
 // Time is TsNs as a time.Time.
@@ -94,6 +96,8 @@ type KernelCounters struct {
 	ReadFaults     uint64 `msgpack:"read_faults"`
 	BytesFaulted   uint64 `msgpack:"bytes_faulted"`
 	EventsLost     uint64 `msgpack:"events_lost"`
+	// BytesRateLimited: bytes not captured because their process was over the rate cap.
+	BytesRateLimited uint64 `msgpack:"bytes_rate_limited"`
 }
 
 // WriterCounters are the counters of the helper's stdout queue.

@@ -82,3 +82,31 @@ func TestRefusesAnotherProtocolVersion(t *testing.T) {
 		t.Errorf("Start: %v, want a protocol version error", err)
 	}
 }
+
+// The fast path reads the type of a frame that starts with it (as the helper writes every
+// frame); any other order still decodes, the slow way.
+func TestDecodesWhateverTheFieldOrder(t *testing.T) {
+	first := []byte("\x83\xa4type\xa7segment\xa3pid\x07\xa4data\xc4\x02hi")
+	if typ, ok := peekType(first); !ok || typ != "segment" {
+		t.Fatalf("peekType(type first) = %q, %v", typ, ok)
+	}
+	later := []byte("\x83\xa3pid\x07\xa4type\xa7segment\xa4data\xc4\x02hi")
+	if _, ok := peekType(later); ok {
+		t.Fatal("peekType must give up when type is not the first field")
+	}
+	for _, body := range [][]byte{first, later} {
+		ev, err := decode(body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		seg, ok := ev.(*SSLEvent)
+		if !ok || seg.Pid != 7 || string(seg.Data) != "hi" {
+			t.Fatalf("decode(%q) = %#v", body, ev)
+		}
+	}
+	for _, bad := range [][]byte{nil, {0x83}, []byte("\x83\xa4type"), []byte("\x83\xa4type\xa9seg")} {
+		if typ, ok := peekType(bad); ok {
+			t.Fatalf("peekType(%q) = %q: must not read past the end", bad, typ)
+		}
+	}
+}
