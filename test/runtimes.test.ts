@@ -43,8 +43,16 @@ function pair(rec: Recorder, client: number, server: number): { c: bigint; s: bi
 }
 
 /** Asserts both sides saw the same bytes, on mirrored 4-tuples. */
-function sameBothEnds(rec: Recorder, client: number, server: number): { request: Buffer; response: Buffer } {
+/**
+ * The two ends of one connection carry the same bytes. Records of the two processes arrive in
+ * capture order, but the last ones of one end may still be on their way when the other end's
+ * are in: wait until both ends have as many bytes (or time out, and then compare).
+ */
+async function sameBothEnds(rec: Recorder, client: number, server: number): Promise<{ request: Buffer; response: Buffer }> {
   const { c, s, cs } = pair(rec, client, server);
+  const even = (): boolean =>
+    rec.stream(server, 'ingress', s).length >= rec.stream(client, 'egress', c).length && rec.stream(client, 'ingress', c).length >= rec.stream(server, 'egress', s).length;
+  await waitFor(() => even(), { what: 'both ends of the connection to have the same bytes', timeoutMs: 10_000 }).catch(() => undefined);
   const ss = rec.of(server).find((r) => r.connId === s)!.sock;
   assert.ok(cs.fd >= 0 && cs.remoteIp === '127.0.0.1' && cs.localIp === '127.0.0.1', `client socket ${JSON.stringify(cs)}`);
   assert.deepStrictEqual([ss.localIp, ss.localPort, ss.remoteIp, ss.remotePort], [cs.remoteIp, cs.remotePort, cs.localIp, cs.localPort]);
@@ -139,7 +147,7 @@ describe('runtimes: Go, Node.js, GnuTLS (kernel, real programs)', function () {
     assert.strictEqual(res.stdout.toString(), 'HTTP/1.1 200 OK 70000\n'.repeat(2));
     await until(rec, server.pid, 'egress', 2 * 70000);
     await until(rec, res.pid, 'ingress', 2 * 70000);
-    const { request, response } = sameBothEnds(rec, res.pid, server.pid);
+    const { request, response } = await sameBothEnds(rec, res.pid, server.pid);
     const posts = request.toString('latin1').split(/(?=POST \/up\?size=70000 HTTP\/1\.1\r\n)/);
     assert.strictEqual(posts.length, 2, request.toString('latin1').slice(0, 300));
     for (const p of posts) assert.ok(p.endsWith(az(65536).toString('latin1')), 'the 64 KiB body follows its headers');
@@ -160,7 +168,7 @@ describe('runtimes: Go, Node.js, GnuTLS (kernel, real programs)', function () {
     const res = await run(gotls, ['client', `https://127.0.0.1:${port}/h2?size=5000`, '-http2', '-count', '3']);
     assert.strictEqual(res.stdout.toString(), 'HTTP/2.0 200 OK 5000\n'.repeat(3), res.stderr.toString());
     await until(rec, res.pid, 'ingress', 3 * 5000);
-    const { request, response } = sameBothEnds(rec, res.pid, server.pid);
+    const { request, response } = await sameBothEnds(rec, res.pid, server.pid);
     assert.ok(request.subarray(0, 24).equals(Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n')), 'HTTP/2 preface');
     assert.ok(response.includes(az(5000).subarray(0, 4000)), 'a DATA frame carries the body');
   });
@@ -178,7 +186,7 @@ describe('runtimes: Go, Node.js, GnuTLS (kernel, real programs)', function () {
     const res = await run(late, ['client', `https://127.0.0.1:${port}/second?size=100`]);
     assert.strictEqual(res.code, 0);
     await until(rec, res.pid, 'ingress', 100);
-    const { request } = sameBothEnds(rec, res.pid, server.pid);
+    const { request } = await sameBothEnds(rec, res.pid, server.pid);
     assert.match(request.toString(), /^GET \/second\?size=100 HTTP\/1\.1\r\n/);
   });
 
@@ -190,7 +198,7 @@ describe('runtimes: Go, Node.js, GnuTLS (kernel, real programs)', function () {
     const res = await run(process.execPath, [script, 'client', String(port), '3000', '2']);
     assert.strictEqual(res.stdout.toString(), '200 3000\n200 3000\n', res.stderr.toString());
     await until(rec, res.pid, 'ingress', 6000);
-    const { request, response } = sameBothEnds(rec, res.pid, server.pid);
+    const { request, response } = await sameBothEnds(rec, res.pid, server.pid);
     assert.strictEqual(request.toString().match(/^GET \/\?size=3000 HTTP\/1\.1\r\n/gm)?.length, 2);
     assert.ok(response.toString('latin1').includes(az(3000).toString('latin1')));
     assert.deepStrictEqual(roleOf(rec.conns, res.pid), ['client']);
@@ -209,7 +217,7 @@ describe('runtimes: Go, Node.js, GnuTLS (kernel, real programs)', function () {
     const res = await run(process.execPath, [script, 'client2', String(port), '2000', '3']);
     assert.strictEqual(res.stdout.toString(), '200 2000\n'.repeat(3), res.stderr.toString());
     await until(rec, res.pid, 'ingress', 6000);
-    const { request } = sameBothEnds(rec, res.pid, server.pid);
+    const { request } = await sameBothEnds(rec, res.pid, server.pid);
     assert.ok(request.subarray(0, 24).equals(Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n')), 'HTTP/2 preface');
   });
 
@@ -222,7 +230,7 @@ describe('runtimes: Go, Node.js, GnuTLS (kernel, real programs)', function () {
     });
     assert.match(res.stdout.toString(), /HTTP\/1\.0 200 OK/);
     await waitFor(() => rec!.of(server.pid, 'ingress').length > 0 && rec!.of(res.pid, 'ingress').length > 0, { what: 'both sides captured' });
-    const { request, response } = sameBothEnds(rec, res.pid, server.pid);
+    const { request, response } = await sameBothEnds(rec, res.pid, server.pid);
     assert.match(request.toString(), /^GET \/gnutls-role HTTP\/1\.0\r\n/);
     assert.match(response.toString(), /^HTTP\/1\.0 200 OK/);
     assert.deepStrictEqual(roleOf(rec.conns, res.pid), ['client']);
