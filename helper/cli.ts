@@ -135,6 +135,7 @@ async function main(argv: string[]): Promise<number> {
     return replayCommand(cmd.args[0]!, format, (s) => void process.stdout.write(s));
   }
   const opts = program().parse(argv).opts<Options>();
+  if (opts.targeted && !opts.pid.length && !opts.comm.length) throw new UserError('--targeted needs --pid or --comm', 'name the processes to plant probes in', 2);
   if (opts.ipc) {
     // runIpc checks privileges itself and reports every failure as error and bye frames.
     return runIpc({
@@ -150,6 +151,7 @@ async function main(argv: string[]): Promise<number> {
       maxQueueBytes: opts.maxQueueBytes,
       pollMs: opts.pollInterval,
       floor: opts.probeFloor === true,
+      targeted: opts.targeted === true,
     });
   }
   preflight();
@@ -157,7 +159,6 @@ async function main(argv: string[]): Promise<number> {
   // by name get theirs only after they start, so --comm alone uses system-wide probes and the
   // name filter in BPF, which sees a process's first call however short it lives.
   const targeted = opts.targeted === true || (opts.pid.length > 0 && opts.comm.length === 0);
-  if (opts.targeted && !opts.pid.length && !opts.comm.length) throw new UserError('--targeted needs --pid or --comm', 'name the processes to plant probes in', 2);
   const capture = new Capture({ pids: opts.pid, comms: opts.comm, ports: opts.port, callCap: opts.callCap, rateCap: opts.rateCap, ringBytes: opts.ringSize, execEvents: true, floor: opts.probeFloor === true });
   const log = (s: string): void => void process.stderr.write(`https-capture: ${s}\n`);
   const where = (pid: number): string => (pid < 0 ? '' : ` in process ${pid}`);

@@ -27,6 +27,12 @@ export interface IpcOptions {
   /** Bytes per second per process captured at most (--rate-cap; 0 no limit). */
   rateCap?: number;
   ringBytes?: number;
+  /**
+   * Plant probes only in the processes of `pids` and `comms` (--targeted): others pay nothing,
+   * but a new process is covered only once its probes are in (docs/architecture.md). The
+   * targets are fixed for the run: a config frame that changes pids or comms is refused.
+   */
+  targeted?: boolean;
   /** The probe floor (--probe-floor): the same probes doing nothing, for benchmarks. */
   floor?: boolean;
   /** /proc rescan interval in ms (--poll-interval). */
@@ -254,7 +260,8 @@ export async function runIpc(opts: IpcOptions = {}): Promise<number> {
   for (const w of privilegeWarnings()) log(`warning: ${w}`);
   let discovery: Discovery | undefined;
   const attachAll = (): number => {
-    discovery = new Discovery(capture, { extra: opts.libraries ?? [], pollMs: opts.pollMs ?? 2000, kinds: state.libraries as TlsKind[] }, {
+    const targets = opts.targeted ? { targets: { pids: state.pids, comms: state.comms } } : {};
+    discovery = new Discovery(capture, { extra: opts.libraries ?? [], pollMs: opts.pollMs ?? 2000, kinds: state.libraries as TlsKind[], ...targets }, {
       attached: (lib, r, pid) => {
         const notes = [r.plan.kind === 'internal' ? 'internal functions' : r.plan.kind === 'go' ? `Go crypto/tls (${r.plan.reason})` : `exported functions (${r.plan.reason})`];
         if (r.failed.length) notes.push(`could not probe ${r.failed.map((f) => `${f.func}: ${f.reason}`).join('; ')}`);
@@ -276,7 +283,8 @@ export async function runIpc(opts: IpcOptions = {}): Promise<number> {
     }
   };
 
-  if (attachAll() === 0) {
+  // Targeted: probes come as the targets are found, maybe later.
+  if (attachAll() === 0 && !opts.targeted) {
     const why = attachRefused(refused, false);
     if (why) error('attach_failed', why.cause, why.fix, true);
     else error('attach_failed', 'no OpenSSL library could be probed (see the process frames)', 'install OpenSSL (libssl3), or name the library with --library PATH', true);
@@ -304,6 +312,11 @@ export async function runIpc(opts: IpcOptions = {}): Promise<number> {
     const unknown = (c.libraries ?? []).filter((l) => !(SUPPORTED_LIBRARIES as readonly string[]).includes(l));
     if (unknown.length) {
       error('unknown_library', `config asks for libraries this helper cannot hook: ${unknown.join(', ')}`, `use only ${SUPPORTED_LIBRARIES.join(', ')} (hello.capabilities.libraries); nothing was changed`, false, 'config');
+      return;
+    }
+    const same = (a: unknown[] | undefined, b: unknown[]): boolean => a === undefined || JSON.stringify([...a].sort()) === JSON.stringify([...b].sort());
+    if (opts.targeted && (!same(c.pids, state.pids) || !same(c.comms, state.comms))) {
+      error('targeted', 'this helper plants probes only in the processes it was started with (--targeted): pids and comms cannot change', 'start the helper again with the new --pid/--comm; nothing was changed', false, 'config');
       return;
     }
     const next = { ...state };

@@ -167,7 +167,7 @@ describe('discovery (kernel, real processes)', function () {
     try {
       await waitFor(() => [target.pid!, other.pid!].every((p) => fs.readFileSync(`/proc/${p}/maps`, 'utf8').includes('libssl')), { what: 'both to load libssl' });
       const original = byteAt(other.pid!, st, offset);
-      assert.notStrictEqual(original, 0xcc);
+      assert.notStrictEqual(original, 0xcc, 'a probe is in libssl before this capture: another capture runs on this machine (stop it to run this test)');
       rec = new Recorder({ pids: [target.pid!], discovery: { pollMs: 0, targets: { pids: [target.pid!], comms: [] } } });
       assert.strictEqual(byteAt(target.pid!, st, offset), 0xcc, 'breakpoint planted in the target');
       assert.strictEqual(byteAt(other.pid!, st, offset), original, 'nothing planted in the other process');

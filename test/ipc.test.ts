@@ -174,6 +174,27 @@ describe('--ipc helper (kernel, real programs)', function () {
     assert.strictEqual(bye?.reason, 'shutdown');
   });
 
+  it('--targeted: probes only in the target (the python server), not in its curl client; its targets cannot change', async () => {
+    host = startHelper({ pids: [py.pid], targeted: true });
+    const frames: RawFrame[] = [];
+    const errors: ErrorFrame[] = [];
+    host.on('frame', (f) => frames.push(f));
+    host.on('error', (e) => errors.push(e));
+    await host.ready;
+    await waitFor(() => frames.some((f) => f.type === 'process' && f.state === 'attached' && f.pid === py.pid), { what: 'probes planted in the python server' });
+    assert.ok(frames.every((f) => f.type !== 'process' || f.state !== 'attached' || f.pid === py.pid), 'no probe for every process');
+    const r = await curl(`https://127.0.0.1:${py.port}/bytes/3000?seed=9`, ['-o', '/dev/null']);
+    assert.strictEqual(r.code, 0, r.stderr.toString());
+    await waitFor(() => frames.some((f) => f.type === 'segment' && f.pid === py.pid && f.dir === 0), { what: "the server's response" });
+    assert.ok(frames.every((f) => f.type !== 'segment' || f.pid === py.pid), 'nothing of curl: it has no probe');
+    host.configure({ pids: [py.pid, r.pid] });
+    await waitFor(() => errors.length > 0, { what: 'an error frame for changing the targets' });
+    assert.strictEqual(errors[0]!.code, 'targeted');
+    assert.strictEqual(errors[0]!.fatal, false);
+    const bye = await host.close();
+    assert.strictEqual(bye?.reason, 'shutdown');
+  });
+
   it('stdin closing detaches everything and exits 0 with a bye', async () => {
     host = startHelper({});
     await host.ready;
