@@ -3,6 +3,7 @@
 # builds whatever is stale. Idempotent and quick when nothing is missing.
 #   setup.sh               system packages for building, npm modules, build  (npm start)
 #   setup.sh --test        the same, plus the programs the tests drive           (npm test)
+#   setup.sh --bench       the same as --test, plus the load tools and the Go host  (npm run bench)
 #   setup.sh --build-only  build only; say what is missing instead of installing (npm run build)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,9 +15,12 @@ say() { echo "setup: $*" >&2; }
 build_pkgs=(clang llvm libbpf-dev libelf-dev zlib1g-dev bpftool make g++ pkg-config python3)
 test_pkgs=(curl openssl nginx-light wget gnutls-bin procps util-linux libssl-dev gcc golang-go golang-github-vmihailenco-msgpack.v5-dev)
 
+bench_pkgs=(wrk nghttp2-client gnuplot-nox)
+
 missing=()
 want=("${build_pkgs[@]}")
 [ "$mode" = --test ] && want+=("${test_pkgs[@]}")
+[ "$mode" = --bench ] && want+=("${test_pkgs[@]}" "${bench_pkgs[@]}")
 for p in "${want[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
 done
@@ -70,3 +74,13 @@ fi
 # TypeScript.
 node scripts/gen-types.js >&2
 node_modules/.bin/tsc -p . >&2
+
+# The bench's host: integrations/apidump's capture-stats, built offline from Debian's Go.
+if [ "$mode" = --bench ]; then
+  out=bench/build/capture-stats
+  if [ ! -x "$out" ] || [ -n "$(find integrations/apidump -name '*.go' -newer "$out" 2>/dev/null)" ]; then
+    say "building $out"
+    mkdir -p bench/build
+    (cd integrations/apidump && ./offline.sh go build -o "../../$out" ./cmd/capture-stats) >&2
+  fi
+fi

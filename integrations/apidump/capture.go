@@ -414,7 +414,9 @@ func (c *Capture) stop() {
 	})
 }
 
-// Stop asks the helper to stop (as when the context ends) and waits for it.
+// Stop asks the helper to stop (as when the context ends) and waits for it. It reads and
+// discards what is left on Events: call it only where nothing else reads Events; a reader that
+// wants every event up to the bye calls Shutdown and reads Events until it closes.
 func (c *Capture) Stop() error {
 	c.stop()
 	for range c.events {

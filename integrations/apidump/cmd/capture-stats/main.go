@@ -181,7 +181,10 @@ func main() {
 	}()
 	go func() {
 		<-stop
-		_ = c.Stop()
+		// Shutdown, not Stop: Stop reads Events itself, and every event must reach the loop below.
+		_ = c.Shutdown()
+		<-stop
+		cancel() // a second signal: the package stops the helper harder (SIGTERM, then SIGKILL)
 	}()
 
 	sum := Summary{HelperPid: c.Hello.Pid, Losses: map[string]uint64{}, Procs: map[string]*Proc{}, Conns: map[uint64]*connSummary{}}

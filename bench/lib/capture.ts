@@ -1,0 +1,109 @@
+// capture.ts: runs the helper in one of the benchmark's modes, through the Go host of
+// integrations/apidump (cmd/capture-stats: the apidump path, frames on stdout), and collects
+// what the host got and what the helper cost: CPU seconds while the load ran, peak RSS.
+import { ChildProcess, spawn } from 'child_process';
+import * as fs from 'fs';
+import * as path from 'path';
+import { cpuSeconds } from './load';
+
+export type Mode = 'none' | 'floor' | 'system' | 'targeted' | 'others';
+
+export const MODES: { mode: Mode; what: string }[] = [
+  { mode: 'none', what: 'no capture' },
+  { mode: 'floor', what: 'the probe floor: the same probes, doing nothing (--probe-floor)' },
+  { mode: 'system', what: 'the helper, every process (probes in nginx and the client), through the apidump path' },
+  { mode: 'targeted', what: 'the helper targeted at nginx (--pid WORKER --targeted): only nginx has probes' },
+  { mode: 'others', what: 'the helper targeted at an idle python process: nginx and the client are not targets' },
+];
+
+/** One process's accounts, as cmd/capture-stats prints them. */
+export interface ProcAccount {
+  comm: string;
+  conns: number;
+  segments: number;
+  bytes: [number, number];
+  moved: [number, number];
+  lost_before: number;
+  truncated: number;
+  h1_request_lines: number;
+  h1_status_lines: number;
+  h2_headers: [number, number];
+}
+
+export interface HostSummary {
+  helper_pid: number;
+  bye: { Kernel: Record<string, number>; Writer: Record<string, number> } | null;
+  losses: Record<string, number>;
+  procs: Record<string, ProcAccount>;
+  errors: string[] | null;
+}
+
+export interface RunningCapture {
+  helperPid: number;
+  /** Call when the load starts and when it ends: the helper's CPU in between is its cost. */
+  mark(): void;
+  /** Stops the helper; the host's accounts, the helper's CPU seconds between the marks, its peak RSS. */
+  finish(): Promise<{ summary: HostSummary; cpuSeconds: number; peakRssMiB: number }>;
+}
+
+export const PACKAGE_ROOT = path.resolve(__dirname, '..', '..', '..');
+export const CAPTURE_STATS = path.join(PACKAGE_ROOT, 'bench', 'build', 'capture-stats');
+const CLI = path.join(PACKAGE_ROOT, 'dist', 'helper', 'cli.js');
+
+function rssKiB(pid: number, field: 'VmRSS' | 'VmHWM'): number {
+  try {
+    return Number(new RegExp(`^${field}:\\s+(\\d+)`, 'm').exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1] ?? 0);
+  } catch {
+    return 0;
+  }
+}
+
+/** Starts the helper for `mode` (not 'none') and resolves once its probes are in. */
+export async function startCapture(mode: Exclude<Mode, 'none'>, targets: { nginx: number; idle: number }): Promise<RunningCapture> {
+  const helper = [process.execPath, CLI];
+  const hostArgs: string[] = [];
+  if (mode === 'floor') helper.push('--probe-floor');
+  if (mode === 'targeted' || mode === 'others') {
+    hostArgs.push('-pid', String(mode === 'targeted' ? targets.nginx : targets.idle));
+    helper.push('--targeted');
+  }
+  const child: ChildProcess = spawn(CAPTURE_STATS, [...hostArgs, '--', ...helper], { stdio: ['pipe', 'pipe', 'pipe'] });
+  let out = '';
+  let err = '';
+  child.stdout!.on('data', (b: Buffer) => (out += b.toString()));
+  child.stderr!.on('data', (b: Buffer) => (err = (err + b.toString()).slice(-4000)));
+  const exited = new Promise<number | null>((r) => child.once('exit', r));
+  const helperPid = await new Promise<number>((resolve, reject) => {
+    const t = setInterval(() => {
+      const m = /^ready (\d+)$/m.exec(out);
+      if (m) {
+        clearInterval(t);
+        resolve(Number(m[1]));
+      } else if (child.exitCode !== null) {
+        clearInterval(t);
+        reject(new Error(`the capture (${mode}) ended before its probes were in:\n${err}`));
+      }
+    }, 50);
+  });
+  let peak = 0;
+  const sampler = setInterval(() => (peak = Math.max(peak, rssKiB(helperPid, 'VmRSS'))), 200);
+  const marks: number[] = [];
+  return {
+    helperPid,
+    mark: () => void marks.push(cpuSeconds(helperPid)),
+    finish: async () => {
+      clearInterval(sampler);
+      peak = Math.max(peak, rssKiB(helperPid, 'VmHWM'));
+      child.stdin!.end();
+      await exited;
+      const line = out.trim().split('\n').pop() ?? '';
+      let summary: HostSummary;
+      try {
+        summary = JSON.parse(line) as HostSummary;
+      } catch {
+        throw new Error(`the host printed no accounts (${mode}):\n${out.slice(-2000)}\n${err}`);
+      }
+      return { summary, cpuSeconds: marks.length >= 2 ? marks[1]! - marks[0]! : 0, peakRssMiB: peak / 1024 };
+    },
+  };
+}
