@@ -73,12 +73,26 @@ struct call_args {
 	__s32 fd;     // fd of the first socket I/O syscall made inside the call, or -1
 };
 
+// What one thread is doing with TLS, in the thread's own storage: the syscall hook on every
+// syscall of every process then costs threads that never made a TLS call one pointer lookup,
+// not a hash lookup per map (measured: docs/performance.md). Freed with the thread.
+struct thread_state {
+	struct call_args call;      // the TLS call in progress (call.func != 0)
+	struct call_args handshake; // a handshake in progress (handshake.ssl != 0)
+	__u64 pending_ssl;          // memory BIOs: the SSL* waiting for this thread's next socket write
+};
+
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 16384);
-	__type(key, __u64); // pid_tgid
-	__type(value, struct call_args);
-} active SEC(".maps");
+	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct thread_state);
+} threads SEC(".maps");
+
+static __always_inline struct thread_state *thread_now(bool create)
+{
+	return bpf_task_storage_get(&threads, bpf_get_current_task_btf(), 0, create ? BPF_LOCAL_STORAGE_GET_F_CREATE : 0);
+}
 
 struct conn_key {
 	__u32 tgid;
@@ -102,13 +116,6 @@ struct {
 	__type(value, struct conn_state);
 } conns SEC(".maps");
 
-// Handshakes in progress, per thread: the socket I/O inside one names the connection's fd.
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 16384);
-	__type(key, __u64); // pid_tgid
-	__type(value, struct call_args);
-} handshakes SEC(".maps");
 
 // (tgid, fd) -> SSL*, so that close() of the socket ends its connection.
 struct fd_key {
@@ -126,14 +133,8 @@ struct {
 // Memory BIOs (Node.js): the library does no socket I/O inside its calls, the program moves
 // the encrypted bytes itself, right after the call (node's TLSWrap writes what SSL_write or
 // a handshake step produced at once, on the same thread). So after a call on a connection
-// whose socket is still unknown, the thread's next socket write names it. Per thread: the
-// SSL* waiting for that write.
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 16384);
-	__type(key, __u64); // pid_tgid
-	__type(value, __u64);
-} pending_fd SEC(".maps");
+// whose socket is still unknown, the thread's next socket write names it
+// (thread_state.pending_ssl).
 
 // Go crypto/tls: calls in progress per goroutine, not per thread (a goroutine that blocks in
 // Read may return on another thread). The goroutine is its g pointer, in r14 under Go's
@@ -150,6 +151,17 @@ struct {
 	__type(key, struct go_key);
 	__type(value, struct call_args); // .func 0: a handshake, waiting for its first socket I/O
 } go_calls SEC(".maps");
+
+// Processes whose crypto/tls is probed, so that the syscall hook looks up go_calls only for
+// them (go_procs_seen: whether there is any, not to look for none).
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32);
+	__type(value, __u8);
+} go_procs SEC(".maps");
+
+__u32 go_procs_seen = 0;
 
 // Processes that made at least one captured call: only their exits are reported.
 struct {
@@ -213,11 +225,16 @@ static __always_inline int call_enter(void *ssl, const void *buf, void *outlen, 
 		.fd = -1,
 	};
 
+	struct thread_state *t;
+
 	if (!traced(id >> 32))
+		return 0;
+	t = thread_now(true);
+	if (!t)
 		return 0;
 	// A nested TLS call on the same thread replaces the outer one: the innermost
 	// call is the one that reports the bytes, the outer return then finds nothing.
-	bpf_map_update_elem(&active, &id, &args, BPF_ANY);
+	t->call = args;
 	return 0;
 }
 
@@ -569,28 +586,28 @@ static __always_inline void emit_call(__u64 id, struct call_args *a, __u64 len, 
 // After any call (with or without bytes, a handshake step included): its socket I/O names the
 // connection's socket; when it had none and the socket is still unknown, the thread's next
 // socket write will (memory BIOs; see pending_fd).
-static __always_inline void after_call(__u64 id, struct call_args *a)
+static __always_inline void after_call(__u64 id, struct call_args *a, struct thread_state *t)
 {
 	struct conn_state *s = bpf_map_lookup_elem(&conns, &(struct conn_key){ .tgid = id >> 32, .ssl = a->ssl });
 
 	if (s && a->fd >= 0)
 		conn_set_fd(id >> 32, a->ssl, s, a->fd);
 	if (!s || s->sock.fd < 0)
-		bpf_map_update_elem(&pending_fd, &id, &a->ssl, BPF_ANY);
+		t->pending_ssl = a->ssl;
 }
 
 static __always_inline int call_return(struct pt_regs *ctx, __u32 func, __u32 dir, bool ex)
 {
 	__u64 id = bpf_get_current_pid_tgid();
-	struct call_args *ap = bpf_map_lookup_elem(&active, &id);
+	struct thread_state *t = thread_now(false);
 	struct call_args a;
 	int rc = (int)PT_REGS_RC(ctx);
 	__u64 len = 0;
 
-	if (!ap)
+	if (!t || !t->call.func)
 		return 0;
-	a = *ap;
-	bpf_map_delete_elem(&active, &id);
+	a = t->call;
+	t->call.func = 0;
 	if (a.func != func)
 		return 0;
 	if (ex) {
@@ -604,7 +621,7 @@ static __always_inline int call_return(struct pt_regs *ctx, __u32 func, __u32 di
 	}
 	if (len)
 		emit_call(id, &a, len, dir);
-	after_call(id, &a);
+	after_call(id, &a, t);
 	return 0;
 }
 
@@ -759,9 +776,13 @@ int BPF_KPROBE(ssl_do_handshake_enter, void *ssl)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	struct call_args args = { .ssl = (__u64)ssl, .fd = -1 };
+	struct thread_state *t;
 
-	if (traced(id >> 32))
-		bpf_map_update_elem(&handshakes, &id, &args, BPF_ANY);
+	if (!traced(id >> 32))
+		return 0;
+	t = thread_now(true);
+	if (t)
+		t->handshake = args;
 	return 0;
 }
 
@@ -771,16 +792,16 @@ SEC("uretprobe")
 int BPF_KRETPROBE(ssl_do_handshake_exit)
 {
 	__u64 id = bpf_get_current_pid_tgid();
-	struct call_args *a = bpf_map_lookup_elem(&handshakes, &id);
+	struct thread_state *t = thread_now(false);
 	struct conn_state *s;
 	__u64 ssl;
 	int fd;
 
-	if (!a)
+	if (!t || !t->handshake.ssl)
 		return 0;
-	ssl = a->ssl;
-	fd = a->fd;
-	bpf_map_delete_elem(&handshakes, &id);
+	ssl = t->handshake.ssl;
+	fd = t->handshake.fd;
+	t->handshake.ssl = 0;
 	s = conn_get(id >> 32, ssl);
 	if (!s)
 		return 0;
@@ -788,7 +809,7 @@ int BPF_KRETPROBE(ssl_do_handshake_exit)
 	if (s->sock.fd >= 0)
 		conn_open(id >> 32, ssl, s, settings_now());
 	else
-		bpf_map_update_elem(&pending_fd, &id, &ssl, BPF_ANY);
+		t->pending_ssl = ssl;
 	return 0;
 }
 
@@ -821,6 +842,16 @@ int BPF_KPROBE(ssl_free, void *ssl)
 // breaks the return address a uretprobe plants, so helper/golang.ts probes every RET
 // instruction of the function instead.
 
+static __always_inline void go_proc_seen(__u32 tgid)
+{
+	__u8 one = 1;
+
+	if (!bpf_map_lookup_elem(&go_procs, &tgid)) {
+		bpf_map_update_elem(&go_procs, &tgid, &one, BPF_ANY);
+		go_procs_seen = 1;
+	}
+}
+
 static __always_inline int go_enter(struct pt_regs *ctx, __u32 func)
 {
 	__u64 id = bpf_get_current_pid_tgid();
@@ -834,6 +865,7 @@ static __always_inline int go_enter(struct pt_regs *ctx, __u32 func)
 
 	if (!traced(id >> 32))
 		return 0;
+	go_proc_seen(gk.tgid);
 	bpf_map_update_elem(&go_calls, &gk, &args, BPF_ANY);
 	return 0;
 }
@@ -889,8 +921,10 @@ static __always_inline int go_handshake(struct pt_regs *ctx, __u8 role)
 	struct call_args args = { .ssl = ctx->ax, .fd = -1 };
 
 	set_role((void *)ctx->ax, role);
-	if (traced(id >> 32))
-		bpf_map_update_elem(&go_calls, &gk, &args, BPF_NOEXIST);
+	if (!traced(id >> 32))
+		return 0;
+	go_proc_seen(gk.tgid);
+	bpf_map_update_elem(&go_calls, &gk, &args, BPF_NOEXIST);
 	return 0;
 }
 
@@ -1014,6 +1048,23 @@ static __always_inline bool tls_library_name(const char *path, __u32 n)
 	       path[at + 10] == 's' && path[at + 11] == 'o';
 }
 
+// Whether ".so" starts within the last 10 bytes of the path, as in libssl.so, libssl.so.3,
+// libgnutls.so.30 or libssl.so.1.0.0: most paths opened (the files a server serves, /proc,
+// /dev) are refused here, before the walk over the whole path.
+static __always_inline bool so_near_end(const char *path, __u32 n)
+{
+	for (__u32 back = 3; back <= 10; back++) {
+		__u32 at;
+
+		if (back > n)
+			return false;
+		at = (n - back) & (CAP_PATH_LEN - 1);
+		if (path[at] == '.' && path[at + 1] == 's' && path[at + 2] == 'o')
+			return true;
+	}
+	return false;
+}
+
 static __always_inline void lib_open(const char *upath)
 {
 	__u32 zero = 0;
@@ -1024,7 +1075,7 @@ static __always_inline void lib_open(const char *upath)
 	if (!path || !upath)
 		return;
 	n = bpf_probe_read_user_str(path, CAP_PATH_LEN, upath);
-	if (n <= 1 || !tls_library_name(path, n - 1))
+	if (n <= 1 || !so_near_end(path, n - 1) || !tls_library_name(path, n - 1))
 		return;
 	if (bpf_get_current_pid_tgid() >> 32 == targ_self_tgid)
 		return;
@@ -1074,13 +1125,13 @@ int BPF_PROG(process_exec, struct task_struct *p, pid_t old_pid, struct linux_bi
 // The socket write that follows a call on a connection without socket (pending_fd): it names
 // the connection's socket if it is a TCP/IP one. Only the first is taken: a mapped connection
 // keeps its socket.
-static __always_inline void socket_written(__u64 id, __u64 ssl, int fd)
+static __always_inline void socket_written(__u32 tgid, struct thread_state *t, int fd)
 {
-	__u32 tgid = id >> 32;
+	__u64 ssl = t->pending_ssl;
 	struct conn_state *s;
 	struct cap_sock probe = {};
 
-	bpf_map_delete_elem(&pending_fd, &id);
+	t->pending_ssl = 0;
 	s = conn_get(tgid, ssl);
 	if (!s || s->sock.fd >= 0)
 		return;
@@ -1112,63 +1163,66 @@ static __always_inline void go_syscall(__u32 tgid, __u64 g, int fd)
 		conn_set_fd(tgid, conn, s, fd);
 }
 
+// close() of a socket that carries a connection ends it.
+static __always_inline void fd_closed(int fd)
+{
+	struct fd_key fk = { .tgid = bpf_get_current_pid_tgid() >> 32, .fd = fd };
+	__u64 *ssl = bpf_map_lookup_elem(&fd_conns, &fk);
+
+	if (ssl)
+		conn_end(fk.tgid, *ssl, CAP_CLOSE_FD);
+}
+
 SEC("tp_btf/sys_enter")
 int BPF_PROG(sys_enter, struct pt_regs *regs, long nr)
 {
-	__u64 id;
-	struct call_args *a;
-	bool inside = false;
-	struct fd_key fk;
-	__u64 *ssl;
+	struct thread_state *t;
+	bool inside = false, write = false;
+	__u32 tgid;
 	int fd;
 
 	switch (nr) {
-	case NR_read: case NR_write: case NR_readv: case NR_writev: case NR_sendto:
-	case NR_recvfrom: case NR_sendmsg: case NR_recvmsg: case NR_recvmmsg: case NR_sendmmsg:
-	case NR_close:
+	case NR_write: case NR_writev: case NR_sendto: case NR_sendmsg: case NR_sendmmsg:
+		write = true;
 		break;
+	case NR_read: case NR_readv: case NR_recvfrom: case NR_recvmsg: case NR_recvmmsg:
+		break;
+	case NR_close:
+		fd_closed((int)regs->di);
+		return 0;
 	case NR_open:
-		lib_open((const char *)BPF_CORE_READ(regs, di));
+		lib_open((const char *)regs->di);
 		return 0;
 	case NR_openat:
-		lib_open((const char *)BPF_CORE_READ(regs, si));
+		lib_open((const char *)regs->si);
 		return 0;
 	default:
 		return 0;
 	}
-	id = bpf_get_current_pid_tgid();
-	fd = (int)BPF_CORE_READ(regs, di);
-	if (nr == NR_close) {
-		fk.tgid = id >> 32;
-		fk.fd = fd;
-		ssl = bpf_map_lookup_elem(&fd_conns, &fk);
-		if (ssl)
-			conn_end(id >> 32, *ssl, CAP_CLOSE_FD);
-		return 0;
+	fd = (int)regs->di;
+	// Threads that never made a TLS call have no state: this is all they pay.
+	t = thread_now(false);
+	if (t) {
+		if (t->call.func) {
+			inside = true;
+			if (t->call.fd < 0)
+				t->call.fd = fd;
+		}
+		if (t->handshake.ssl) {
+			inside = true;
+			if (t->handshake.fd < 0)
+				t->handshake.fd = fd;
+		}
+		// A write outside any TLS call may be a memory BIO's output (pending_ssl); one
+		// inside a call belongs to that call's connection.
+		if (write && !inside && t->pending_ssl)
+			socket_written(bpf_get_current_pid_tgid() >> 32, t, fd);
 	}
-	a = bpf_map_lookup_elem(&active, &id);
-	if (a) {
-		inside = true;
-		if (a->fd < 0)
-			a->fd = fd;
+	if (go_procs_seen) {
+		tgid = bpf_get_current_pid_tgid() >> 32;
+		if (bpf_map_lookup_elem(&go_procs, &tgid))
+			go_syscall(tgid, regs->r14, fd);
 	}
-	a = bpf_map_lookup_elem(&handshakes, &id);
-	if (a) {
-		inside = true;
-		if (a->fd < 0)
-			a->fd = fd;
-	}
-	// A write outside any TLS call on this thread may be a memory BIO's output (pending_fd);
-	// one inside a call belongs to that call's connection.
-	switch (nr) {
-	case NR_write: case NR_writev: case NR_sendto: case NR_sendmsg: case NR_sendmmsg:
-		if (inside)
-			break;
-		ssl = bpf_map_lookup_elem(&pending_fd, &id);
-		if (ssl)
-			socket_written(id, *ssl, fd);
-	}
-	go_syscall(id >> 32, BPF_CORE_READ(regs, r14), fd);
 	return 0;
 }
 

@@ -104,6 +104,12 @@ export function explain(e: unknown): UserError {
         'run as root on the host (not in an unprivileged container); check kernel.unprivileged_bpf_disabled, lockdown mode and seccomp',
       );
     }
+    if (e.op === 'load' && e.code === 'EAGAIN') {
+      return new UserError(
+        'the kernel gave up verifying the eBPF program (EAGAIN: interrupted, or out of memory for the verifier)',
+        'run it again; if it keeps happening, report it with the kernel version (uname -r)',
+      );
+    }
     if (e.op === 'load') {
       return new UserError(`the kernel rejected the eBPF program: ${e.message}${said}`, 'report this with the kernel version (uname -r); set HTTPS_CAPTURE_LIBBPF_DEBUG=1 for the full verifier log');
     }

@@ -12,6 +12,8 @@
 #include <linux/types.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <csignal>
+#include <pthread.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -153,7 +155,16 @@ class Capture : public Napi::ObjectWrap<Capture> {
       }
     }
     LogReset();
-    int err = bpf_object__load(obj_);
+    // The verifier gives up with EAGAIN when a signal is pending for the loading thread (a
+    // profiler's SIGPROF, SIGCHLD, ...): load on a thread of our own with every signal blocked.
+    int err = 0;
+    std::thread loader([this, &err] {
+      sigset_t all;
+      sigfillset(&all);
+      pthread_sigmask(SIG_BLOCK, &all, nullptr);
+      err = bpf_object__load(obj_);
+    });
+    loader.join();
     if (err) throw BridgeError(env, "load", path, err);
   }
 
