@@ -9,7 +9,7 @@ import { Command } from 'commander';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { CAPTURE_STATS, HostSummary, Mode, MODES, PACKAGE_ROOT, ProcAccount, startCapture } from './lib/capture';
+import { CAPTURE_STATS, HostSummary, Mode, MODES, PACKAGE_ROOT, ProcAccount, startCapture, useHelper } from './lib/capture';
 import { cpuSeconds, runLoad, Workload, WORKLOADS } from './lib/load';
 import { startBenchNginx } from './lib/nginx';
 
@@ -20,6 +20,7 @@ interface Options {
   repeat: number;
   out: string;
   readme?: boolean;
+  helper?: string;
 }
 
 interface Run {
@@ -230,11 +231,16 @@ async function main(): Promise<void> {
     .option('-r, --repeat <n>', 'runs of each workload and mode (means; losses and peaks: the worst)', (v) => Number(v), 1)
     .option('-o, --out <dir>', 'where the table, JSON and chart go', path.join(PACKAGE_ROOT, 'bench', 'results'))
     .option('--readme', "also put the table into README.md's benchmark section")
+    .option('--helper <cli.js>', "another checkout's dist/helper/cli.js to measure (before/after tables); the floor needs --probe-floor in it")
     .parse(process.argv)
     .opts<Options>();
   const workloads = opts.workloads.split(',').map((n) => WORKLOADS.find((w) => w.name === n) ?? fail(`unknown workload ${n}`));
   const modes = opts.modes.split(',').map((n) => MODES.find((m) => m.mode === n)?.mode ?? fail(`unknown mode ${n}`));
   if (process.getuid?.() !== 0) fail('the bench attaches eBPF probes: run it as root');
+  if (opts.helper) {
+    if (!fs.existsSync(opts.helper)) fail(`no helper at ${opts.helper}`);
+    useHelper(opts.helper);
+  }
   if (!fs.existsSync(CAPTURE_STATS)) fail(`${CAPTURE_STATS} is missing: run npm run bench (scripts/setup.sh --bench builds it)`);
   const foreign = foreignProbes();
   if (foreign.length) process.stderr.write(`bench: WARNING: another capture holds uprobes; every number below pays for its probes too:\n  ${foreign.join('\n  ')}\n`);
@@ -268,7 +274,7 @@ async function main(): Promise<void> {
   }
 
   const when = new Date().toISOString().replace(/\.\d+Z$/, 'Z');
-  const cmd = `npm run bench -- --duration ${opts.duration}${opts.repeat > 1 ? ` --repeat ${opts.repeat}` : ''}${opts.workloads !== WORKLOADS.map((w) => w.name).join(',') ? ` --workloads ${opts.workloads}` : ''}${opts.modes !== MODES.map((m) => m.mode).join(',') ? ` --modes ${opts.modes}` : ''}`;
+  const cmd = `npm run bench -- --duration ${opts.duration}${opts.helper ? ` --helper ${opts.helper}` : ''}${opts.repeat > 1 ? ` --repeat ${opts.repeat}` : ''}${opts.workloads !== WORKLOADS.map((w) => w.name).join(',') ? ` --workloads ${opts.workloads}` : ''}${opts.modes !== MODES.map((m) => m.mode).join(',') ? ` --modes ${opts.modes}` : ''}`;
   const checks = targets(rows);
   const t = table(rows);
   const legend = [

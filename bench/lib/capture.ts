@@ -48,7 +48,11 @@ export interface RunningCapture {
 
 export const PACKAGE_ROOT = path.resolve(__dirname, '..', '..', '..');
 export const CAPTURE_STATS = path.join(PACKAGE_ROOT, 'bench', 'build', 'capture-stats');
-const CLI = path.join(PACKAGE_ROOT, 'dist', 'helper', 'cli.js');
+/** The helper to measure: this checkout's, or another's (--helper, for before/after tables). */
+let cli = path.join(PACKAGE_ROOT, 'dist', 'helper', 'cli.js');
+export function useHelper(file: string): void {
+  cli = path.resolve(file);
+}
 
 function rssKiB(pid: number, field: 'VmRSS' | 'VmHWM'): number {
   try {
@@ -60,7 +64,7 @@ function rssKiB(pid: number, field: 'VmRSS' | 'VmHWM'): number {
 
 /** Starts the helper for `mode` (not 'none') and resolves once its probes are in. */
 export async function startCapture(mode: Exclude<Mode, 'none'>, targets: { nginx: number; idle: number }): Promise<RunningCapture> {
-  const helper = [process.execPath, CLI];
+  const helper = [process.execPath, cli];
   const hostArgs: string[] = [];
   if (mode === 'floor') helper.push('--probe-floor');
   if (mode === 'targeted' || mode === 'others') {
