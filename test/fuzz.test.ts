@@ -242,13 +242,13 @@ describe('fuzz: renderers of captured HTTP (host, replay, show)', function () {
     const good = Buffer.concat(exampleFrames().map((f) => enc.encode(f)));
     try {
       await fc.assert(
-        fc.asyncProperty(fc.nat({ max: good.length }), fc.array(fc.tuple(fc.nat({ max: good.length - 1 }), fc.integer({ min: 0, max: 255 })), { maxLength: 4 }), fc.constantFrom('exchanges' as const, 'frames' as const), async (cut, flips, format) => {
+        fc.asyncProperty(fc.nat({ max: good.length }), fc.array(fc.tuple(fc.nat({ max: good.length - 1 }), fc.integer({ min: 0, max: 255 })), { maxLength: 4 }), fc.constantFrom('text' as const, 'jsonl' as const, 'har' as const, 'pcapng' as const, 'raw' as const, 'frames' as const), async (cut, flips, format) => {
           const b = Buffer.from(good.subarray(0, cut));
           for (const [at, v] of flips) if (at < b.length) b[at] = v;
           const file = path.join(dir, 'rec');
           fs.writeFileSync(file, b, { mode: 0o600 });
           try {
-            await replayCommand(file, format, () => undefined);
+            await replayCommand(file, format, { write: () => undefined }, { redact: true, color: false, printLimit: 4096, version: '0' });
           } catch (e) {
             assert.ok(e instanceof UserError, `not a UserError: ${(e as Error).stack}`);
             assert.ok(e.message.includes(file));
