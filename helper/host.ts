@@ -80,7 +80,6 @@ export class ExchangeAssembler {
     const res = x.response;
     if (x.protocol === 'HTTP/2' || !req || !res || !req.complete || !res.complete || !req.raw || !res.raw) return;
     const [maj, min] = x.protocol === 'HTTP/1.0' ? [1, 0] : [1, 1];
-    const statusLine = /^HTTP\/1\.([01])/.exec(res.raw.toString('latin1', 0, 12));
     this.onExchange({
       connId: x.conn.connId,
       pid: x.conn.pid,
@@ -92,7 +91,7 @@ export class ExchangeAssembler {
         headers: res.headers,
         body: res.body,
         versionMajor: 1,
-        versionMinor: statusLine ? Number(statusLine[1]) : 1,
+        versionMinor: res.version === 'HTTP/1.0' ? 0 : 1,
         tsNs: res.firstNs,
         statusCode: res.status,
         statusMessage: res.statusText,

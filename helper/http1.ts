@@ -150,6 +150,7 @@ class Reader {
       complete: framed && c.bodyMissing === 0,
       raw,
       notes: c.notes,
+      version: protocol,
     };
     let m: Message;
     if (this.kind === 'request') {

@@ -23,6 +23,8 @@ export interface HttpMessage {
   headBytes: number;
   /** False when the message was cut short (the connection or the capture ended, bytes lost). */
   complete: boolean;
+  /** HTTP/1: the version on the request or status line ("HTTP/1.0", "HTTP/1.1"). */
+  version?: HttpProtocol;
   /** HTTP/1 only: the message's captured bytes exactly as they crossed the TLS calls. */
   raw?: Buffer;
   /** Why it is incomplete, gaps inside it, and the like: for people. */

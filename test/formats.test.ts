@@ -10,11 +10,11 @@ import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import * as zlib from 'zlib';
-import { HttpExchange, Session } from '../helper/exchanges';
 import { createRenderer, Format, RenderOptions } from '../helper/formats';
 import { replayFrames } from '../helper/replay';
 import { RawFrame } from '../helper/wire';
 import { conversation, Step } from './lib/traffic';
+import { ours, ourExchanges, tsharkCounts, tsharkMessages } from './lib/tshark';
 
 // har-validator has no typings; it resolves or rejects with the schema errors.
 // eslint-disable-next-line @typescript-eslint/no-require-imports
@@ -39,64 +39,11 @@ async function fixture(name: string): Promise<RawFrame[]> {
   return out;
 }
 
-function ourExchanges(frames: RawFrame[]): HttpExchange[] {
-  const ex: HttpExchange[] = [];
-  const s = new Session((e) => e.type === 'exchange' && ex.push(e.exchange));
-  for (const f of frames) s.push(f);
-  s.end();
-  return ex;
-}
-
 const lineSchema = JSON.parse(fs.readFileSync(path.join(ROOT, 'schemas', 'jsonl', 'line.schema.json'), 'utf8')) as object;
 const validateLine = new Ajv2020({ allErrors: true, strict: false }).compile(lineSchema);
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'hc-formats-'));
 after(() => fs.rmSync(tmp, { recursive: true, force: true }));
-
-/** tshark's view of a pcapng: one row per HTTP or HTTP/2 message, the server ports decoded as HTTP. */
-export function tsharkMessages(file: string, ports: number[], fields: string[], filter: string, decodeAs: 'http' | 'http2'): string[][] {
-  const args = ['-r', file, '-o', 'tcp.check_checksum:TRUE', ...ports.flatMap((p) => ['-d', `tcp.port==${p},${decodeAs}`]), '-Y', filter, '-T', 'fields', '-E', 'separator=\t', '-E', 'occurrence=a', '-E', 'aggregator=,'];
-  for (const f of fields) args.push('-e', f);
-  const out = execFileSync('tshark', args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] });
-  return out.split('\n').filter(Boolean).map((l) => l.split('\t'));
-}
-
-function serverPorts(frames: RawFrame[]): number[] {
-  const ports = new Set<number>();
-  for (const f of frames) if (f.type === 'conn_open') ports.add((f.role === 'server' ? f.local_port : f.remote_port) as number);
-  return [...ports].filter((p) => p > 0);
-}
-
-/** method/path and status counts as "GET /x" and "200" strings, sorted. */
-function ours(frames: RawFrame[]): { requests: string[]; statuses: string[] } {
-  const ex = ourExchanges(frames);
-  return {
-    requests: ex.filter((x) => x.request).map((x) => `${x.request!.method} ${x.request!.target}`).sort(),
-    statuses: ex.filter((x) => x.response).map((x) => String(x.response!.status)).sort(),
-  };
-}
-
-export function tsharkCounts(file: string, frames: RawFrame[]): { requests: string[]; statuses: string[] } {
-  const h2 = ourExchanges(frames).some((x) => x.protocol === 'HTTP/2');
-  const ports = serverPorts(frames);
-  if (!h2) {
-    const rows = tsharkMessages(file, ports, ['http.request.method', 'http.request.uri', 'http.response.code'], 'http', 'http');
-    return {
-      requests: rows.filter((r) => r[0]).map((r) => `${r[0]} ${r[1]}`).sort(),
-      statuses: rows.filter((r) => r[2]).map((r) => r[2]!).sort(),
-    };
-  }
-  const rows = tsharkMessages(file, ports, ['http2.headers.method', 'http2.headers.path', 'http2.headers.status'], 'http2.type == 1', 'http2');
-  const requests: string[] = [];
-  const statuses: string[] = [];
-  for (const r of rows) {
-    const methods = (r[0] ?? '').split(',').filter(Boolean);
-    const paths = (r[1] ?? '').split(',').filter(Boolean);
-    methods.forEach((m, i) => requests.push(`${m} ${paths[i]}`));
-    for (const s of (r[2] ?? '').split(',').filter(Boolean)) statuses.push(s);
-  }
-  return { requests: requests.sort(), statuses: statuses.sort() };
-}
 
 describe('output formats on the fixtures (no root)', function () {
   this.timeout(60000);

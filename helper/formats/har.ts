@@ -30,8 +30,8 @@ function cookies(m: HttpMessage, name: 'cookie' | 'set-cookie', redact: boolean)
   return out;
 }
 
-function httpVersion(x: HttpExchange): string {
-  return x.protocol === 'HTTP/2' ? 'HTTP/2.0' : x.protocol;
+function httpVersion(x: HttpExchange, m?: HttpMessage): string {
+  return x.protocol === 'HTTP/2' ? 'HTTP/2.0' : (m?.version ?? x.protocol);
 }
 
 function entry(x: HttpExchange, o: RenderOptions): Entry | undefined {
@@ -75,7 +75,7 @@ function entry(x: HttpExchange, o: RenderOptions): Entry | undefined {
     request: {
       method: req.method,
       url: x.url,
-      httpVersion: httpVersion(x),
+      httpVersion: httpVersion(x, req),
       cookies: cookies(req, 'cookie', o.redact),
       headers: headersOf(req.headers, o.redact),
       queryString: [...url.searchParams].map(([name, value]) => ({ name, value })),
@@ -89,7 +89,7 @@ function entry(x: HttpExchange, o: RenderOptions): Entry | undefined {
       ? {
           status: res.status,
           statusText: res.statusText,
-          httpVersion: httpVersion(x),
+          httpVersion: httpVersion(x, res),
           cookies: cookies(res, 'set-cookie', o.redact),
           headers: headersOf(res.headers, o.redact),
           content,

@@ -165,7 +165,7 @@ export class TextRenderer implements Renderer {
     const what = `${x.protocol}${x.streamId !== undefined ? ` stream ${x.streamId}` : ''}${x.grpc ? ` gRPC ${x.grpc.service}/${x.grpc.method}` : ''}`;
     let s = `\n${this.who(x.conn, ts)} ${c.bold}${what}${c.reset} ${c.dim}(${connWhere(x.conn)})${c.reset}\n`;
     if (req) {
-      s += `${c.green}>${c.reset} ${c.bold}${req.method} ${h2 ? x.url : req.target} ${x.protocol}${c.reset}\n`;
+      s += `${c.green}>${c.reset} ${c.bold}${req.method} ${h2 ? x.url : req.target} ${req.version ?? x.protocol}${c.reset}\n`;
       s += this.headerLines('>', c.green, req.headers);
       if (req.trailers.length) s += this.headerLines('> trailer', c.green, req.trailers);
       s += this.body(req);
@@ -175,7 +175,7 @@ export class TextRenderer implements Renderer {
       const color = res.status >= 500 ? c.red : res.status >= 400 ? c.yellow : res.status >= 300 ? c.cyan : c.green;
       const timing = req && res.firstNs ? `, ${ms(req.firstNs, res.lastNs)}` : '';
       const size = `${res.body.length + res.bodyMissing} bytes${timing}`;
-      s += `${c.cyan}<${c.reset} ${c.bold}${h2 ? '' : `${x.protocol} `}${color}${res.status}${c.reset}${c.bold}${res.statusText ? ` ${res.statusText}` : ''}${c.reset} ${c.dim}(${size})${c.reset}\n`;
+      s += `${c.cyan}<${c.reset} ${c.bold}${h2 ? '' : `${res.version ?? x.protocol} `}${color}${res.status}${c.reset}${c.bold}${res.statusText ? ` ${res.statusText}` : ''}${c.reset} ${c.dim}(${size})${c.reset}\n`;
       s += this.headerLines('<', c.cyan, res.headers);
       s += this.body(res);
       if (res.trailers.length) s += this.headerLines('< trailer', c.cyan, res.trailers);
