@@ -82,7 +82,8 @@ export interface ShownBody {
 export function showBody(data: Buffer, mime: string, limit: number, hexBytes = 64): ShownBody {
   if (data.length === 0) return { kind: 'empty', text: '', omitted: 0 };
   const cut = limit > 0 && data.length > limit ? data.subarray(0, limit) : data;
-  if (isJsonType(mime) || (mime === '' && /^\s*[[{]/.test(cut.toString('latin1', 0, 64)))) {
+  // JSON by its type, or by its look (servers often send it as octet-stream or text/plain).
+  if (isJsonType(mime) || /^\s*[[{]/.test(cut.toString('latin1', 0, 64))) {
     try {
       const pretty = JSON.stringify(JSON.parse(data.toString('utf8')), null, 2);
       const shown = limit > 0 && pretty.length > limit ? pretty.slice(0, limit) : pretty;

@@ -1,6 +1,8 @@
 #!/usr/bin/env node
-// cli.ts: the `https-capture` command. With no arguments it attaches to every OpenSSL library
-// on the system, for all processes, and prints each captured call until Ctrl-C.
+// cli.ts: the `https-capture` command. With no arguments it attaches to every TLS library on
+// the system, for all processes, and prints the HTTP requests and responses (or, with
+// --format, JSON Lines, HAR, pcapng or every call) until Ctrl-C; `replay FILE` renders a
+// recording the same way.
 import { Command, InvalidArgumentError } from 'commander';
 import * as fs from 'fs';
 import { Discovery } from './discovery';
@@ -48,7 +50,7 @@ function listOf<T>(parse: (v: string) => T) {
 
 function program(): Command {
   return new Command('https-capture')
-    .description('Prints the plaintext of TLS calls (OpenSSL, GnuTLS) made by processes on this machine, captured with eBPF.')
+    .description('Prints the HTTP requests and responses (and any other plaintext) of TLS connections of processes on this machine, captured with eBPF uprobes on their TLS libraries (OpenSSL, GnuTLS, Go).')
     .option('-p, --pid <pids>', 'only these processes (comma-separated, repeatable)', listOf(intArg('--pid', 1, 2 ** 31 - 1)), [])
     .option('-c, --comm <names>', 'only processes with these names (comma-separated, repeatable)', listOf(String), [])
     .option('-P, --port <ports>', 'only connections with one of these local or remote ports (comma-separated, repeatable)', listOf(intArg('--port', 1, 65535)), [])
@@ -204,17 +206,16 @@ async function main(argv: string[]): Promise<number> {
   // format (the same path as replay) and, with --record, saved.
   const out = openOutput(opts.output);
   const status = new StatusLine(process.stderr.isTTY === true);
-  const renderer = createRenderer(format, out, {
+  // The status line (stderr, a terminal) is cleared before each write to the same terminal.
+  const screen: Sink = opts.output ? out : { write: (s) => (status.clear(), out.write(s)) };
+  const renderer = createRenderer(format, screen, {
     redact: opts.redact !== false,
     color: opts.color !== false && !opts.output && process.stdout.isTTY === true,
     printLimit: printLimit(cli, format),
     version: helperVersion(),
   });
   let recording: StandaloneFrames;
-  const onFrame = (f: Parameters<typeof renderer.push>[0]): void => {
-    if (!opts.output) status.clear();
-    renderer.push(f);
-  };
+  const onFrame = (f: Parameters<typeof renderer.push>[0]): void => renderer.push(f);
   try {
     recording = new StandaloneFrames(opts.record, capture.wallOffsetNs, { validate: opts.validate === true, maxQueueBytes: opts.maxQueueBytes, onFrame });
   } catch (e) {

@@ -10,6 +10,7 @@ import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import * as zlib from 'zlib';
+import { decodeBody } from '../helper/body';
 import { createRenderer, Format, RenderOptions } from '../helper/formats';
 import { replayFrames } from '../helper/replay';
 import { RawFrame } from '../helper/wire';
@@ -101,6 +102,24 @@ describe('output formats on the fixtures (no root)', function () {
       assert.strictEqual(bad, '', 'checksums are right');
     });
   }
+});
+
+describe('the nginx-mixed fixture: gzip with chunked transfer, HEAD, 204 and h2load (no root)', () => {
+  it('each case as the programs saw it, on both ends', async () => {
+    const ex = ourExchanges(await fixture('nginx-mixed'));
+    for (const role of ['client', 'server']) {
+      const mine = ex.filter((x) => x.conn.role === role);
+      const h1 = mine.filter((x) => x.protocol !== 'HTTP/2');
+      const gz = h1.find((x) => x.request!.target === '/page.json')!;
+      assert.ok(gz.response!.headers.some(([k, v]) => k === 'Transfer-Encoding' && v === 'chunked'));
+      assert.strictEqual(JSON.parse(decodeBody(gz.response!.body, gz.response!.headers).data.toString()).items.length, 40);
+      const head = h1.find((x) => x.request!.method === 'HEAD')!;
+      assert.deepStrictEqual([head.response!.status, head.response!.body.length, head.response!.complete], [200, 0, true]);
+      assert.strictEqual(h1.find((x) => x.request!.target === '/empty')!.response!.status, 204);
+      const h2 = mine.filter((x) => x.protocol === 'HTTP/2');
+      assert.deepStrictEqual(h2.map((x) => [x.request!.target, x.response!.status, x.response!.body.toString()]), Array(6).fill(['/small.txt', 200, 'small\n']));
+    }
+  });
 });
 
 const secretReq = 'POST /login HTTP/1.1\r\nHost: app.test\r\nAuthorization: Basic dXNlcjpwYXNz\r\nCookie: session=SECRET1; theme=dark\r\nContent-Type: application/json\r\nContent-Length: 13\r\n\r\n{"user":"me"}';

@@ -6,13 +6,13 @@
 // tshark; secrets masked unless --no-redact.
 import * as assert from 'assert';
 import Ajv2020 from 'ajv/dist/2020';
-import { ChildProcess, spawn } from 'child_process';
+import { ChildProcess, execFileSync, spawn } from 'child_process';
 import * as fs from 'fs';
 import * as path from 'path';
 import { createRenderer, Format, RenderOptions } from '../helper/formats';
 import { replayFrames } from '../helper/replay';
 import { RawFrame } from '../helper/wire';
-import { tsharkCounts } from './lib/tshark';
+import { tsharkCounts, tsharkCountsOn } from './lib/tshark';
 import { requireKernel } from './lib/kernel';
 import { CertPair, makeCert, NginxServer, run, RunResult, startNginx, stopAll, tmpDir, waitFor } from './lib/servers';
 
@@ -206,6 +206,37 @@ describe('human outputs of a live capture (kernel: curl, h2load, python3, node a
         requests: ex.map((l) => `${l.request!.method} ${l.request!.target}`).sort(),
         statuses: ex.map((l) => String(l.response!.status)).sort(),
       });
+    }
+  });
+
+  it('a curl --http2 session saved live with --output as HAR and as pcapng (mode 0600): valid for har-validator and tshark', async () => {
+    const files = { har: path.join(dir, 'live.har'), pcapng: path.join(dir, 'live.pcapng') };
+    const helpers = (['har', 'pcapng'] as const).map((f) => {
+      const child = spawn(process.execPath, [CLI, '--comm', 'curl', '--port', String(ng.port), '--format', f, '--output', files[f]], { stdio: ['ignore', 'ignore', 'pipe'] });
+      let err = '';
+      child.stderr!.on('data', (d: Buffer) => (err += d.toString()));
+      return { child, err: () => err, exited: new Promise<number | null>((ok) => child.on('exit', (code) => ok(code))) };
+    });
+    try {
+      for (const h of helpers) await waitFor(() => h.err().includes('capturing TLS plaintext'), { timeoutMs: 30_000, what: `the helper to attach (${h.err()})` });
+      const r = await run('curl', ['-sS', '-k', '--noproxy', '*', '--http2', `https://127.0.0.1:${ng.port}/index.html`, `https://127.0.0.1:${ng.port}/data.json`]);
+      assert.strictEqual(r.code, 0, r.stderr.toString());
+      await new Promise((ok) => setTimeout(ok, 1000));
+      for (const h of helpers) h.child.kill('SIGTERM');
+      for (const h of helpers) assert.strictEqual(await h.exited, 0, h.err());
+      for (const f of Object.values(files)) assert.strictEqual(fs.statSync(f).mode & 0o777, 0o600);
+      const har = JSON.parse(fs.readFileSync(files.har, 'utf8')) as { log: { entries: { request: { url: string; httpVersion: string }; response: { status: number; content: { text: string } } }[] } };
+      await harValidator.har(har);
+      assert.deepStrictEqual(
+        har.log.entries.map((e) => [e.request.url, e.request.httpVersion, e.response.status]),
+        [[`https://127.0.0.1:${ng.port}/index.html`, 'HTTP/2.0', 200], [`https://127.0.0.1:${ng.port}/data.json`, 'HTTP/2.0', 200]],
+      );
+      assert.strictEqual(har.log.entries[1]!.response.content.text, DATA);
+      assert.deepStrictEqual(tsharkCountsOn(files.pcapng, [ng.port], true), { requests: ['GET /data.json', 'GET /index.html'], statuses: ['200', '200'] });
+      const comments = execFileSync('tshark', ['-r', files.pcapng, '-Y', 'frame.comment', '-T', 'fields', '-e', 'frame.comment'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] });
+      assert.match(comments, new RegExp(`^curl\\[${r.pid}\\] client conn \\d+; synthetic handshake$`, 'm'));
+    } finally {
+      for (const h of helpers) if (h.child.exitCode === null) h.child.kill('SIGKILL');
     }
   });
 });

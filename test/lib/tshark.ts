@@ -36,8 +36,22 @@ function serverPorts(frames: RawFrame[]): number[] {
 }
 
 export function tsharkCounts(file: string, frames: RawFrame[]): { requests: string[]; statuses: string[] } {
-  const h2 = ourExchanges(frames).some((x) => x.protocol === 'HTTP/2');
+  // A port may serve both (ALPN): decode it once as HTTP/1 and once as HTTP/2 and add them up.
+  const ex = ourExchanges(frames);
   const ports = serverPorts(frames);
+  const out = { requests: [] as string[], statuses: [] as string[] };
+  for (const h2 of [false, true]) {
+    if (!ex.some((x) => (x.protocol === 'HTTP/2') === h2)) continue;
+    const got = tsharkCountsOn(file, ports, h2);
+    // As HTTP/1, the HTTP/2 preface reads as a request "PRI *".
+    out.requests.push(...got.requests.filter((r) => r !== 'PRI *'));
+    out.statuses.push(...got.statuses);
+  }
+  return { requests: out.requests.sort(), statuses: out.statuses.sort() };
+}
+
+/** Requests ("GET /x") and statuses tshark finds in a pcapng, with `ports` decoded as HTTP or HTTP/2. */
+export function tsharkCountsOn(file: string, ports: number[], h2: boolean): { requests: string[]; statuses: string[] } {
   // One packet may carry several messages (pipelining, HTTP/2 frames): fields come comma-joined.
   const [fields, filter, proto] = h2
     ? [['http2.headers.method', 'http2.headers.path', 'http2.headers.status'], 'http2.type == 1', 'http2' as const]
