@@ -38,7 +38,12 @@ function entry(x: HttpExchange, o: RenderOptions): Entry | undefined {
   const req = x.request;
   if (!req) return undefined; // a HAR entry needs a request; such responses are in the notes
   const res = x.response;
-  const url = new URL(x.url);
+  let query: { name: string; value: string }[] = [];
+  try {
+    query = [...new URL(x.url).searchParams].map(([name, value]) => ({ name, value }));
+  } catch {
+    // a request-target that makes no URL (captured as it was): no query string
+  }
   const reqBody = decodeBody(req.body, req.headers);
   const send = msBetween(req.firstNs, req.lastNs);
   const wait = res ? msBetween(req.lastNs, res.firstNs) : 0;
@@ -78,7 +83,7 @@ function entry(x: HttpExchange, o: RenderOptions): Entry | undefined {
       httpVersion: httpVersion(x, req),
       cookies: cookies(req, 'cookie', o.redact),
       headers: headersOf(req.headers, o.redact),
-      queryString: [...url.searchParams].map(([name, value]) => ({ name, value })),
+      queryString: query,
       headersSize: req.headBytes,
       bodySize: req.body.length,
       ...(req.body.length
