@@ -194,6 +194,8 @@ async function main(argv: string[]): Promise<number> {
   }
   const format = checkFormat(opts.format, opts.output);
   preflight();
+  // Before the capture is loaded: a file that cannot be created is a plain error.
+  const out = openOutput(opts.output);
   // Per-process probes: for --pid (processes that exist), or when asked. New processes found
   // by name get theirs only after they start, so --comm alone uses system-wide probes and the
   // name filter in BPF, which sees a process's first call however short it lives.
@@ -204,7 +206,6 @@ async function main(argv: string[]): Promise<number> {
   const where = (pid: number): string => (pid < 0 ? '' : ` in process ${pid}`);
   // The frames --ipc would write, built by the same code: rendered for people in the chosen
   // format (the same path as replay) and, with --record, saved.
-  const out = openOutput(opts.output);
   const status = new StatusLine(process.stderr.isTTY === true);
   // The status line (stderr, a terminal) is cleared before each write to the same terminal.
   const screen: Sink = opts.output ? out : { write: (s) => (status.clear(), out.write(s)) };
