@@ -177,6 +177,11 @@ async function main(argv: string[]): Promise<number> {
   const cli = program().parse(argv);
   const opts = cli.opts<Options>();
   if (opts.ipc) {
+    for (const o of ['format', 'output', 'redact', 'printLimit']) {
+      if (cli.getOptionValueSource(o) === 'cli') {
+        throw new UserError(`--${o.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`).replace('redact', 'no-redact')} is for people and --ipc writes frames for a host`, 'drop it, or record with --record FILE and render it with https-capture replay FILE --format F', 2);
+      }
+    }
     // runIpc checks privileges itself and reports every failure as error and bye frames.
     return runIpc({
       pids: opts.pid,

@@ -204,5 +204,11 @@ describe('https-capture command', function () {
     const cap = await run(process.execPath, [CLI, '--call-cap', 'lots']);
     assert.notStrictEqual(cap.code, 0);
     assert.match(cap.stderr.toString(), /--call-cap must be an integer/);
+    const format = await run(process.execPath, [CLI, '--format', 'xml']);
+    assert.strictEqual(format.code, 2);
+    assertOneLineError(format.stderr.toString(), /unknown format "xml"/);
+    const ipc = await run(process.execPath, [CLI, '--ipc', '--format', 'har']);
+    assert.strictEqual(ipc.code, 2);
+    assertOneLineError(ipc.stderr.toString(), /--format is for people and --ipc writes frames for a host/);
   });
 });
