@@ -3,7 +3,9 @@
 import { ConnectionEvent, DataRecord } from './records';
 
 /** A whole call: its first record's identity, with `seq` the offset of the call's first byte. */
-export interface Call extends ConnectionEvent, Pick<DataRecord, 'dir' | 'func' | 'seq' | 'callLen'> {
+export interface Call extends ConnectionEvent, Pick<DataRecord, 'dir' | 'seq' | 'callLen'> {
+  /** The probed function (absent when the call is rebuilt from frames, which do not carry it). */
+  func?: DataRecord['func'];
   /** The captured bytes, from the call's start; shorter than callLen if truncated or lost. */
   data: Buffer;
   /** Bytes past the per-call cap (not captured by design). */

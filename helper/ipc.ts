@@ -55,7 +55,7 @@ export interface IpcOptions {
   log?: (line: string) => void;
 }
 
-function helperVersion(): string {
+export function helperVersion(): string {
   for (const p of [path.resolve(__dirname, '..', '..', 'package.json'), path.resolve(__dirname, '..', 'package.json')]) {
     try {
       return String((JSON.parse(fs.readFileSync(p, 'utf8')) as { version?: unknown }).version ?? '0.0.0');
@@ -148,41 +148,45 @@ export interface ProcessEvent {
 }
 
 /**
- * `--record FILE` without --ipc: the same frame stream the --ipc mode writes (hello, process,
- * conn_open, segment, conn_close, loss, bye), built by the same FrameBuilder and FrameWriter,
- * into a file of mode 0600, while the command prints for people. `https-capture replay` reads it.
+ * The frame stream of the standalone command (without --ipc): the frames --ipc would write
+ * (hello, process, conn_open, segment, conn_close, loss, bye), built by the same FrameBuilder
+ * and FrameWriter. Every frame goes to `onFrame` (the human outputs render them) and, with
+ * `--record FILE`, into FILE (mode 0600) for `https-capture replay`.
  */
-export class FrameRecording {
-  private readonly file: fs.WriteStream;
+export class StandaloneFrames {
+  private readonly file?: fs.WriteStream;
   private readonly writer: FrameWriter;
   private readonly builder: FrameBuilder;
   private readonly losses: LossReporter;
   private closed = false;
 
   constructor(
-    readonly path: string,
+    readonly path: string | undefined,
     wallOffsetNs: bigint,
-    opts: { validate?: boolean; maxQueueBytes?: number } = {},
+    opts: { validate?: boolean; maxQueueBytes?: number; onFrame?: (f: RawFrame) => void } = {},
   ) {
-    this.file = openRecording(path);
-    this.writer = new FrameWriter(this.file, { maxQueueBytes: opts.maxQueueBytes ?? DEFAULT_MAX_QUEUE_BYTES, validate: opts.validate ?? false });
-    const send = (f: HelperFrame): boolean => this.writer.write(f as unknown as RawFrame);
+    if (path) this.file = openRecording(path);
+    // Without a recording the writer still counts and validates, into a stream that keeps nothing.
+    const stream = this.file ?? new Writable({ write: (_c, _e, cb) => cb() });
+    this.writer = new FrameWriter(stream, { maxQueueBytes: opts.maxQueueBytes ?? DEFAULT_MAX_QUEUE_BYTES, validate: opts.validate ?? false });
+    const send = (f: HelperFrame): boolean => {
+      opts.onFrame?.(f as unknown as RawFrame);
+      return this.writer.write(f as unknown as RawFrame);
+    };
+    this.send = send;
     this.losses = new LossReporter(this.writer, send);
     send(helloFrame(this.writer.maxQueueBytes));
     this.builder = new FrameBuilder(wallOffsetNs, send);
   }
 
-  /** One ring-buffer batch, as Capture.startRaw() delivers it. */
-  pushBatch(batch: Buffer): void {
-    if (!this.closed) this.builder.pushBatch(batch, this.writer);
-  }
+  private readonly send: (f: HelperFrame) => boolean;
 
   push(r: CaptureRecord): void {
     if (!this.closed) this.builder.push(r);
   }
 
   process(e: ProcessEvent): void {
-    if (!this.closed) this.writer.write({ type: 'process', kind: 'openssl', ts_ns: nowNs(), ...e });
+    if (!this.closed) this.send({ type: 'process', kind: 'openssl', ts_ns: nowNs(), ...e });
   }
 
   /** Closes every connection still open, reports loss, writes bye and closes the file. */
@@ -191,9 +195,9 @@ export class FrameRecording {
     this.closed = true;
     this.builder.closeAll('helper_exit');
     if (k) this.losses.report(k);
-    this.writer.write({ type: 'bye', reason, ts_ns: nowNs(), kernel: wireCounters(k), writer: this.writer.snapshot() });
+    this.send({ type: 'bye', reason, ts_ns: nowNs(), kernel: wireCounters(k), writer: this.writer.snapshot() });
     await this.writer.flushed(5000);
-    await new Promise<void>((resolve) => this.file.end(resolve));
+    if (this.file) await new Promise<void>((resolve) => this.file!.end(resolve));
     if (this.writer.error) throw new Error(`could not write the recording ${this.path}: ${this.writer.error.message}`);
   }
 }

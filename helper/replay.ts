@@ -1,9 +1,11 @@
 // replay.ts: reads a frame recording (--record FILE) back as frames, and renders it for people:
-// `https-capture replay FILE` prints the HTTP exchanges it holds, or the frames as JSON lines.
+// `https-capture replay FILE` prints it in any output format (helper/formats/), or the frames
+// as JSON lines.
 import { createHash } from 'crypto';
 import * as fs from 'fs';
 import { Exchange, ExchangeAssembler } from './host';
 import { UserError } from './errors';
+import { createRenderer, Format, RenderOptions, Sink } from './formats';
 import { FrameDecoder, FrameError, MAX_CONTROL_FRAME_BYTES, RawFrame } from './wire';
 
 /** Yields the frames of a recording in order; a damaged recording throws, naming the byte. */
@@ -108,16 +110,17 @@ export function connectionSummaries(frames: RawFrame[]): Record<string, unknown>
 /** What every HTTP/2 client sends first (RFC 9113, 3.4). */
 export const HTTP2_PREFACE = Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n', 'latin1');
 
-/** `https-capture replay FILE [--format exchanges|frames]`: writes to `out`; returns the exit code. */
-export async function replayCommand(file: string, format: 'exchanges' | 'frames', out: (s: string) => void): Promise<number> {
+/**
+ * `https-capture replay FILE [--format text|jsonl|har|pcapng|raw|frames]`: renders a recording
+ * through the same renderers as the live command; writes to `out`; returns the exit code.
+ */
+export async function replayCommand(file: string, format: Format | 'frames', out: Sink, o: RenderOptions): Promise<number> {
   if (format === 'frames') {
-    for await (const f of replayFrames(file)) out(`${frameToJson(f)}\n`);
+    for await (const f of replayFrames(file)) out.write(`${frameToJson(f)}\n`);
     return 0;
   }
-  for (const e of await replayExchanges(file)) {
-    out(`${e.comm}[${e.pid}] ${e.role} conn ${e.connId}\n`);
-    out(`${e.request.raw.toString('utf8')}\n`);
-    out(`${e.response.raw.toString('utf8')}\n\n`);
-  }
+  const r = createRenderer(format, out, o);
+  for await (const f of replayFrames(file)) r.push(f);
+  r.end();
   return 0;
 }

@@ -71,7 +71,7 @@ export function showCall(call: Call, o: ShowOptions): string {
   const head =
     `${c.dim}${formatTime(call.tsNs + o.wallOffsetNs)}${c.reset} ` +
     `${c.bold}${call.comm}${c.reset}[${call.pid}${call.tid !== call.pid ? `/${call.tid}` : ''}] ` +
-    `${arrow} ${call.callLen} bytes ${c.dim}(conn ${call.connId} ${showSock(call.sock)}, offset ${call.seq}, ${call.func})${c.reset}`;
+    `${arrow} ${call.callLen} bytes ${c.dim}(conn ${call.connId} ${showSock(call.sock)}, offset ${call.seq}${call.func ? `, ${call.func}` : ''})${c.reset}`;
   const notes: string[] = [];
   if (call.truncatedBytes) notes.push(`${call.truncatedBytes} bytes ${call.rateLimited ? 'over the rate cap' : 'past the per-call cap'} not captured`);
   if (call.lostBytes) notes.push(`${call.lostBytes} bytes LOST (ring buffer full or memory unreadable)`);

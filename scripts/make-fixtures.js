@@ -3,7 +3,7 @@
 // with what the live host saw beside them (fixtures/<name>.expected.json): the HTTP/1 exchanges
 // it rebuilt, and every connection at frame level (bytes and digest per direction, the HTTP/2
 // preface), after checking those against what the programs sent. Needs root and a build.
-// Regenerates every fixture: node scripts/make-fixtures.js
+// Regenerates every fixture: node scripts/make-fixtures.js; only some: node scripts/make-fixtures.js NAME...
 'use strict';
 const fs = require('fs');
 const path = require('path');
@@ -15,10 +15,13 @@ const S = require(path.join(dist, 'test', 'lib', 'servers.js'));
 
 const out = path.join(root, 'fixtures');
 
-async function record(name, comms, traffic, check) {
+const only = process.argv.slice(2);
+
+async function record(name, comms, traffic, check, ports = []) {
+  if (only.length && !only.includes(name)) return;
   const file = path.join(out, `${name}.frames`);
   const child = path.join(dist, 'test', 'lib', 'ipc-child.js');
-  const host = new HelperHost({ command: process.execPath, args: [child, JSON.stringify({ validate: true, record: file, comms, statsIntervalMs: 60000 })] });
+  const host = new HelperHost({ command: process.execPath, args: [child, JSON.stringify({ validate: true, record: file, comms, ports, statsIntervalMs: 60000 })] });
   const exchanges = [];
   host.on('exchange', (e) => exchanges.push(e));
   await host.ready;
@@ -114,6 +117,31 @@ async function main() {
         const bytesIn = mine.filter((s) => s.dir === 1).reduce((n, s) => n + s.data.length, 0);
         return bytesIn > 2500 && segs.some((s) => s.comm === 'nginx' && s.dir === 1);
       },
+    );
+    // curl over HTTP/1.1 (gzip with chunked transfer, HEAD, 204) and h2load over HTTP/2 against
+    // nginx: both ends; the HTTP outputs' cases from real programs.
+    const ng3 = await S.startNginx({
+      dir: path.join(dir, 'nginx-mixed'),
+      files: { 'page.json': Buffer.from(JSON.stringify({ items: Array.from({ length: 40 }, (_x, i) => ({ id: i, name: `item ${i}` })) })), 'small.txt': Buffer.from('small\n') },
+      cert,
+      http2: true,
+      extraConf: '    gzip on; gzip_types *; gzip_min_length 1;\n    location = /empty { return 204; }\n',
+    });
+    await record(
+      'nginx-mixed',
+      ['curl', 'nginx', 'h2load'],
+      async () => {
+        const u = (p) => `https://127.0.0.1:${ng3.port}${p}`;
+        for (const args of [['--compressed', u('/page.json')], ['-I', u('/small.txt')], [u('/empty')]]) {
+          const r = await S.curl(args.pop(), args);
+          if (r.code !== 0) throw new Error(`curl failed: ${r.stderr}`);
+        }
+        const r = await S.run('h2load', ['-n', '6', '-c', '1', '-m', '2', u('/small.txt')]);
+        if (r.code !== 0) throw new Error(`h2load failed: ${r.stdout}${r.stderr}`);
+        return r;
+      },
+      (ex, r, segs) => ex.filter((e) => e.role === 'server').length === 3 && segs.some((s) => s.pid === r.pid && s.dir === 1) && fs.readFileSync(ng3.accessLog, 'utf8').trim().split('\n').length === 9,
+      [ng3.port], // only this nginx: other programs on the machine may be talking to theirs
     );
   } finally {
     await S.stopAll();

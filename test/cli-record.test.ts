@@ -67,7 +67,7 @@ describe('https-capture --record (standalone, kernel)', function () {
       // And through the command, as a person replays it.
       const shown = await run(process.execPath, [CLI, 'replay', file]);
       assert.strictEqual(shown.code, 0, shown.stderr.toString());
-      assert.match(shown.stdout.toString(), new RegExp(`curl\\[${r.pid}\\] client conn \\d+\\nGET /bytes/40000\\?seed=5 HTTP/1\\.1\\r\\n[^]*X-Record: standalone`));
+      assert.match(shown.stdout.toString(), new RegExp(`curl\\[${r.pid}\\] conn \\d+ HTTP/1\\.1 \\(client [^)]+\\)\\n> GET /bytes/40000\\?seed=5 HTTP/1\\.1\\n[^]*> X-Record: standalone\\n`));
     } finally {
       if (child.exitCode === null) child.kill('SIGKILL');
     }

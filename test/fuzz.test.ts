@@ -1,6 +1,6 @@
 // fuzz.test.ts: property-based tests (fast-check) of everything that reads input the helper
 // does not control: the frame decoder, the capture-record decoder, the renderers of captured
-// HTTP (host exchanges, replay, show), and ELF files (the probe planner, the library checks).
+// HTTP (host exchanges, replay, show, every output format), and ELF files (the probe planner, the library checks).
 // Every case must end in a result or in the module's own clear error, never in a crash.
 // Deterministic by default (FUZZ_SEED=0); FUZZ_SEED=random FUZZ_RUNS=10000 to search further.
 import * as assert from 'assert';
@@ -13,6 +13,7 @@ import { ElfError, ElfFile } from '../helper/elf';
 import { ConnCloseFrame, ConnOpenFrame, SegmentFrame } from '../helper/generated/protocol';
 import { ExchangeAssembler, Exchange } from '../helper/host';
 import { hasOpenSsl } from '../helper/libraries';
+import { createRenderer, FORMATS } from '../helper/formats';
 import { exportedOffsets, planOpenSsl } from '../helper/openssl';
 import { CHUNK_MAX, decodeBatch, decodeRecord, RecordError } from '../helper/records';
 import { connectionSummaries, exchangeSummary, frameToJson, replayCommand } from '../helper/replay';
@@ -55,6 +56,10 @@ const httpish = fc
         'GET / HTTP/1.1\r\n', 'POST /x HTTP/1.0\r\n', 'HEAD /h HTTP/1.1\r\n', 'HTTP/1.1 200 OK\r\n', 'HTTP/1.1 100 Continue\r\n\r\n', 'HTTP/1.0 204 No Content\r\n',
         'Host: a\r\n', 'Content-Length: 5\r\n', 'Content-Length: -1\r\n', 'Content-Length: 99999999999999999999\r\n', 'Transfer-Encoding: chunked\r\n',
         'Connection: close\r\n', '\r\n', 'hello', '5\r\nhello\r\n', '0\r\n\r\n', 'ffffffffffffffff\r\n', 'PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n', '\n', ' ',
+        'Connection: Upgrade\r\nUpgrade: websocket\r\n', 'HTTP/1.1 101 Switching Protocols\r\n', 'Authorization: Bearer x\r\n', 'Cookie: a=1; b\r\n', 'Content-Encoding: gzip\r\n',
+        // HTTP/2: SETTINGS, HEADERS (:method GET, END_STREAM|END_HEADERS), DATA, RST_STREAM, a HEADERS without END_HEADERS, CONTINUATION
+        '\x00\x00\x00\x04\x00\x00\x00\x00\x00', '\x00\x00\x01\x01\x05\x00\x00\x00\x01\x82', '\x00\x00\x02\x00\x01\x00\x00\x00\x01hi',
+        '\x00\x00\x04\x03\x00\x00\x00\x00\x01\x00\x00\x00\x08', '\x00\x00\x02\x01\x00\x00\x00\x00\x03\x82\x84', '\x00\x00\x01\x09\x04\x00\x00\x00\x03\x87',
       ).map((s) => Buffer.from(s, 'latin1')),
       fc.uint8Array({ maxLength: 64 }).map((u) => Buffer.from(u)),
     ),
@@ -112,6 +117,20 @@ const RENDERERS: Record<string, (frames: RawFrame[]) => unknown> = {
       }
       return showConn({ kind: 'close', tsNs: f.ts_ns as bigint, pid: 1, tid: 1, comm: 'c', connId: 1n, ssl: 1n, sock, egressBytes: 1, ingressBytes: 2, reason: 'close' }, { limit: 0, wallOffsetNs: 0n, color: false });
     }),
+  ...Object.fromEntries(
+    FORMATS.flatMap((format) =>
+      [true, false].map((redact) => [
+        `--format ${format}${redact ? '' : ' --no-redact'} (helper/formats, exchanges.ts, http1.ts, http2.ts)`,
+        (frames: RawFrame[]): number => {
+          let n = 0;
+          const r = createRenderer(format, { write: (x) => void (n += x.length) }, { redact, color: redact, printLimit: redact ? 0 : 16, version: '0' });
+          for (const f of frames) r.push(f);
+          r.end();
+          return n;
+        },
+      ]),
+    ),
+  ),
 };
 
 describe('fuzz: frame decoder (helper/wire.ts)', function () {
@@ -242,13 +261,13 @@ describe('fuzz: renderers of captured HTTP (host, replay, show)', function () {
     const good = Buffer.concat(exampleFrames().map((f) => enc.encode(f)));
     try {
       await fc.assert(
-        fc.asyncProperty(fc.nat({ max: good.length }), fc.array(fc.tuple(fc.nat({ max: good.length - 1 }), fc.integer({ min: 0, max: 255 })), { maxLength: 4 }), fc.constantFrom('exchanges' as const, 'frames' as const), async (cut, flips, format) => {
+        fc.asyncProperty(fc.nat({ max: good.length }), fc.array(fc.tuple(fc.nat({ max: good.length - 1 }), fc.integer({ min: 0, max: 255 })), { maxLength: 4 }), fc.constantFrom('text' as const, 'jsonl' as const, 'har' as const, 'pcapng' as const, 'raw' as const, 'frames' as const), async (cut, flips, format) => {
           const b = Buffer.from(good.subarray(0, cut));
           for (const [at, v] of flips) if (at < b.length) b[at] = v;
           const file = path.join(dir, 'rec');
           fs.writeFileSync(file, b, { mode: 0o600 });
           try {
-            await replayCommand(file, format, () => undefined);
+            await replayCommand(file, format, { write: () => undefined }, { redact: true, color: false, printLimit: 4096, version: '0' });
           } catch (e) {
             assert.ok(e instanceof UserError, `not a UserError: ${(e as Error).stack}`);
             assert.ok(e.message.includes(file));

@@ -273,6 +273,8 @@ export async function startNginx(opts: {
   cert?: CertPair;
   /** Offer HTTP/2 by ALPN on the listen line (nginx built --with-http_v2_module, as Debian's is). */
   http2?: boolean;
+  /** More directives inside the server block (locations, gzip …). */
+  extraConf?: string;
 }): Promise<NginxServer> {
   const { dir } = opts;
   const root = path.join(dir, 'root');
@@ -318,6 +320,7 @@ ${opts.ipv6 ? `    listen [::1]:${port} ssl${opts.http2 ? ' http2' : ''};\n` : '
     ssl_certificate_key ${q(key)};
     root ${q(root)};
     location / { }
+${opts.extraConf ?? ''}
   }
 }
 `;

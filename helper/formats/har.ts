@@ -1,0 +1,160 @@
+// har.ts: `--format har`: HTTP Archive 1.2 (browser devtools, Postman, har-validator), one
+// entry per exchange with a request, written whole when the capture ends (a HAR is one JSON
+// document). Timings come from the capture's timestamps: each segment carries the time its
+// TLS call returned, so send is the request's first to last call, wait its last call to the
+// response's first, receive the response's first to last call. What the capture cannot know
+// (blocked, dns, connect, ssl) is -1, as the spec says.
+import type { Entry, Har, Header } from 'har-format';
+import { decodeBody, headerValue, isTextType, mimeType } from '../body';
+import { HttpExchange, Session, SessionEvent } from '../exchanges';
+import { HttpMessage } from '../messages';
+import { redactHeaders } from '../redact';
+import { RawFrame } from '../wire';
+import { Renderer, RenderOptions, Sink } from './output';
+
+const msBetween = (a: bigint, b: bigint): number => Math.max(0, Number(b - a) / 1e6);
+const headersOf = (h: [string, string][], redact: boolean): Header[] => redactHeaders(h, redact).map(([name, value]) => ({ name, value }));
+
+function cookies(m: HttpMessage, name: 'cookie' | 'set-cookie', redact: boolean): { name: string; value: string }[] {
+  const out: { name: string; value: string }[] = [];
+  for (const [k, v] of m.headers) {
+    if (k.toLowerCase() !== name) continue;
+    const pairs = name === 'cookie' ? v.split(';') : [v.split(';')[0]!];
+    for (const p of pairs) {
+      const eq = p.indexOf('=');
+      if (eq < 0) continue;
+      const value = p.slice(eq + 1).trim();
+      out.push({ name: p.slice(0, eq).trim(), value: redact ? `[redacted, ${Buffer.byteLength(value, 'latin1')} bytes]` : value });
+    }
+  }
+  return out;
+}
+
+function httpVersion(x: HttpExchange, m?: HttpMessage): string {
+  return x.protocol === 'HTTP/2' ? 'HTTP/2.0' : (m?.version ?? x.protocol);
+}
+
+function entry(x: HttpExchange, o: RenderOptions): Entry | undefined {
+  const req = x.request;
+  if (!req) return undefined; // a HAR entry needs a request; such responses are in the notes
+  const res = x.response;
+  let query: { name: string; value: string }[] = [];
+  try {
+    query = [...new URL(x.url).searchParams].map(([name, value]) => ({ name, value }));
+  } catch {
+    // a request-target that makes no URL (captured as it was): no query string
+  }
+  const reqBody = decodeBody(req.body, req.headers);
+  const send = msBetween(req.firstNs, req.lastNs);
+  const wait = res ? msBetween(req.lastNs, res.firstNs) : 0;
+  const receive = res ? msBetween(res.firstNs, res.lastNs) : 0;
+  const notes = [...x.notes, ...req.notes, ...(res?.notes ?? [])];
+  if (!res) notes.push('no response was captured');
+  if (x.reset) notes.push(`stream reset: ${x.reset}`);
+  const content = ((): Entry['response']['content'] => {
+    if (!res) return { size: 0, mimeType: '' };
+    const d = decodeBody(res.body, res.headers);
+    const mime = headerValue(res.headers, 'content-type') ?? '';
+    const limit = o.printLimit;
+    const data = limit > 0 && d.data.length > limit ? d.data.subarray(0, limit) : d.data;
+    const asText = isTextType(mimeType(res.headers)) || (data.length > 0 && !data.toString('utf8').includes('\ufffd'));
+    const c: Entry['response']['content'] = { size: d.data.length, mimeType: mime };
+    if (d.decoded.length) c.compression = d.data.length - res.body.length;
+    if (data.length) {
+      if (asText) c.text = data.toString('utf8');
+      else {
+        c.text = data.toString('base64');
+        c.encoding = 'base64';
+      }
+    }
+    const comments: string[] = [];
+    if (d.error) comments.push(d.error);
+    if (data.length < d.data.length) comments.push(`${d.data.length - data.length} bytes left out (--print-limit)`);
+    if (res.bodyMissing) comments.push(`${res.bodyMissing} bytes of the body were not captured`);
+    if (comments.length) c.comment = comments.join('; ');
+    return c;
+  })();
+  const e: Entry = {
+    startedDateTime: new Date(Number(req.firstNs / 1_000_000n)).toISOString(),
+    time: send + wait + receive,
+    request: {
+      method: req.method,
+      url: x.url,
+      httpVersion: httpVersion(x, req),
+      cookies: cookies(req, 'cookie', o.redact),
+      headers: headersOf(req.headers, o.redact),
+      queryString: query,
+      headersSize: req.headBytes,
+      bodySize: req.body.length,
+      ...(req.body.length
+        ? { postData: { mimeType: headerValue(req.headers, 'content-type') ?? '', text: reqBody.data.toString(isTextType(mimeType(req.headers)) ? 'utf8' : 'base64') } }
+        : {}),
+    },
+    response: res
+      ? {
+          status: res.status,
+          statusText: res.statusText,
+          httpVersion: httpVersion(x, res),
+          cookies: cookies(res, 'set-cookie', o.redact),
+          headers: headersOf(res.headers, o.redact),
+          content,
+          redirectURL: headerValue(res.headers, 'location') ?? '',
+          headersSize: res.headBytes,
+          bodySize: res.body.length,
+        }
+      : { status: 0, statusText: '', httpVersion: httpVersion(x), cookies: [], headers: [], content, redirectURL: '', headersSize: -1, bodySize: -1 },
+    cache: {},
+    timings: { blocked: -1, dns: -1, connect: -1, ssl: -1, send, wait, receive },
+    serverIPAddress: x.conn.role === 'server' ? x.conn.localIp : x.conn.remoteIp,
+    connection: String(x.conn.connId),
+    ...(notes.length ? { comment: notes.join('; ') } : {}),
+  };
+  // Who made the exchange, in a custom field (HAR allows fields that start with "_").
+  (e as unknown as Record<string, unknown>)._process = { pid: x.conn.pid, comm: x.conn.comm, role: x.conn.role, ...(x.streamId !== undefined ? { stream_id: x.streamId } : {}) };
+  return e;
+}
+
+export class HarRenderer implements Renderer {
+  private readonly session: Session;
+  private readonly entries: { ns: bigint; entry: Entry }[] = [];
+  private readonly unpaired: string[] = [];
+  private done = false;
+
+  constructor(
+    private readonly out: Sink,
+    private readonly o: RenderOptions,
+  ) {
+    this.session = new Session((e) => this.event(e));
+  }
+
+  push(f: RawFrame): void {
+    this.session.push(f);
+  }
+
+  private event(e: SessionEvent): void {
+    if (e.type !== 'exchange') return;
+    const x = entry(e.exchange, this.o);
+    if (x) this.entries.push({ ns: e.exchange.request!.firstNs, entry: x });
+    else this.unpaired.push(`${e.exchange.conn.comm}[${e.exchange.conn.pid}] conn ${e.exchange.conn.connId}: a ${e.exchange.response?.status ?? ''} response without its request`);
+  }
+
+  /** The whole archive, entries in the order their requests started. */
+  har(): Har {
+    const entries = [...this.entries].sort((a, b) => (a.ns < b.ns ? -1 : a.ns > b.ns ? 1 : 0)).map((x) => x.entry);
+    return {
+      log: {
+        version: '1.2',
+        creator: { name: 'https-capture', version: this.o.version },
+        entries,
+        ...(this.unpaired.length ? { comment: this.unpaired.join('; ') } : {}),
+      },
+    };
+  }
+
+  end(): void {
+    if (this.done) return;
+    this.done = true;
+    this.session.end();
+    this.out.write(`${JSON.stringify(this.har(), null, 2)}\n`);
+  }
+}
