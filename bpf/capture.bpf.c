@@ -985,7 +985,7 @@ static __always_inline struct cap_proc *proc_event(__u16 kind)
 	__u64 id = bpf_get_current_pid_tgid();
 
 	if (!e) {
-		count(CAP_CTR_EVENTS_LOST, 1);
+		count(CAP_CTR_DISCOVERY_LOST, 1);
 		return NULL;
 	}
 	e->h.size = sizeof(*e);

@@ -151,8 +151,9 @@ enum cap_counter {
 	CAP_CTR_BYTES_LOST,         /* plaintext bytes in those records */
 	CAP_CTR_READ_FAULTS,        /* records dropped: user memory unreadable */
 	CAP_CTR_BYTES_FAULTED,      /* plaintext bytes in those records */
-	CAP_CTR_EVENTS_LOST,        /* non-data records the ring had no room for */
+	CAP_CTR_EVENTS_LOST,        /* connection and exit records the ring had no room for */
 	CAP_CTR_BYTES_RATE_LIMITED, /* bytes not captured: the process was over rate_cap */
+	CAP_CTR_DISCOVERY_LOST,     /* exec and lib-open records the ring had no room for */
 	CAP_CTR_MAX,
 };
 

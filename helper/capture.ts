@@ -115,6 +115,8 @@ export interface KernelCounters {
   bytesFaulted: number;
   eventsLost: number;
   bytesRateLimited: number;
+  /** exec and lib-open records lost (discovery's; the /proc rescan makes up for them). */
+  discoveryEventsLost: number;
 }
 
 const COUNTER_NAMES: (keyof KernelCounters)[] = [
@@ -128,6 +130,7 @@ const COUNTER_NAMES: (keyof KernelCounters)[] = [
   'bytesFaulted',
   'eventsLost',
   'bytesRateLimited',
+  'discoveryEventsLost',
 ];
 
 interface DataProbe {

@@ -81,6 +81,7 @@ export function wireCounters(k: KernelCounters | undefined): WireKernelCounters 
     bytes_faulted: k?.bytesFaulted ?? 0,
     events_lost: k?.eventsLost ?? 0,
     bytes_rate_limited: k?.bytesRateLimited ?? 0,
+    discovery_events_lost: k?.discoveryEventsLost ?? 0,
   };
 }
 

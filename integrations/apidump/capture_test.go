@@ -323,10 +323,14 @@ func TestCurlAndPythonAgainstTLSServer(t *testing.T) {
 		}
 		return false
 	})
-	if err := c.Stop(); err != nil {
-		t.Errorf("Stop: %v", err)
+	// Shutdown, not Stop: Stop reads Events too, and the collector must see every event.
+	if err := c.Shutdown(); err != nil {
+		t.Errorf("Shutdown: %v", err)
 	}
 	<-col.closed
+	if err := c.Wait(); err != nil {
+		t.Errorf("Wait: %v", err)
+	}
 	evs := col.events
 	if _, ok := evs[len(evs)-1].(*Bye); !ok {
 		t.Errorf("last event is %T, want *Bye", evs[len(evs)-1])

@@ -98,6 +98,8 @@ type KernelCounters struct {
 	EventsLost     uint64 `msgpack:"events_lost"`
 	// BytesRateLimited: bytes not captured because their process was over the rate cap.
 	BytesRateLimited uint64 `msgpack:"bytes_rate_limited"`
+	// DiscoveryEventsLost: reports of new programs and library files the helper missed.
+	DiscoveryEventsLost uint64 `msgpack:"discovery_events_lost"`
 }
 
 // WriterCounters are the counters of the helper's stdout queue.
