@@ -54,9 +54,13 @@ export interface KernelCounters {
    */
   bytes_faulted: number;
   /**
-   * Other events (exits) the ring buffer had no room for.
+   * Connection events (open, close) and process exits the ring buffer had no room for. The kernel's offsets keep the connections' byte counts exact; a lost close is made up at the process's exit or at the helper's stop.
    */
   events_lost: number;
+  /**
+   * Reports of programs started and TLS library files opened (anywhere on the machine) the ring buffer had no room for; the /proc rescan finds those files later. Absent from helpers older than this field.
+   */
+  discovery_events_lost?: number;
   /**
    * Bytes not captured because their process was over the byte-rate cap (rate_cap); the segments are marked rate_limited. Absent from helpers older than this field.
    */
