@@ -16,6 +16,8 @@ import { curl, NginxServer, pattern, run, startNginx, startRequester, stopAll, t
 const CLI = path.resolve(__dirname, '..', 'helper', 'cli.js');
 const SYSTEM_LIBSSL = '/usr/lib/x86_64-linux-gnu/libssl.so.3';
 const MiB = 1 << 20;
+/** How long a stop may take before the host kills the helper: detaching is slow on a loaded machine. */
+const CLOSE_MS = 60_000;
 
 function rssKiB(pid: number): number {
   const m = /^VmRSS:\s+(\d+) kB$/m.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'));
@@ -112,7 +114,7 @@ describe('faults (kernel, real programs)', function () {
   });
 
   afterEach(async () => {
-    await host?.close();
+    await host?.close(CLOSE_MS);
     host = undefined;
     for (const pid of killLater.splice(0)) {
       try {
@@ -244,7 +246,7 @@ describe('faults (kernel, real programs)', function () {
       const next = await curl(`https://127.0.0.1:${nginx.port}/small.txt?after=${victim}`);
       assert.strictEqual(next.code, 0, next.stderr.toString());
       await waitFor(() => f.exchanges.find((e) => e.pid === next.pid && e.response.body.toString() === 'hello\n'), { what: 'the exchange after the kill' });
-      const bye = await host.close();
+      const bye = await host.close(CLOSE_MS);
       host = undefined;
       assert.strictEqual(bye?.reason, 'shutdown');
       assert.strictEqual(bye.kernel.bytes_lost + bye.kernel.bytes_faulted + bye.writer.dropped_bytes, 0, 'nothing lost');
@@ -301,7 +303,7 @@ describe('faults (kernel, real programs)', function () {
     assert.strictEqual((await fresh.get('/small.txt?step=5')).status, 200);
     await got(fresh.pid, 'step=5');
     await fresh.stop();
-    const bye = await host.close();
+    const bye = await host.close(CLOSE_MS);
     host = undefined;
     assert.strictEqual(bye?.kernel.bytes_lost, 0);
     assert.deepStrictEqual(f.errors, []);
@@ -336,12 +338,14 @@ describe('faults (kernel, real programs)', function () {
     }
     const ms = Date.now() - t0;
     rss.push(rssKiB(helperPid));
-    const bye = await host.close();
+    const tStop = Date.now();
+    const bye = await host.close(CLOSE_MS);
+    const stopMs = Date.now() - tStop;
     host = undefined;
     const worker = many.workerPids()[0]!;
     const k = bye!.kernel;
     process.stderr.write(
-      `      ${N} connections held at once: opened in ${result.ms.open} ms, ${N} requests in ${result.ms.requests} ms, all in ${ms} ms; ` +
+      `      ${N} connections held at once: opened in ${result.ms.open} ms, ${N} requests in ${result.ms.requests} ms, all in ${ms} ms; stop ${stopMs} ms; ` +
         `helper RSS ${rss[0]} -> max ${Math.max(...rss)} KiB; kernel ${JSON.stringify(k)}; writer ${JSON.stringify(bye!.writer)}\n`,
     );
     assert.deepStrictEqual(f.errors, []);
@@ -400,7 +404,7 @@ describe('faults (kernel, real programs)', function () {
     }
     const ms = Date.now() - t0;
     await waitFor(() => pids.every((p) => f.closes.some((c) => c.pid === p)), { timeoutMs: 20_000, what: 'conn_close of every curl' });
-    const bye = await host.close();
+    const bye = await host.close(CLOSE_MS);
     host = undefined;
     const byPid = new Map<number, Exchange[]>();
     for (const e of f.exchanges) byPid.set(e.pid, [...(byPid.get(e.pid) ?? []), e]);
