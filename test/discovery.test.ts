@@ -168,28 +168,28 @@ describe('discovery (kernel, real processes)', function () {
     // and after the upgrade.
     const long = await startRequester(nginx.port, env);
     assert.strictEqual((await long.get('/small.txt?long=before')).status, 200);
-    await waitFor(() => egress(long.pid).includes('GET /small.txt?long=before '), { what: "the long-lived client's request through the old file" });
+    await waitFor(() => egress(long.pid).includes('GET /small.txt?long=before '), { timeoutMs: 30_000, what: "the long-lived client's request through the old file" });
     const before = await curl(`https://127.0.0.1:${nginx.port}/small.txt`, [], { env });
-    await waitFor(() => rec!.bytes(before.pid, 'ingress') > 0, { what: 'capture through the old file' });
+    await waitFor(() => rec!.bytes(before.pid, 'ingress') > 0, { timeoutMs: 30_000, what: 'capture through the old file' });
     // An upgrade: a new file renamed over the old one (the old inode lives on, deleted, in the
     // long-lived process's memory).
     fs.copyFileSync(SYSTEM_LIBSSL, `${file}.new`);
     fs.renameSync(`${file}.new`, file);
     // The file watch sees the new file (or the next process's open of it does).
-    await waitFor(() => rec!.reports.filter((r) => r.startsWith(`attached ${file} -1`)).length === 2, { what: 'the new file to be attached' });
+    await waitFor(() => rec!.reports.filter((r) => r.startsWith(`attached ${file} -1`)).length === 2, { timeoutMs: 30_000, what: 'the new file to be attached' });
     assert.ok(rec.reports.includes(`note ${file} ${file} was replaced by another file on disk; its probes stay while processes map it`), rec.reports.join('\n'));
     const after = await curl(`https://127.0.0.1:${nginx.port}/small.txt`, [], { env });
     assert.strictEqual(after.code, 0);
-    await waitFor(() => rec!.bytes(after.pid, 'ingress') > 0, { what: 'capture through the new file' });
+    await waitFor(() => rec!.bytes(after.pid, 'ingress') > 0, { timeoutMs: 30_000, what: 'capture through the new file' });
     // Several polls later the old file keeps its probes: a process still maps it.
     await new Promise((r) => setTimeout(r, 1000));
     assert.ok(!rec.reports.some((r) => r.startsWith(`detached ${file} (replaced`)), `the old file was detached while mapped:\n${rec.reports.join('\n')}`);
     assert.strictEqual((await long.get('/small.txt?long=across')).status, 200);
-    await waitFor(() => egress(long.pid).includes('GET /small.txt?long=across '), { what: "the long-lived client's request after the upgrade, through the old file" });
+    await waitFor(() => egress(long.pid).includes('GET /small.txt?long=across '), { timeoutMs: 30_000, what: "the long-lived client's request after the upgrade, through the old file" });
     assert.match(rec.stream(long.pid, 'ingress', rec.connections(long.pid)[1]).toString(), /\r\n\r\nhello\n$/);
     // Once nobody maps the old file, its probes go at the next poll.
     await long.stop();
-    await waitFor(() => rec!.reports.some((r) => r.startsWith(`detached ${file} (replaced`)), { what: 'the old file to be detached' });
+    await waitFor(() => rec!.reports.some((r) => r.startsWith(`detached ${file} (replaced`)), { timeoutMs: 30_000, what: 'the old file to be detached' });
   });
 
   it('targeted mode plants probes only in the target (the uprobe breakpoint is in its memory alone)', async () => {

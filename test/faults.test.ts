@@ -261,25 +261,25 @@ describe('faults (kernel, real programs)', function () {
     const file = path.join(lib, 'libssl.so.3');
     fs.copyFileSync(SYSTEM_LIBSSL, file);
     const env = { ...process.env, LD_LIBRARY_PATH: lib };
-    host = new HelperHost({ command: process.execPath, args: [CLI, '--ipc', '--port', String(nginx.port), '--poll-interval', '200'] });
+    host = new HelperHost({ command: process.execPath, args: [CLI, '--ipc', '--port', String(nginx.port), '--poll-interval', '500'] });
     const f = collect(host);
     await attached(host);
     const attachedTo = (): ProcessFrame[] => f.procs.filter((p) => p.library === file && p.state === 'attached');
     const got = async (pid: number, tag: string): Promise<void> => {
-      const ex = await waitFor(() => f.exchanges.find((e) => e.pid === pid && e.request.url === `/small.txt?${tag}`), { what: `the exchange ${tag} of ${pid}` });
+      const ex = await waitFor(() => f.exchanges.find((e) => e.pid === pid && e.request.url === `/small.txt?${tag}`), { timeoutMs: 30_000, what: `the exchange ${tag} of ${pid}` });
       assert.strictEqual(ex.response.body.toString(), 'hello\n');
     };
 
     // A process loads the private copy (the helper sees it opened and attaches to it).
     const old = await startRequester(nginx.port, env);
-    await waitFor(() => attachedTo().length === 1, { what: 'the private copy to be attached' });
+    await waitFor(() => attachedTo().length === 1, { timeoutMs: 30_000, what: 'the private copy to be attached' });
     assert.strictEqual((await old.get('/small.txt?step=1')).status, 200);
     await got(old.pid, 'step=1');
 
     // Deleted while mapped: the helper says so and keeps its probes (the kernel keeps the inode).
     fs.unlinkSync(file);
-    await waitFor(() => host!.stderr.includes(`${file} was deleted on disk; its probes stay while processes map it`), { what: 'the helper to report the deletion' });
-    await sleep(600); // a few polls
+    await waitFor(() => host!.stderr.includes(`${file} was deleted on disk; its probes stay while processes map it`), { timeoutMs: 30_000, what: 'the helper to report the deletion' });
+    await sleep(1500); // a few polls
     assert.ok(!f.procs.some((p) => p.state === 'detached'), 'nothing detached while the deleted file is mapped');
     assert.strictEqual((await old.get('/small.txt?step=2')).status, 200);
     await got(old.pid, 'step=2');
@@ -287,17 +287,19 @@ describe('faults (kernel, real programs)', function () {
     // A new copy: the next process to load it gets probes on it.
     fs.copyFileSync(SYSTEM_LIBSSL, file);
     const fresh = await startRequester(nginx.port, env);
-    await waitFor(() => attachedTo().length === 2, { what: 'the new copy to be attached' });
+    await waitFor(() => attachedTo().length === 2, { timeoutMs: 30_000, what: 'the new copy to be attached' }).catch((e: Error) => {
+      throw new Error(`${e.message}; process frames: ${f.procs.map((p) => `${p.state} ${p.library} (${p.reason})`).join('; ')}; stderr: ${host!.stderr}`);
+    });
     assert.strictEqual((await fresh.get('/small.txt?step=3')).status, 200);
     await got(fresh.pid, 'step=3');
     // The first process, still on the deleted file, is still captured.
-    await sleep(600);
+    await sleep(1500);
     assert.strictEqual((await old.get('/small.txt?step=4')).status, 200);
     await got(old.pid, 'step=4');
 
     // Once no process maps the deleted file, its probes go (and the kernel can free it).
     await old.stop();
-    const det = await waitFor(() => f.procs.find((p) => p.state === 'detached'), { what: 'the deleted file to be detached' });
+    const det = await waitFor(() => f.procs.find((p) => p.state === 'detached'), { timeoutMs: 30_000, what: 'the deleted file to be detached' });
     assert.ok(det.library.startsWith(`${file} (replaced `), det.library);
     assert.match(det.reason, /^deleted on disk and no longer mapped by any process$/);
     assert.strictEqual((await fresh.get('/small.txt?step=5')).status, 200);
