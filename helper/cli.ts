@@ -82,7 +82,7 @@ function program(): Command {
     )
     .addHelpText(
       'after',
-      '\nRuns as root (or with CAP_BPF and CAP_PERFMON). Ctrl-C (SIGINT) or SIGTERM detaches every probe and exits 0.\n' +
+      '\nRuns as root (or with CAP_SYS_ADMIN and CAP_SYS_PTRACE: docs/security.md). Ctrl-C (SIGINT) or SIGTERM detaches every probe and exits 0.\n' +
         `https-capture replay FILE [--format ${[...FORMATS, 'frames'].join('|')}] plays back a recording made with --record FILE.\n` +
         'Example: sudo https-capture --comm curl   (then run curl https://... in another shell)',
     );
@@ -253,6 +253,7 @@ async function main(argv: string[]): Promise<number> {
         log(`detached from ${lib.path}${where(pid)}: ${why}`);
         recording.process({ pid, library: lib.path, state: 'detached', functions: [], reason: why });
       },
+      note: (_lib, message) => log(message),
     },
   );
   try {

@@ -12,13 +12,15 @@ import * as chokidar from 'chokidar';
 import * as fs from 'fs';
 import * as path from 'path';
 import { AttachResult, Capture, ProbeMode } from './capture';
-import { findTlsLibraries, LibraryFile, libraryKind, mappedLibraries, statKey, TlsKind, tlsExecutableAt, tlsExecutables } from './libraries';
+import { findTlsLibraries, LibraryFile, libraryKind, mappedFiles, mappedLibraries, statKey, TlsKind, tlsExecutableAt, tlsExecutables } from './libraries';
 import { CaptureRecord } from './records';
 
 export interface DiscoveryReport {
   attached(lib: LibraryFile, result: AttachResult, pid: number): void;
   failed(lib: LibraryFile, reason: string, pid: number): void;
   detached(lib: LibraryFile, why: string, pid: number): void;
+  /** Something people should know about a file with probes (deleted or replaced on disk). */
+  note?(lib: LibraryFile, message: string): void;
 }
 
 export interface DiscoveryOptions {
@@ -35,8 +37,10 @@ export interface DiscoveryOptions {
 
 interface Known {
   lib: LibraryFile;
-  /** Replaced on disk by another file: detached once no process maps it. */
+  /** Replaced on disk by another file, or deleted: detached once no process maps it. */
   replaced: boolean;
+  /** Deleted, with no file at its path when that was noticed. */
+  deleted?: boolean;
 }
 
 const key = (dev: number, ino: number): string => `${dev}:${ino}`;
@@ -69,6 +73,9 @@ export class Discovery {
   start(): void {
     this.watcher = chokidar.watch([], { ignoreInitial: true, persistent: false, atomic: false });
     this.watcher.on('add', (p) => this.fileChanged(p)).on('change', (p) => this.fileChanged(p));
+    this.watcher.on('unlink', (p) => {
+      for (const known of this.files.values()) if (!known.replaced && known.lib.path === p) this.checkOnDisk(known);
+    });
     if (this.targeted) {
       this.common = findTlsLibraries(this.opts.extra ?? []);
       // Decoding a library takes tens of ms once; a new target must get its probes in ~1 ms.
@@ -117,13 +124,34 @@ export class Discovery {
       for (const pid of this.pidsByComm()) if (!this.targets.has(pid)) this.addTarget(pid);
       for (const pid of [...this.targets.keys()]) if (!fs.existsSync(`/proc/${pid}`)) this.dropTarget(pid, 'target process is gone');
     }
-    for (const [k, known] of this.files) {
-      if (known.replaced && !mappedKeys.has(k)) {
-        this.capture.detachLibrary(known.lib.path);
-        this.files.delete(k);
-        this.report.detached(known.lib, 'replaced on disk and no longer mapped by any process', -1);
-      }
+    // A file whose path no longer leads to it was deleted or replaced: its probes stay while a
+    // process maps it (they keep capturing there), and go once none does, which also lets the
+    // kernel free the deleted file.
+    for (const known of this.files.values()) if (!known.replaced) this.checkOnDisk(known);
+    const gone = [...this.files].filter(([k, known]) => known.replaced && !mappedKeys.has(k));
+    const stillMapped = mappedFiles(new Set(gone.map(([k]) => k)));
+    for (const [k, known] of gone) {
+      if (stillMapped.has(k)) continue;
+      this.capture.detachLibrary(known.lib.path);
+      this.files.delete(k);
+      this.report.detached(known.lib, `${known.deleted ? 'deleted' : 'replaced'} on disk and no longer mapped by any process`, -1);
     }
+  }
+
+  /**
+   * Marks a file with probes as replaced (another file at its path) or deleted (none), and
+   * says so once. Files reached through /proc/<pid>/root are left alone: their path ends with
+   * that process, not with the file.
+   */
+  private checkOnDisk(known: Known, replacedBy?: LibraryFile): void {
+    if (!replacedBy && known.lib.path.startsWith('/proc/')) return;
+    const now = replacedBy ?? stat(known.lib.path);
+    if (now && now.dev === known.lib.dev && now.ino === known.lib.ino) return;
+    known.replaced = true;
+    known.deleted = !now;
+    const what = now ? 'replaced by another file' : 'deleted';
+    this.report.note?.(known.lib, `${known.lib.path} was ${what} on disk; its probes stay while processes map it`);
+    this.rekeyReplaced(known);
   }
 
   // ---- system-wide ------------------------------------------------------------------
@@ -138,10 +166,7 @@ export class Discovery {
     // Another file under this path before: replaced on disk. Its probes stay (processes may
     // still map it) but move aside, and go once nobody maps it (poll()).
     for (const known of this.files.values()) {
-      if (known.lib.path === lib.path) {
-        known.replaced = true;
-        this.rekeyReplaced(known);
-      }
+      if (known.lib.path === lib.path) this.checkOnDisk(known, lib);
     }
     this.files.set(k, { lib, replaced: false });
     try {

@@ -222,8 +222,11 @@ export class HelperHost {
     this.sendRaw({ type: 'config', ...c });
   }
 
-  /** Sends shutdown and waits for bye and the exit (SIGKILL after timeoutMs). */
-  async close(timeoutMs = 10000): Promise<ByeFrame | undefined> {
+  /**
+   * Sends shutdown and waits for bye and the exit (SIGKILL after timeoutMs: a stop takes 3 s
+   * here, and 5-9 s on a machine under heavy load; docs/protocol.md).
+   */
+  async close(timeoutMs = 30000): Promise<ByeFrame | undefined> {
     if (this.child.exitCode === null && this.child.signalCode === null) {
       this.sendRaw({ type: 'shutdown', reason: 'host closing' });
       const t = setTimeout(() => this.child.kill('SIGKILL'), timeoutMs);

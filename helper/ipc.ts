@@ -274,6 +274,7 @@ export async function runIpc(opts: IpcOptions = {}): Promise<number> {
       },
       failed: (lib, reason, pid) => processFrame(lib, pid, 'failed', [], reason),
       detached: (lib, why, pid) => processFrame(lib, pid, 'detached', [], why),
+      note: (_lib, message) => log(message),
     });
     discovery.start();
     return capture.attachedLibraries.length;

@@ -89,6 +89,43 @@ export function mappedLibraries(): { path: string; pid: number }[] {
   return [...found.values()];
 }
 
+/** st_dev as stat() reports it (glibc's makedev) from the major and minor numbers /proc/<pid>/maps shows. */
+export function devNumber(major: number, minor: number): number {
+  return (major & 0xfff) * 0x100 + (minor & 0xff) + (minor & ~0xff) * 0x1000 + Math.floor(major / 0x1000) * 0x1000 * 2 ** 32;
+}
+
+/**
+ * Which of the files `wanted` (keys "dev:ino") some process maps, by the device and inode
+ * fields of /proc/<pid>/maps: a file deleted or replaced on disk (whose path shows "(deleted)"
+ * and no longer opens it) still counts while it is mapped.
+ */
+export function mappedFiles(wanted: Set<string>): Set<string> {
+  const found = new Set<string>();
+  if (wanted.size === 0) return found;
+  let pids: string[];
+  try {
+    pids = fs.readdirSync('/proc').filter((d) => /^\d+$/.test(d));
+  } catch {
+    return found;
+  }
+  const line = /^\S+ \S+ \S+ ([0-9a-f]+):([0-9a-f]+) (\d+)/gm;
+  for (const pid of pids) {
+    let maps: string;
+    try {
+      maps = fs.readFileSync(`/proc/${pid}/maps`, 'utf8');
+    } catch {
+      continue; // the process ended, or is not ours to read
+    }
+    for (const m of maps.matchAll(line)) {
+      if (m[3] === '0') continue; // anonymous memory
+      const k = `${devNumber(parseInt(m[1]!, 16), parseInt(m[2]!, 16))}:${m[3]}`;
+      if (wanted.has(k)) found.add(k);
+    }
+    if (found.size === wanted.size) break;
+  }
+  return found;
+}
+
 /** Every OpenSSL and GnuTLS library file on the system, once each. `extra` are files the user named. */
 export function findTlsLibraries(extra: string[] = []): LibraryFile[] {
   const byFile = new Map<string, LibraryFile>();

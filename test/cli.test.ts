@@ -5,7 +5,7 @@ import * as assert from 'assert';
 import { ChildProcess, spawn } from 'child_process';
 import * as fs from 'fs';
 import * as path from 'path';
-import { requireKernel } from './lib/kernel';
+import { heldByProcess, noneLeft, requireKernel } from './lib/kernel';
 import { CertPair, curl, makeCert, run, Server, startSServer, stopAll, tmpDir, waitFor } from './lib/servers';
 
 const CLI = path.resolve(__dirname, '..', 'helper', 'cli.js');
@@ -37,52 +37,6 @@ function start(args: string[]): Running {
 
 async function ready(r: Running): Promise<void> {
   await waitFor(() => r.stderr().includes('capturing TLS plaintext'), { timeoutMs: 20000, what: `the helper to attach (stderr: ${r.stderr()})` });
-}
-
-/** IDs of the BPF programs and links a process holds, from its fds (anon_inode:bpf-prog/link). */
-function heldByProcess(pid: number): { progs: number[]; links: number[] } {
-  const progs: number[] = [];
-  const links: number[] = [];
-  for (const fd of fs.readdirSync(`/proc/${pid}/fd`)) {
-    let target = '';
-    try {
-      target = fs.readlinkSync(`/proc/${pid}/fd/${fd}`);
-    } catch {
-      continue;
-    }
-    if (!/^anon_inode:bpf[-_](prog|link)/.test(target)) continue;
-    const info = fs.readFileSync(`/proc/${pid}/fdinfo/${fd}`, 'utf8');
-    const prog = /^prog_id:\s*(\d+)/m.exec(info);
-    const link = /^link_id:\s*(\d+)/m.exec(info);
-    if (link) links.push(Number(link[1]));
-    else if (prog) progs.push(Number(prog[1]));
-  }
-  return { progs, links };
-}
-
-/** IDs of every loaded BPF program and link on the machine. */
-async function loaded(): Promise<{ progs: Set<number>; links: Set<number> }> {
-  const ids = async (what: string): Promise<Set<number>> => {
-    const res = await run('bpftool', ['-j', what, 'show']);
-    return new Set((JSON.parse(res.stdout.toString() || '[]') as { id: number }[]).map((x) => x.id));
-  };
-  return { progs: await ids('prog'), links: await ids('link') };
-}
-
-/**
- * Asserts that none of the programs and links `pid` held is loaded any more. The kernel frees a
- * detached tp_btf program after an RCU grace period: it is allowed a moment.
- */
-async function noneLeft(held: { progs: number[]; links: number[] }): Promise<void> {
-  let left: number[] = [];
-  await waitFor(
-    async () => {
-      const now = await loaded();
-      left = [...held.progs.filter((id) => now.progs.has(id)), ...held.links.filter((id) => now.links.has(id))];
-      return left.length === 0;
-    },
-    { timeoutMs: 5000, what: 'programs and links to be freed' },
-  ).catch(() => assert.deepStrictEqual(left, [], 'programs or links of the helper are still loaded'));
 }
 
 /** Error output of a failed run: a cause line and a fix line, no stack trace. */

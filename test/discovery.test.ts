@@ -4,9 +4,10 @@
 import * as assert from 'assert';
 import * as fs from 'fs';
 import * as path from 'path';
+import { devNumber, mappedFiles } from '../helper/libraries';
 import { planOpenSsl } from '../helper/openssl';
 import { Recorder, requireKernel } from './lib/kernel';
-import { CertPair, curl, makeCert, NginxServer, run, Server, startNginx, startPyServer, stopAll, tmpDir, waitFor } from './lib/servers';
+import { CertPair, curl, makeCert, NginxServer, run, Server, startNginx, startPyServer, startRequester, stopAll, tmpDir, waitFor } from './lib/servers';
 
 const SYSTEM_LIBSSL = '/usr/lib/x86_64-linux-gnu/libssl.so.3';
 
@@ -41,6 +42,27 @@ function byteAt(pid: number, file: { dev: number; ino: number }, offset: number)
   }
   throw new Error(`pid ${pid} does not map inode ${file.ino} at offset ${offset}`);
 }
+
+describe('discovery: files in /proc/<pid>/maps by device and inode (no kernel needed)', function () {
+  it('devNumber() turns the major:minor of maps into stat()\'s st_dev, and mappedFiles() finds a mapped file by it', () => {
+    // Each file mapped by this process: the device and inode maps shows are the ones stat() gives.
+    const lines = fs.readFileSync('/proc/self/maps', 'utf8').split('\n');
+    let checked = 0;
+    for (const l of lines) {
+      const m = /^\S+ \S+ \S+ ([0-9a-f]+):([0-9a-f]+) (\d+)\s+(\/\S+)$/.exec(l);
+      if (!m || m[3] === '0') continue;
+      const st = fs.statSync(m[4]!);
+      assert.strictEqual(devNumber(parseInt(m[1]!, 16), parseInt(m[2]!, 16)), st.dev, l);
+      assert.strictEqual(Number(m[3]), st.ino);
+      checked++;
+    }
+    assert.ok(checked > 0, 'this process maps files');
+    assert.strictEqual(devNumber(0x103, 0x1234), 0x103 * 256 + 0x34 + 0x1200 * 0x1000, 'minor above 255 (glibc makedev)');
+    const exe = fs.statSync(process.execPath);
+    const found = mappedFiles(new Set([`${exe.dev}:${exe.ino}`, '1:1']));
+    assert.deepStrictEqual([...found], [`${exe.dev}:${exe.ino}`], 'node is mapped (by this process), 1:1 is not');
+  });
+});
 
 describe('discovery (kernel, real processes)', function () {
   let dir: string;
@@ -134,25 +156,40 @@ describe('discovery (kernel, real processes)', function () {
     await waitFor(() => rec!.bytes(res.pid, 'ingress') >= 30, { what: 'the response of the namespaced process' });
   });
 
-  it('a library replaced on disk: processes started afterwards are captured', async () => {
+  it('a library upgraded during capture: a process running across the upgrade stays captured through the old file, later ones through the new', async () => {
     const lib = path.join(dir, 'upgrade');
     fs.mkdirSync(lib, { recursive: true });
     const file = path.join(lib, 'libssl.so.3');
     fs.copyFileSync(SYSTEM_LIBSSL, file);
     rec = new Recorder({ discovery: { pollMs: 200, extra: [file] } });
     const env = { ...process.env, LD_LIBRARY_PATH: lib };
+    const egress = (pid: number): string => rec!.of(pid, 'egress').map((r) => r.data.toString('latin1')).join('');
+    // A process that maps the old file for its whole life, and makes a request before, during
+    // and after the upgrade.
+    const long = await startRequester(nginx.port, env);
+    assert.strictEqual((await long.get('/small.txt?long=before')).status, 200);
+    await waitFor(() => egress(long.pid).includes('GET /small.txt?long=before '), { timeoutMs: 30_000, what: "the long-lived client's request through the old file" });
     const before = await curl(`https://127.0.0.1:${nginx.port}/small.txt`, [], { env });
-    await waitFor(() => rec!.bytes(before.pid, 'ingress') > 0, { what: 'capture through the old file' });
-    // An upgrade: a new file renamed over the old one.
+    await waitFor(() => rec!.bytes(before.pid, 'ingress') > 0, { timeoutMs: 30_000, what: 'capture through the old file' });
+    // An upgrade: a new file renamed over the old one (the old inode lives on, deleted, in the
+    // long-lived process's memory).
     fs.copyFileSync(SYSTEM_LIBSSL, `${file}.new`);
     fs.renameSync(`${file}.new`, file);
     // The file watch sees the new file (or the next process's open of it does).
-    await waitFor(() => rec!.reports.filter((r) => r.startsWith(`attached ${file} -1`)).length === 2, { what: 'the new file to be attached' });
+    await waitFor(() => rec!.reports.filter((r) => r.startsWith(`attached ${file} -1`)).length === 2, { timeoutMs: 30_000, what: 'the new file to be attached' });
+    assert.ok(rec.reports.includes(`note ${file} ${file} was replaced by another file on disk; its probes stay while processes map it`), rec.reports.join('\n'));
     const after = await curl(`https://127.0.0.1:${nginx.port}/small.txt`, [], { env });
     assert.strictEqual(after.code, 0);
-    await waitFor(() => rec!.bytes(after.pid, 'ingress') > 0, { what: 'capture through the new file' });
-    // The old file is mapped by nobody now: its probes go at the next poll.
-    await waitFor(() => rec!.reports.some((r) => r.startsWith(`detached ${file} (replaced`)), { what: 'the old file to be detached' });
+    await waitFor(() => rec!.bytes(after.pid, 'ingress') > 0, { timeoutMs: 30_000, what: 'capture through the new file' });
+    // Several polls later the old file keeps its probes: a process still maps it.
+    await new Promise((r) => setTimeout(r, 1000));
+    assert.ok(!rec.reports.some((r) => r.startsWith(`detached ${file} (replaced`)), `the old file was detached while mapped:\n${rec.reports.join('\n')}`);
+    assert.strictEqual((await long.get('/small.txt?long=across')).status, 200);
+    await waitFor(() => egress(long.pid).includes('GET /small.txt?long=across '), { timeoutMs: 30_000, what: "the long-lived client's request after the upgrade, through the old file" });
+    assert.match(rec.stream(long.pid, 'ingress', rec.connections(long.pid)[1]).toString(), /\r\n\r\nhello\n$/);
+    // Once nobody maps the old file, its probes go at the next poll.
+    await long.stop();
+    await waitFor(() => rec!.reports.some((r) => r.startsWith(`detached ${file} (replaced`)), { timeoutMs: 30_000, what: 'the old file to be detached' });
   });
 
   it('targeted mode plants probes only in the target (the uprobe breakpoint is in its memory alone)', async () => {

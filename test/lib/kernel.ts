@@ -2,11 +2,13 @@
 // requireKernel() decides whether kernel tests can run: under CI=true a missing kernel path
 // fails the suite; elsewhere the tests are skipped with the reason printed loudly.
 import * as assert from 'assert';
+import * as fs from 'fs';
 import { Capture, CaptureOptions, KernelCounters, ProbeMode } from '../../helper/capture';
 import { Discovery, DiscoveryOptions } from '../../helper/discovery';
 import { preflight } from '../../helper/errors';
 import { findTlsLibraries } from '../../helper/libraries';
 import { ConnRecord, DataRecord, Direction, ExitRecord } from '../../helper/records';
+import { run, waitFor } from './servers';
 
 let verdict: string | undefined | null = null; // null: not checked yet; undefined: available
 
@@ -50,6 +52,7 @@ export class Recorder {
         attached: (lib, _r, pid) => this.reports.push(`attached ${lib.path} ${pid}`),
         failed: (lib, why, pid) => this.reports.push(`failed ${lib.path} ${pid} ${why}`),
         detached: (lib, why, pid) => this.reports.push(`detached ${lib.path} ${pid} ${why}`),
+        note: (lib, message) => this.reports.push(`note ${lib.path} ${message}`),
       });
       this.discovery.start();
     } else {
@@ -99,4 +102,50 @@ export class Recorder {
   bytes(pid: number, dir: Direction): number {
     return this.of(pid, dir).reduce((n, r) => n + r.data.length, 0);
   }
+}
+
+/** IDs of the BPF programs and links a process holds, from its fds (anon_inode:bpf-prog/link). */
+export function heldByProcess(pid: number): { progs: number[]; links: number[] } {
+  const progs: number[] = [];
+  const links: number[] = [];
+  for (const fd of fs.readdirSync(`/proc/${pid}/fd`)) {
+    let target = '';
+    try {
+      target = fs.readlinkSync(`/proc/${pid}/fd/${fd}`);
+    } catch {
+      continue;
+    }
+    if (!/^anon_inode:bpf[-_](prog|link)/.test(target)) continue;
+    const info = fs.readFileSync(`/proc/${pid}/fdinfo/${fd}`, 'utf8');
+    const prog = /^prog_id:\s*(\d+)/m.exec(info);
+    const link = /^link_id:\s*(\d+)/m.exec(info);
+    if (link) links.push(Number(link[1]));
+    else if (prog) progs.push(Number(prog[1]));
+  }
+  return { progs, links };
+}
+
+/** IDs of every loaded BPF program and link on the machine. */
+export async function loaded(): Promise<{ progs: Set<number>; links: Set<number> }> {
+  const ids = async (what: string): Promise<Set<number>> => {
+    const res = await run('bpftool', ['-j', what, 'show']);
+    return new Set((JSON.parse(res.stdout.toString() || '[]') as { id: number }[]).map((x) => x.id));
+  };
+  return { progs: await ids('prog'), links: await ids('link') };
+}
+
+/**
+ * Asserts that none of the programs and links `pid` held is loaded any more. The kernel frees a
+ * detached tp_btf program after an RCU grace period: it is allowed a moment.
+ */
+export async function noneLeft(held: { progs: number[]; links: number[] }): Promise<void> {
+  let left: number[] = [];
+  await waitFor(
+    async () => {
+      const now = await loaded();
+      left = [...held.progs.filter((id) => now.progs.has(id)), ...held.links.filter((id) => now.links.has(id))];
+      return left.length === 0;
+    },
+    { timeoutMs: 5000, what: 'programs and links to be freed' },
+  ).catch(() => assert.deepStrictEqual(left, [], 'programs or links of the helper are still loaded'));
 }

@@ -275,6 +275,8 @@ export async function startNginx(opts: {
   http2?: boolean;
   /** More directives inside the server block (locations, gzip …). */
   extraConf?: string;
+  /** Connections per worker (default 512); the workers' fd limit is raised to fit. */
+  workerConnections?: number;
 }): Promise<NginxServer> {
   const { dir } = opts;
   const root = path.join(dir, 'root');
@@ -298,7 +300,8 @@ worker_processes ${opts.workers ?? 1};
 ${process.getuid?.() === 0 ? 'user root;' : ''}
 pid ${q(path.join(dir, 'nginx.pid'))};
 error_log ${q(errorLog)} warn;
-events { worker_connections 512; }
+worker_rlimit_nofile ${2 * (opts.workerConnections ?? 512) + 64};
+events { worker_connections ${opts.workerConnections ?? 512}; }
 http {
   log_format capture '$remote_addr:$remote_port $request_method $request_uri $status $body_bytes_sent '
                      '$connection $connection_requests';
@@ -423,6 +426,44 @@ export async function startServer(cmd: string, args: string[], port: number, dir
     throw e;
   }
   return { port, pid, stop: () => terminate(proc) };
+}
+
+/** A long-lived python client (test/lib/requester.py): one GET per get(), on a new connection. */
+export interface Requester {
+  pid: number;
+  /** Makes one request and resolves with the response's status and body length. */
+  get(urlPath: string): Promise<{ status: number; bytes: number }>;
+  stop(): Promise<void>;
+}
+
+export async function startRequester(port: number, env?: NodeJS.ProcessEnv): Promise<Requester> {
+  const proc = spawnTracked(PYTHON, [libFile('requester.py'), String(port)], { env, stdio: ['pipe', 'pipe', 'pipe'] });
+  const pid = proc.child.pid;
+  if (pid === undefined) throw new Error(`cannot spawn ${PYTHON}`);
+  let done = 0;
+  const answers = (): RegExpMatchArray[] => [...proc.output().matchAll(/^DONE (\d+) (\d+)$/gm)];
+  const alive = (): void => {
+    if (hasExited(proc.child)) throw new Error(`requester.py exited:\n${proc.output()}`);
+  };
+  await waitFor(() => /^READY$/m.test(proc.output()) || alive(), {
+    timeoutMs: START_TIMEOUT_MS,
+    what: 'requester.py READY',
+  });
+  return {
+    pid,
+    get: async (urlPath) => {
+      const n = ++done;
+      proc.child.stdin!.write(`${urlPath}\n`);
+      const m = await waitFor(() => answers()[n - 1] ?? alive(), {
+        what: `requester.py's answer to ${urlPath}`,
+      });
+      return { status: Number(m[1]), bytes: Number(m[2]) };
+    },
+    stop: async () => {
+      proc.child.stdin!.end();
+      if (!(await within(proc.exited, 5000))) await terminate(proc);
+    },
+  };
 }
 
 /** A file of test/lib (the compiled tests run from dist/test). */
