@@ -1,6 +1,7 @@
 // capture.ts: one capture session. Loads bpf/capture.bpf.o through the bridge, sets the
 // filters and the per-call cap, attaches the OpenSSL probe set to library files, drains the
 // ring buffer into decoded records, and reads the kernel-side counters.
+import * as fs from 'fs';
 import { BpfObject, BPF_OBJECT_PATH, BridgeError, monotonicToWallOffset, RingStats, UprobeOptions } from './bridge';
 import { LibraryFile } from './libraries';
 import { GO_READ, GO_WRITE, planGoCached } from './golang';
@@ -346,7 +347,15 @@ export class Capture {
 
   /** The probe plan of a file, worked out once per (device, inode) and mode. */
   private plan(library: LibraryFile, mode: ProbeMode): ProbePlan {
-    const k = `${library.dev}:${library.ino}:${mode}`;
+    // Size and mtime too: a plan of a file read while being written must not outlive it.
+    let version = '';
+    try {
+      const st = fs.statSync(library.path);
+      version = `${st.size}:${st.mtimeMs}`;
+    } catch {
+      // gone: planning says why
+    }
+    const k = `${library.dev}:${library.ino}:${version}:${mode}`;
     let plan = this.plans.get(k);
     if (!plan) {
       const names = [...OPENSSL_PROBES.map((p) => p.func), ...OPENSSL_CONN_PROBES.map((p) => p.func)];

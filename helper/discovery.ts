@@ -45,6 +45,16 @@ interface Known {
 
 const key = (dev: number, ino: number): string => `${dev}:${ino}`;
 
+/** A file's size and mtime: what changes while it is written. */
+function version(p: string): string {
+  try {
+    const st = fs.statSync(p);
+    return `${st.size}:${st.mtimeMs}`;
+  } catch {
+    return 'gone';
+  }
+}
+
 const stat = statKey;
 
 export class Discovery {
@@ -58,6 +68,8 @@ export class Discovery {
   private readonly selfPid = process.pid;
   /** Executables already judged for OpenSSL inside, by device:inode. */
   private readonly judged = new Set<string>();
+  /** Files that could not be probed, with their size and mtime then: tried again once changed. */
+  private readonly failedAs = new Map<string, string>();
 
   constructor(
     private readonly capture: Capture,
@@ -71,7 +83,9 @@ export class Discovery {
 
   /** First attachments; throws nothing (each failure is reported). */
   start(): void {
-    this.watcher = chokidar.watch([], { ignoreInitial: true, persistent: false, atomic: false });
+    // A library being copied into place is reported once its size has held for 200 ms: read
+    // while half written it would plan, and fail, as some other file.
+    this.watcher = chokidar.watch([], { ignoreInitial: true, persistent: false, atomic: false, awaitWriteFinish: { stabilityThreshold: 200, pollInterval: 50 } });
     this.watcher.on('add', (p) => this.fileChanged(p)).on('change', (p) => this.fileChanged(p));
     this.watcher.on('unlink', (p) => {
       for (const known of this.files.values()) if (!known.replaced && known.lib.path === p) this.checkOnDisk(known);
@@ -163,6 +177,8 @@ export class Discovery {
   private attachFile(lib: LibraryFile): void {
     const k = key(lib.dev, lib.ino);
     if (this.files.has(k) || !this.wanted(lib)) return;
+    const now = version(lib.path);
+    if (this.failedAs.has(k) && this.failedAs.get(k) === now) return; // the same file failed before
     // Another file under this path before: replaced on disk. Its probes stay (processes may
     // still map it) but move aside, and go once nobody maps it (poll()).
     for (const known of this.files.values()) {
@@ -173,6 +189,9 @@ export class Discovery {
       this.report.attached(lib, this.capture.attachLibrary(lib, this.opts.mode ?? 'auto'), -1);
       if (!lib.path.startsWith('/proc/')) this.watcher?.add(lib.path);
     } catch (e) {
+      // Not for good: a file caught while being written gets another try once it has changed.
+      this.files.delete(k);
+      this.failedAs.set(k, now);
       this.report.failed(lib, e instanceof Error ? e.message : String(e), -1);
     }
   }

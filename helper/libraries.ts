@@ -191,10 +191,9 @@ export function tlsKindIn(path: string): TlsKind | null | undefined {
 export function tlsExecutableAt(path: string, seen: Set<string>, judge: (path: string) => TlsKind | null | undefined = tlsKindIn): LibraryFile | undefined {
   const st = statKey(path);
   if (!st || seen.has(`${st.dev}:${st.ino}`)) return undefined;
-  const kind = judge(path);
-  if (kind === undefined) return undefined; // gone meanwhile: not judged
-  seen.add(`${st.dev}:${st.ino}`);
-  if (!kind) return undefined;
+  // The file's own path first, while the link leads to it: judging a Go executable takes a
+  // while, and a short process is gone by then, with its /proc/<pid>/exe (the probes would
+  // then go to a path that no longer opens, and the file, judged, would never get them).
   let real = path;
   try {
     const target = fs.readlinkSync(path);
@@ -203,6 +202,10 @@ export function tlsExecutableAt(path: string, seen: Set<string>, judge: (path: s
   } catch {
     // not a link (or /proc/<pid>/exe of another namespace): keep the path, it opens the file
   }
+  const kind = judge(real);
+  if (kind === undefined) return undefined; // gone meanwhile: not judged
+  seen.add(`${st.dev}:${st.ino}`);
+  if (!kind) return undefined;
   return { path: real, ...st, source: 'maps', kind };
 }
 

@@ -182,7 +182,9 @@ describe('runtimes: Go, Node.js, GnuTLS (kernel, real programs)', function () {
     assert.ok(!rec.reports.some((r) => r.includes(late)));
     // The first run races the attachment (documented in the README): only its exec matters here.
     await run(late, ['client', `https://127.0.0.1:${port}/first`]);
-    await waitFor(() => rec!.reports.includes(`attached ${late} -1`), { what: 'the late binary attached' });
+    await waitFor(() => rec!.reports.includes(`attached ${late} -1`), { what: 'the late binary attached' }).catch((e: Error) => {
+      throw new Error(`${e.message}; discovery reported: ${rec!.reports.join('; ')}`);
+    });
     const res = await run(late, ['client', `https://127.0.0.1:${port}/second?size=100`]);
     assert.strictEqual(res.code, 0);
     await until(rec, res.pid, 'ingress', 100);
