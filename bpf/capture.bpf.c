@@ -526,7 +526,8 @@ static __always_inline void conn_end(__u32 tgid, __u64 ssl, __u8 reason)
 	bpf_map_delete_elem(&conns, &key);
 }
 
-static __always_inline void emit_call(__u64 id, struct call_args *a, __u64 len, __u32 dir)
+// Emits the records of a call; returns the call's connection (NULL if it has none).
+static __always_inline struct conn_state *emit_call(__u64 id, struct call_args *a, __u64 len, __u32 dir)
 {
 	__u32 zero = 0, tgid = id >> 32;
 	struct cap_config *cfg = bpf_map_lookup_elem(&settings, &zero);
@@ -539,13 +540,13 @@ static __always_inline void emit_call(__u64 id, struct call_args *a, __u64 len, 
 	if (!s) {
 		s = conn_get(tgid, a->ssl);
 		if (!s)
-			return;
+			return NULL;
 		s->sock.flags |= CAP_SOCK_MID_STREAM;
 	}
 	conn_set_fd(tgid, a->ssl, s, a->fd);
 	if (!port_passes(cfg, &s->sock)) {
 		s->off[dir] += len; // not captured, but offsets stay exact should the filter change
-		return;
+		return s;
 	}
 	conn_open(tgid, a->ssl, s, cfg);
 	c.tmpl.seq = s->off[dir];
@@ -579,17 +580,21 @@ static __always_inline void emit_call(__u64 id, struct call_args *a, __u64 len, 
 	count(CAP_CTR_BYTES_MOVED, len);
 	count(CAP_CTR_BYTES_TRUNCATED, len - (len < cap ? len : cap));
 	// A call with nothing captured still gets one record of no data, marked, so that its
-	// bytes show as cut off rather than as lost.
-	bpf_loop(c.ncap ? (c.ncap + CAP_CHUNK_MAX - 1) / CAP_CHUNK_MAX : 1, emit_chunk, &c, 0);
+	// bytes show as cut off rather than as lost. Most calls are one chunk: no loop for them.
+	if (c.ncap <= CAP_CHUNK_MAX)
+		emit_chunk(0, &c);
+	else
+		bpf_loop((c.ncap + CAP_CHUNK_MAX - 1) / CAP_CHUNK_MAX, emit_chunk, &c, 0);
+	return s;
 }
 
 // After any call (with or without bytes, a handshake step included): its socket I/O names the
 // connection's socket; when it had none and the socket is still unknown, the thread's next
 // socket write will (memory BIOs; see pending_fd).
-static __always_inline void after_call(__u64 id, struct call_args *a, struct thread_state *t)
+static __always_inline void after_call(__u64 id, struct call_args *a, struct thread_state *t, struct conn_state *s)
 {
-	struct conn_state *s = bpf_map_lookup_elem(&conns, &(struct conn_key){ .tgid = id >> 32, .ssl = a->ssl });
-
+	if (!s)
+		s = bpf_map_lookup_elem(&conns, &(struct conn_key){ .tgid = id >> 32, .ssl = a->ssl });
 	if (s && a->fd >= 0)
 		conn_set_fd(id >> 32, a->ssl, s, a->fd);
 	if (!s || s->sock.fd < 0)
@@ -619,9 +624,9 @@ static __always_inline int call_return(struct pt_regs *ctx, __u32 func, __u32 di
 		// SSL_write/SSL_read: the count, or <= 0 (WANT_READ/WANT_WRITE, error, close).
 		len = rc > 0 ? rc : 0;
 	}
-	if (len)
-		emit_call(id, &a, len, dir);
-	after_call(id, &a, t);
+	struct conn_state *s = len ? emit_call(id, &a, len, dir) : NULL;
+
+	after_call(id, &a, t, s);
 	return 0;
 }
 
