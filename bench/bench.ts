@@ -40,6 +40,8 @@ interface Run {
   lostAnywhere?: number;
   helperCpu?: number;
   helperCpuPer100MB?: number;
+  /** CPU seconds of the Go host (apidump's side) per 100 MB delivered. */
+  hostCpuPer100MB?: number;
   peakRssMiB?: number;
   errors?: string[];
 }
@@ -102,6 +104,7 @@ async function runOne(w: Workload, mode: Mode, ctx: { port: number; worker: numb
     lostAnywhere: (k.BytesLost ?? 0) + (k.BytesFaulted ?? 0) + (wr.DroppedBytes ?? 0),
     helperCpu: fin.cpuSeconds,
     helperCpuPer100MB: fin.cpuSeconds / Math.max(1e-9, delivered / 1e8),
+    hostCpuPer100MB: fin.hostCpuSeconds / Math.max(1e-9, delivered / 1e8),
     peakRssMiB: fin.peakRssMiB,
     errors: s.errors ?? [],
   };
@@ -114,7 +117,7 @@ function mean(runs: Run[]): Run {
     return v.length ? v.reduce((a, b) => a + b, 0) / v.length : undefined;
   };
   const r: Run = { ...runs[0]!, rps: avg((x) => x.rps)!, cpuPerReq: avg((x) => x.cpuPerReq)!, requests: avg((x) => x.requests)! };
-  for (const k of ['exchanges', 'delivered', 'moved', 'helperCpu', 'helperCpuPer100MB'] as const) r[k] = avg((x) => x[k]);
+  for (const k of ['exchanges', 'delivered', 'moved', 'helperCpu', 'helperCpuPer100MB', 'hostCpuPer100MB'] as const) r[k] = avg((x) => x[k]);
   // Losses and peaks: the worst of the runs, not an average.
   for (const k of ['lost', 'truncated', 'lostAnywhere', 'peakRssMiB'] as const) {
     const v = runs.map((x) => x[k]).filter((x): x is number => x !== undefined);
@@ -127,7 +130,7 @@ const pct = (x: number | undefined): string => (x === undefined ? '' : `${(100 *
 const num = (x: number | undefined, d = 0): string => (x === undefined ? '' : x.toFixed(d));
 
 function table(rows: Run[]): string {
-  const head = ['workload', 'mode', 'req/s', 'vs none', 'vs floor', 'CPU µs/req', 'exchanges', 'bytes', 'lost bytes', 'helper CPU s/100 MB', 'helper peak RSS MiB'];
+  const head = ['workload', 'mode', 'req/s', 'vs none', 'vs floor', 'CPU µs/req', 'exchanges', 'bytes', 'lost bytes', 'helper CPU s/100 MB', 'host CPU s/100 MB', 'helper peak RSS MiB'];
   const lines = [`| ${head.join(' | ')} |`, `|${head.map((_h, i) => (i < 2 ? '---' : '---:')).join('|')}|`];
   for (const r of rows) {
     const none = rows.find((x) => x.workload === r.workload && x.mode === 'none');
@@ -144,6 +147,7 @@ function table(rows: Run[]): string {
         r.moved ? pct((r.delivered ?? 0) / r.moved) : '',
         r.lost === undefined ? '' : `${r.lost}${r.lostAnywhere ? ` (${r.lostAnywhere} in all)` : ''}`,
         num(r.helperCpuPer100MB, 2),
+        num(r.hostCpuPer100MB, 2),
         num(r.peakRssMiB),
       ].join(' | ')} |`,
     );
@@ -280,7 +284,7 @@ async function main(): Promise<void> {
   const legend = [
     ...workloads.map((w) => `- **${w.name}**: ${w.what}`),
     ...MODES.filter((m) => modes.includes(m.mode)).map((m) => `- *${m.mode}*: ${m.what}`),
-    '- *exchanges*: requests and responses the host saw at both captured ends, per request nginx logged; *bytes*: bytes delivered to the host per byte the TLS calls moved (from the connections\' final offsets); *lost bytes*: in nginx and the client (and anywhere, from the helper\'s counters); *CPU µs/req*: nginx\'s worker and the load tool together.',
+    '- *exchanges*: requests and responses the host saw at both captured ends, per request nginx logged; *bytes*: bytes delivered to the host per byte the TLS calls moved (from the connections\' final offsets); *lost bytes*: in nginx and the client (and anywhere, from the helper\'s counters); *CPU µs/req*: nginx\'s worker and the load tool together; *host CPU*: the Go host of integrations/apidump reading and decoding the frames (apidump\'s side).',
   ].join('\n');
   const md = [
     `Made by \`${cmd}\` on ${when}: ${machine()}${foreign.length ? ' (**another capture was running: see the warning**)' : ''}.`,

@@ -80,6 +80,9 @@ struct thread_state {
 	struct call_args call;      // the TLS call in progress (call.func != 0)
 	struct call_args handshake; // a handshake in progress (handshake.ssl != 0)
 	__u64 pending_ssl;          // memory BIOs: the SSL* waiting for this thread's next socket write
+	__u64 known_ssl;            // the last SSL* of this thread whose socket is known, and that socket:
+	__s32 known_fd;             // a call on it that moves nothing needs no look at the connection
+	__u32 pad;
 };
 
 struct {
@@ -512,7 +515,10 @@ static __always_inline void conn_end(__u32 tgid, __u64 ssl, __u8 reason)
 	struct conn_key key = { .tgid = tgid, .ssl = ssl };
 	struct conn_state *s = bpf_map_lookup_elem(&conns, &key);
 	struct fd_key fk = { .tgid = tgid };
+	struct thread_state *t = thread_now(false);
 
+	if (t && t->known_ssl == ssl)
+		t->known_ssl = 0; // a new SSL* at this address is another connection
 	if (!s)
 		return;
 	if (s->shut && (reason == CAP_CLOSE_FD || reason == CAP_CLOSE_FREE))
@@ -593,12 +599,20 @@ static __always_inline struct conn_state *emit_call(__u64 id, struct call_args *
 // socket write will (memory BIOs; see pending_fd).
 static __always_inline void after_call(__u64 id, struct call_args *a, struct thread_state *t, struct conn_state *s)
 {
+	// Most calls that move nothing (WANT_READ) are on a connection whose socket this thread
+	// saw last: nothing to learn from them.
+	if (!s && a->ssl == t->known_ssl && (a->fd < 0 || a->fd == t->known_fd))
+		return;
 	if (!s)
 		s = bpf_map_lookup_elem(&conns, &(struct conn_key){ .tgid = id >> 32, .ssl = a->ssl });
 	if (s && a->fd >= 0)
 		conn_set_fd(id >> 32, a->ssl, s, a->fd);
-	if (!s || s->sock.fd < 0)
+	if (!s || s->sock.fd < 0) {
 		t->pending_ssl = a->ssl;
+		return;
+	}
+	t->known_ssl = a->ssl;
+	t->known_fd = s->sock.fd;
 }
 
 static __always_inline int call_return(struct pt_regs *ctx, __u32 func, __u32 dir, bool ex)

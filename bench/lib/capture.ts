@@ -42,8 +42,8 @@ export interface RunningCapture {
   helperPid: number;
   /** Call when the load starts and when it ends: the helper's CPU in between is its cost. */
   mark(): void;
-  /** Stops the helper; the host's accounts, the helper's CPU seconds between the marks, its peak RSS. */
-  finish(): Promise<{ summary: HostSummary; cpuSeconds: number; peakRssMiB: number }>;
+  /** Stops the helper; the host's accounts, the CPU seconds of the helper and of the host between the marks, the helper's peak RSS. */
+  finish(): Promise<{ summary: HostSummary; cpuSeconds: number; hostCpuSeconds: number; peakRssMiB: number }>;
 }
 
 export const PACKAGE_ROOT = path.resolve(__dirname, '..', '..', '..');
@@ -92,9 +92,13 @@ export async function startCapture(mode: Exclude<Mode, 'none'>, targets: { nginx
   let peak = 0;
   const sampler = setInterval(() => (peak = Math.max(peak, rssKiB(helperPid, 'VmRSS'))), 200);
   const marks: number[] = [];
+  const hostMarks: number[] = [];
   return {
     helperPid,
-    mark: () => void marks.push(cpuSeconds(helperPid)),
+    mark: () => {
+      marks.push(cpuSeconds(helperPid));
+      hostMarks.push(cpuSeconds(child.pid!));
+    },
     finish: async () => {
       clearInterval(sampler);
       peak = Math.max(peak, rssKiB(helperPid, 'VmHWM'));
@@ -107,7 +111,8 @@ export async function startCapture(mode: Exclude<Mode, 'none'>, targets: { nginx
       } catch {
         throw new Error(`the host printed no accounts (${mode}):\n${out.slice(-2000)}\n${err}`);
       }
-      return { summary, cpuSeconds: marks.length >= 2 ? marks[1]! - marks[0]! : 0, peakRssMiB: peak / 1024 };
+      const between = (m: number[]): number => (m.length >= 2 ? m[1]! - m[0]! : 0);
+      return { summary, cpuSeconds: between(marks), hostCpuSeconds: between(hostMarks), peakRssMiB: peak / 1024 };
     },
   };
 }
