@@ -4,7 +4,7 @@
 // the probe floor, the helper for every process, targeted at nginx, and targeted elsewhere.
 // Prints a table, writes it as markdown, JSON and a PNG chart (bench/results/), checks the
 // targets of issue #8 and says which it misses. A script, never a test.
-import { ChildProcess, execFileSync, spawn } from 'child_process';
+import { ChildProcess, execFileSync, spawn, spawnSync } from 'child_process';
 import { Command } from 'commander';
 import * as fs from 'fs';
 import * as os from 'os';
@@ -217,11 +217,9 @@ function chart(rows: Run[], png: string): string | undefined {
 function machine(): string {
   const cpu = /model name\s*:\s*(.*)/.exec(fs.readFileSync('/proc/cpuinfo', 'utf8'))?.[1] ?? 'unknown CPU';
   const ver = (cmd: string, args: string[]): string => {
-    try {
-      return execFileSync(cmd, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] }).split('\n')[0]!.trim();
-    } catch (e) {
-      return (e as { stderr?: string }).stderr?.split('\n')[0]?.trim() ?? '?';
-    }
+    // nginx and wrk print their versions on stderr (wrk exits 1 after it).
+    const r = spawnSync(cmd, args, { encoding: 'utf8' });
+    return `${r.stdout ?? ''}${r.stderr ?? ''}`.split('\n')[0]!.trim() || `${cmd} (version unknown)`;
   };
   return `${os.cpus().length} × ${cpu}, Linux ${os.release()}, ${ver('/usr/sbin/nginx', ['-v'])}, ${ver('wrk', ['-v'])}, ${ver('h2load', ['--version'])}, node ${process.version}`;
 }
