@@ -251,6 +251,18 @@ async function main(): Promise<void> {
   const nginx = await startBenchNginx(dir);
   // The target of 'others': a process with libssl mapped that makes no TLS call.
   const idle: ChildProcess = spawn('/usr/bin/python3', ['-c', 'import ssl, time; time.sleep(10**6)'], { stdio: 'ignore' });
+  // Stopped by Ctrl-C or kill: nginx and the idle process go with the bench (a running capture
+  // ends by itself: its host sees its stdin close).
+  const interrupted = (sig: NodeJS.Signals): void => {
+    process.stderr.write(`\nbench: ${sig}: stopping nginx\n`);
+    idle.kill('SIGKILL');
+    void nginx.stop().finally(() => {
+      fs.rmSync(dir, { recursive: true, force: true });
+      process.exit(sig === 'SIGINT' ? 130 : 143);
+    });
+  };
+  process.once('SIGINT', interrupted);
+  process.once('SIGTERM', interrupted);
   const rows: Run[] = [];
   try {
     await sleep(300);

@@ -61,19 +61,7 @@ export function ldconfigLibraries(): string[] {
  */
 export function mappedLibraries(): { path: string; pid: number }[] {
   const found = new Map<string, { path: string; pid: number }>();
-  let pids: string[];
-  try {
-    pids = fs.readdirSync('/proc').filter((d) => /^\d+$/.test(d));
-  } catch {
-    return [];
-  }
-  for (const pid of pids) {
-    let maps: string;
-    try {
-      maps = fs.readFileSync(`/proc/${pid}/maps`, 'utf8');
-    } catch {
-      continue; // the process ended, or is not ours to read
-    }
+  eachProcessMaps((pid, maps) => {
     for (const line of maps.split('\n')) {
       // address perms offset dev inode path
       const m = /^\S+ \S+ \S+ \S+ (\d+)\s+(\/.*)$/.exec(line);
@@ -85,8 +73,31 @@ export function mappedLibraries(): { path: string; pid: number }[] {
       const path = direct && direct.ino === ino ? m[2]! : `/proc/${pid}/root${m[2]}`;
       found.set(key, { path, pid: Number(pid) });
     }
-  }
+    return true;
+  });
   return [...found.values()];
+}
+
+/**
+ * Calls `fn` with the text of every process's /proc/<pid>/maps it can read, until `fn` returns
+ * false. A process that ends meanwhile, or is not ours to read, is passed over.
+ */
+function eachProcessMaps(fn: (pid: string, maps: string) => boolean): void {
+  let pids: string[];
+  try {
+    pids = fs.readdirSync('/proc').filter((d) => /^\d+$/.test(d));
+  } catch {
+    return;
+  }
+  for (const pid of pids) {
+    let maps: string;
+    try {
+      maps = fs.readFileSync(`/proc/${pid}/maps`, 'utf8');
+    } catch {
+      continue;
+    }
+    if (!fn(pid, maps)) return;
+  }
 }
 
 /** st_dev as stat() reports it (glibc's makedev) from the major and minor numbers /proc/<pid>/maps shows. */
@@ -102,27 +113,15 @@ export function devNumber(major: number, minor: number): number {
 export function mappedFiles(wanted: Set<string>): Set<string> {
   const found = new Set<string>();
   if (wanted.size === 0) return found;
-  let pids: string[];
-  try {
-    pids = fs.readdirSync('/proc').filter((d) => /^\d+$/.test(d));
-  } catch {
-    return found;
-  }
   const line = /^\S+ \S+ \S+ ([0-9a-f]+):([0-9a-f]+) (\d+)/gm;
-  for (const pid of pids) {
-    let maps: string;
-    try {
-      maps = fs.readFileSync(`/proc/${pid}/maps`, 'utf8');
-    } catch {
-      continue; // the process ended, or is not ours to read
-    }
+  eachProcessMaps((_pid, maps) => {
     for (const m of maps.matchAll(line)) {
       if (m[3] === '0') continue; // anonymous memory
       const k = `${devNumber(parseInt(m[1]!, 16), parseInt(m[2]!, 16))}:${m[3]}`;
       if (wanted.has(k)) found.add(k);
     }
-    if (found.size === wanted.size) break;
-  }
+    return found.size < wanted.size;
+  });
   return found;
 }
 
