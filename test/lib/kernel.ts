@@ -25,8 +25,17 @@ function kernelProblem(): string | undefined {
   return verdict;
 }
 
+/**
+ * The suites that called requireKernel(), shared with test/reporter.js through a global symbol
+ * (mocha loads both in one process): the reporter says how many tests ran on the kernel path.
+ */
+const KERNEL_SUITES = Symbol.for('https-capture.kernelSuites');
+
 /** Call in before(): skips (or, under CI=true, fails) when eBPF cannot be used here. */
 export function requireKernel(ctx: Mocha.Context): void {
+  const suite = ctx.test?.parent;
+  const g = globalThis as { [KERNEL_SUITES]?: Set<Mocha.Suite> };
+  if (suite) (g[KERNEL_SUITES] ??= new Set()).add(suite);
   const problem = kernelProblem();
   if (!problem) return;
   if (process.env.CI === 'true') throw new Error(`kernel path unavailable under CI=true: ${problem}`);
