@@ -4,7 +4,7 @@
 // (shown per call, never hidden), gaps and notes. It also reports where secrets lie in the
 // byte stream (masks) for the outputs that keep bytes (pcapng, raw). Pure code.
 import { Http1Connection, REQUEST_LINE, STATUS_LINE } from './http1';
-import { Http2Connection, looksLikeFrames, PREFACE as HTTP2_PREFACE } from './http2';
+import { Http2Connection, looksLikeFrames, PREFACE } from './http2';
 import { ConnParser, Dir, HttpRequestMessage, ParsedExchange, ParserSink } from './messages';
 import { Mask } from './redact';
 import { headerValue } from './body';
@@ -133,6 +133,15 @@ function grpcMessages(body: Buffer): number {
   return n;
 }
 
+/** grpc-message is percent-encoded; a malformed one is shown as it came. */
+function percentDecoded(s: string): string {
+  try {
+    return decodeURIComponent(s);
+  } catch {
+    return s;
+  }
+}
+
 export function grpcInfo(e: ParsedExchange): GrpcInfo | undefined {
   const req = e.request;
   if (!req || !(headerValue(req.headers, 'content-type') ?? '').startsWith('application/grpc')) return undefined;
@@ -145,7 +154,7 @@ export function grpcInfo(e: ParsedExchange): GrpcInfo | undefined {
     service: m?.[1] ?? '',
     method: m?.[2] ?? req.target,
     ...(status !== undefined ? { status: Number(status) } : {}),
-    ...(message !== undefined ? { message: decodeURIComponent(message) } : {}),
+    ...(message !== undefined ? { message: percentDecoded(message) } : {}),
     requestMessages: grpcMessages(req.body),
     responseMessages: res ? grpcMessages(res.body) : 0,
   };
@@ -176,8 +185,8 @@ function classify(data: Buffer, dir: Dir, joined: boolean, role: ConnInfo['role'
   }
   // An HTTP/2 server may send its SETTINGS before the client's preface has arrived.
   if (data.length >= 9 && data[3] === 4 && looksLikeFrames(data)) return undefined;
-  const n = Math.min(data.length, HTTP2_PREFACE.length);
-  if (data.subarray(0, n).equals(HTTP2_PREFACE.subarray(0, n))) return n === HTTP2_PREFACE.length ? { protocol: 'HTTP/2', clientDir: dir } : undefined;
+  const n = Math.min(data.length, PREFACE.length);
+  if (data.subarray(0, n).equals(PREFACE.subarray(0, n))) return n === PREFACE.length ? { protocol: 'HTTP/2', clientDir: dir } : undefined;
   if (data.length < DETECT_BYTES && !text.includes('\n') && (PARTIAL_REQUEST_LINE.test(text) || /^H?T?T?P?\/?1?\.?[01]? ?\d{0,3}$/.test(text))) return undefined;
   return { protocol: 'other' };
 }
@@ -189,6 +198,8 @@ function classify(data: Buffer, dir: Dir, joined: boolean, role: ConnInfo['role'
 export class Session {
   private readonly conns = new Map<string, Conn>();
   private exchangeCount = 0;
+  /** The newest capture timestamp seen: what is still open at end() ends then, not at its open. */
+  private lastNs = 0n;
 
   constructor(
     private readonly emit: (e: SessionEvent) => void,
@@ -196,6 +207,7 @@ export class Session {
   ) {}
 
   push(f: RawFrame): void {
+    if (typeof f.ts_ns === 'bigint' && f.ts_ns > this.lastNs) this.lastNs = f.ts_ns;
     if (f.type === 'conn_open') this.open(f);
     else if (f.type === 'segment') this.segment(f);
     else if (f.type === 'conn_close') this.close(f);
@@ -203,7 +215,12 @@ export class Session {
   }
 
   end(reason = 'end of capture'): void {
-    for (const c of [...this.conns.values()]) this.finish(c, reason, c.info.openNs);
+    for (const c of [...this.conns.values()]) this.finish(c, reason, this.lastNs > c.info.openNs ? this.lastNs : c.info.openNs);
+  }
+
+  /** The newest capture timestamp pushed so far (0n before any). */
+  get latestNs(): bigint {
+    return this.lastNs;
   }
 
   /** Offset up to which no more masks will come for this direction of the connection. */

@@ -5,6 +5,7 @@ import { createHash } from 'crypto';
 import * as fs from 'fs';
 import { Exchange, ExchangeAssembler } from './host';
 import { UserError } from './errors';
+import { PREFACE } from './http2';
 import { createRenderer, Format, RenderOptions, Sink } from './formats';
 import { FrameDecoder, FrameError, MAX_CONTROL_FRAME_BYTES, RawFrame } from './wire';
 
@@ -102,13 +103,10 @@ export function connectionSummaries(frames: RawFrame[]): Record<string, unknown>
       ingress_bytes: c.data[1].reduce((n, b) => n + b.length, 0),
       ingress_sha256: sha(c.data[1]),
       gap_bytes: Number(c.gaps),
-      http2_client_preface: out.subarray(0, HTTP2_PREFACE.length).equals(HTTP2_PREFACE),
+      http2_client_preface: out.subarray(0, PREFACE.length).equals(PREFACE),
     };
   });
 }
-
-/** What every HTTP/2 client sends first (RFC 9113, 3.4). */
-export const HTTP2_PREFACE = Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n', 'latin1');
 
 /**
  * `https-capture replay FILE [--format text|jsonl|har|pcapng|raw|frames]`: renders a recording

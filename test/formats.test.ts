@@ -200,6 +200,35 @@ describe('output formats on made-up traffic (no root)', () => {
     assert.ok(!flags.split('\n').includes('1'), 'no SYN for a connection joined mid-stream');
   });
 
+  it('a connection still open at the end ends at its last capture time, not at its open; a malformed grpc-message is kept as it came; an IPv4 end beside an IPv6 one is v4-mapped', () => {
+    const open = conversation(
+      [
+        { dir: 0, data: 'GET /slow HTTP/1.1\r\nHost: h\r\n\r\n' },
+        { dir: 1, data: 'HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789' },
+      ],
+      { noClose: true },
+    );
+    const lastNs = open[open.length - 1]!.ts_ns as bigint;
+    const lines = render('jsonl', open).toString().trim().split('\n').map((l) => JSON.parse(l) as { type: string; duration_ms?: number; closed_ns?: string });
+    for (const l of lines) assert.ok(validateLine(l), JSON.stringify(validateLine.errors));
+    const ex = lines.find((l) => l.type === 'exchange')!;
+    assert.ok(ex.duration_ms! >= 0, JSON.stringify(ex));
+    assert.strictEqual(lines.find((l) => l.closed_ns !== undefined)?.closed_ns, lastNs.toString());
+
+    const grpc = conversation([
+      { dir: 0, data: 'POST /pkg.Svc/Call HTTP/1.1\r\nHost: h\r\nContent-Type: application/grpc\r\nContent-Length: 0\r\n\r\n' },
+      { dir: 1, data: 'HTTP/1.1 200 OK\r\nContent-Length: 0\r\ngrpc-status: 2\r\ngrpc-message: 50%\r\n\r\n' },
+    ]);
+    const g = render('jsonl', grpc).toString().trim().split('\n').map((l) => JSON.parse(l) as { type: string; grpc?: { message?: string } });
+    assert.strictEqual(g.find((l) => l.type === 'exchange')?.grpc?.message, '50%');
+
+    const mixed = conversation([{ dir: 0, data: 'GET / HTTP/1.1\r\nHost: h\r\n\r\n' }], { local: ['127.0.0.1', 40000], remote: ['::1', 9443] });
+    const file = path.join(tmp, 'mixed.pcapng');
+    fs.writeFileSync(file, render('pcapng', mixed));
+    const out = execFileSync('tshark', ['-r', file, '-T', 'fields', '-e', 'ipv6.src', '-e', 'ipv6.dst'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] });
+    assert.deepStrictEqual(out.trim().split('\n')[0]!.split('\t'), ['::ffff:127.0.0.1', '::1']);
+  });
+
   it('text: not HTTP and gaps are shown plainly; the raw view keeps the call-by-call dump', () => {
     const other = conversation([{ dir: 1, data: '220 ready\r\n' }, { dir: 0, data: Buffer.from([1, 2, 3, 0xff]) }]);
     const text = render('text', other, { printLimit: 4096 }).toString();

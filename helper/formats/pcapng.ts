@@ -10,6 +10,7 @@
 // `pcap-parser` only reads classic pcap), and the format needs only three block types here
 // (section header, interface description, enhanced packet; pcapng spec, IETF draft
 // draft-ietf-opsawg-pcapng).
+import * as ipaddr from 'ipaddr.js';
 import { RawFrame } from '../wire';
 import { MaskedFrames, Renderer, RenderOptions, Sink } from './output';
 
@@ -90,22 +91,11 @@ function checksum(...parts: Buffer[]): number {
   return ~sum & 0xffff;
 }
 
+/** The address as 4 bytes, or as 16 (an IPv4 address v4-mapped) when the packet is IPv6. */
 function ipBytes(ip: string, v6: boolean): Buffer {
-  if (!v6) return Buffer.from(ip.split('.').map(Number));
-  // Expand "::" and a dotted IPv4 tail (v4-mapped).
-  let s = ip;
-  const tail = /(\d+\.\d+\.\d+\.\d+)$/.exec(s);
-  if (tail) {
-    const [a, b, c, d] = tail[1]!.split('.').map(Number) as [number, number, number, number];
-    s = s.slice(0, -tail[1]!.length) + `${((a << 8) | b).toString(16)}:${((c << 8) | d).toString(16)}`;
-  }
-  const [head, rest] = s.split('::') as [string, string | undefined];
-  const h = head ? head.split(':') : [];
-  const r = rest !== undefined ? (rest ? rest.split(':') : []) : [];
-  const groups = rest !== undefined ? [...h, ...Array<string>(8 - h.length - r.length).fill('0'), ...r] : h;
-  const out = Buffer.alloc(16);
-  groups.forEach((g, i) => out.writeUInt16BE(parseInt(g || '0', 16), i * 2));
-  return out;
+  let a = ipaddr.isValid(ip) ? ipaddr.parse(ip) : ipaddr.parse(v6 ? '::' : '0.0.0.0');
+  if (v6 && a.kind() === 'ipv4') a = (a as ipaddr.IPv4).toIPv4MappedAddress();
+  return Buffer.from(a.toByteArray());
 }
 
 interface Endpoint {
@@ -186,7 +176,8 @@ export class PcapngRenderer implements Renderer {
   private readonly masked: MaskedFrames;
   private readonly conns = new Map<string, Conn>();
   private ipId = 1;
-  packets = 0;
+  /** The newest capture timestamp: connections still open at the end close then. */
+  private lastNs = 0n;
 
   constructor(
     private readonly out: Sink,
@@ -202,7 +193,7 @@ export class PcapngRenderer implements Renderer {
 
   end(): void {
     this.masked.end();
-    for (const c of this.conns.values()) this.fin(c, BigInt(Date.now()) * 1_000_000n, 'the capture ended');
+    for (const c of this.conns.values()) this.fin(c, this.lastNs, 'the capture ended');
     this.conns.clear();
   }
 
@@ -215,7 +206,6 @@ export class PcapngRenderer implements Renderer {
     }
     if (comment) notes.push(comment);
     this.out.write(packetBlock(ts, tcpPacket(src, dst, c.v6, seq, ack, flags, payload, this.ipId++), notes.join('; ') || undefined, fromPeer));
-    this.packets++;
   }
 
   private conn(f: RawFrame): Conn {
@@ -263,6 +253,7 @@ export class PcapngRenderer implements Renderer {
   }
 
   private frame(f: RawFrame): void {
+    if (typeof f.ts_ns === 'bigint' && f.ts_ns > this.lastNs) this.lastNs = f.ts_ns;
     if (f.type === 'conn_open') this.conn(f);
     else if (f.type === 'segment') {
       const c = this.conn(f);
