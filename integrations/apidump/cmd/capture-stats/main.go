@@ -21,6 +21,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/https-capture/integrations/apidump"
 )
@@ -57,9 +58,8 @@ type connSummary struct {
 	pid    uint32
 	next   [2]uint64
 	ended  bool
-	h1     [2]scanner
+	h1     [2][2]scanner // per direction: request lines, status lines (a scanner keeps one pattern's tail)
 	h2     [2]h2walker
-	isH2   bool
 	truncd [2]bool
 }
 
@@ -157,7 +157,7 @@ func main() {
 		fmt.Fprintln(os.Stderr, "capture-stats: give the helper's command after --, e.g. -- node dist/helper/cli.js")
 		os.Exit(2)
 	}
-	opts := apidump.Options{Command: command, Stderr: os.Stderr, StatsInterval: 3_600_000_000_000}
+	opts := apidump.Options{Command: command, Stderr: os.Stderr, StatsInterval: time.Hour}
 	for _, p := range strings.Split(pids, ",") {
 		if n, err := strconv.Atoi(p); err == nil {
 			opts.Pids = append(opts.Pids, n)
@@ -228,16 +228,13 @@ func main() {
 			} else if e.Seq > cs.next[d] {
 				p.Truncated += e.Seq - cs.next[d] - e.LostBefore
 			}
+			if e.Seq > cs.next[d] {
+				cs.h2[d].broken = true // missing bytes, lost or cut off: frame headers can no longer be followed
+			}
 			cs.next[d] = e.Seq + uint64(len(e.Data))
 			cs.truncd[d] = e.Truncated
-			if e.LostBefore > 0 {
-				cs.h2[d].broken = true
-			}
-			if !cs.isH2 && d == apidump.DirEgress && cs.next[d] == uint64(len(e.Data)) && bytes.HasPrefix(e.Data, preface[:8]) {
-				cs.isH2 = true
-			}
-			p.RequestLines += cs.h1[d].count(e.Data, []byte("HTTP/1.1\r\n"))
-			p.StatusLines += cs.h1[d].count(e.Data, []byte("HTTP/1.1 "))
+			p.RequestLines += cs.h1[d][0].count(e.Data, []byte("HTTP/1.1\r\n"))
+			p.StatusLines += cs.h1[d][1].count(e.Data, []byte("HTTP/1.1 "))
 			cs.h2[d].feed(e.Data, &p.H2Headers[d])
 		case *apidump.ConnClose:
 			cs := sum.Conns[e.ConnID]
