@@ -1,7 +1,7 @@
 // capture.bpf.c: uprobes on OpenSSL's SSL_write/SSL_read and their _ex forms; every byte a
 // call really moved is copied into the ring buffer, in chunks, up to a per-call cap.
 //
-// Flow: the entry probe stashes the call's arguments per thread (map `active`); the return
+// Flow: the entry probe stashes the call's arguments per thread (task storage `threads`); the return
 // probe reads how many bytes the call moved, advances the connection's per-direction byte
 // offset (map `conns`) by exactly that many, and writes up to `call_cap` bytes as records of
 // at most CAP_CHUNK_MAX bytes each. Bytes past the cap, or in records the ring buffer had no
@@ -596,7 +596,7 @@ static __always_inline struct conn_state *emit_call(__u64 id, struct call_args *
 
 // After any call (with or without bytes, a handshake step included): its socket I/O names the
 // connection's socket; when it had none and the socket is still unknown, the thread's next
-// socket write will (memory BIOs; see pending_fd).
+// socket write will (memory BIOs; see pending_ssl).
 static __always_inline void after_call(__u64 id, struct call_args *a, struct thread_state *t, struct conn_state *s)
 {
 	// Most calls that move nothing (WANT_READ) are on a connection whose socket this thread
@@ -1067,12 +1067,12 @@ static __always_inline bool tls_library_name(const char *path, __u32 n)
 	       path[at + 10] == 's' && path[at + 11] == 'o';
 }
 
-// Whether ".so" starts within the last 10 bytes of the path, as in libssl.so, libssl.so.3,
-// libgnutls.so.30 or libssl.so.1.0.0: most paths opened (the files a server serves, /proc,
+// Whether ".so" starts within the last 16 bytes of the path, as in libssl.so, libssl.so.3,
+// libgnutls.so.30, libssl.so.1.0.0 or libgnutls.so.30.37.1: most paths opened (the files a server serves, /proc,
 // /dev) are refused here, before the walk over the whole path.
 static __always_inline bool so_near_end(const char *path, __u32 n)
 {
-	for (__u32 back = 3; back <= 10; back++) {
+	for (__u32 back = 3; back <= 16; back++) {
 		__u32 at;
 
 		if (back > n)
@@ -1113,6 +1113,8 @@ int BPF_PROG(process_exec, struct task_struct *p, pid_t old_pid, struct linux_bi
 	struct cap_proc *e;
 	__u32 zero = 0;
 
+	// A new program on this thread: a call or a pending socket of the old one means nothing now.
+	bpf_task_storage_delete(&threads, p);
 	cfg = bpf_map_lookup_elem(&settings, &zero);
 	if (!cfg || !(cfg->flags & CAP_CFG_EXEC_EVENTS))
 		return 0;
@@ -1141,7 +1143,7 @@ int BPF_PROG(process_exec, struct task_struct *p, pid_t old_pid, struct linux_bi
 #define NR_recvmmsg 299
 #define NR_sendmmsg 307
 
-// The socket write that follows a call on a connection without socket (pending_fd): it names
+// The socket write that follows a call on a connection without socket (pending_ssl): it names
 // the connection's socket if it is a TCP/IP one. Only the first is taken: a mapped connection
 // keeps its socket.
 static __always_inline void socket_written(__u32 tgid, struct thread_state *t, int fd)
@@ -1254,6 +1256,8 @@ int BPF_PROG(process_exit, struct task_struct *task)
 
 	if (BPF_CORE_READ(task, signal, live.counter) != 0)
 		return 0; // other threads of the process live on
+	if (go_procs_seen)
+		bpf_map_delete_elem(&go_procs, &tgid); // a later process with this pid is judged anew
 	if (!bpf_map_lookup_elem(&procs, &tgid))
 		return 0;
 	bpf_map_delete_elem(&procs, &tgid);
