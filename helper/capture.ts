@@ -1,9 +1,8 @@
 // capture.ts: one capture session. Loads bpf/capture.bpf.o through the bridge, sets the
 // filters and the per-call cap, attaches the OpenSSL probe set to library files, drains the
 // ring buffer into decoded records, and reads the kernel-side counters.
-import * as fs from 'fs';
 import { BpfObject, BPF_OBJECT_PATH, BridgeError, monotonicToWallOffset, RingStats, UprobeOptions } from './bridge';
-import { LibraryFile } from './libraries';
+import { fileVersion, LibraryFile } from './libraries';
 import { GO_READ, GO_WRITE, planGoCached } from './golang';
 import { exportedOffsets, planOpenSsl, ProbePlan } from './openssl';
 import { CALL_CAP_MAX, CaptureRecord, COMM_LEN, decodeBatch, encodeConfig } from './records';
@@ -348,14 +347,7 @@ export class Capture {
   /** The probe plan of a file, worked out once per (device, inode) and mode. */
   private plan(library: LibraryFile, mode: ProbeMode): ProbePlan {
     // Size and mtime too: a plan of a file read while being written must not outlive it.
-    let version = '';
-    try {
-      const st = fs.statSync(library.path);
-      version = `${st.size}:${st.mtimeMs}`;
-    } catch {
-      // gone: planning says why
-    }
-    const k = `${library.dev}:${library.ino}:${version}:${mode}`;
+    const k = `${library.dev}:${library.ino}:${fileVersion(library.path)}:${mode}`;
     let plan = this.plans.get(k);
     if (!plan) {
       const names = [...OPENSSL_PROBES.map((p) => p.func), ...OPENSSL_CONN_PROBES.map((p) => p.func)];

@@ -272,12 +272,11 @@ async function main(argv: string[]): Promise<number> {
     throw e;
   }
 
-  capture.start((records) => {
-    for (const r of records) {
+  capture.start((records) =>
+    recording.pushAll(records, (r) => {
       if (r.kind !== 'data') discovery.onRecord(r);
-      recording.push(r);
-    }
-  });
+    }),
+  );
   const named = [...opts.pid, ...opts.comm].join(', ');
   const who = targeted ? `processes ${named} (probes only in them)` : named ? `processes ${named} (filtered in the kernel)` : 'all processes';
   log(`capturing TLS plaintext of ${who}${opts.output ? ` into ${opts.output}` : ''} as ${format}${opts.redact === false ? ' (not redacted)' : ''}${opts.record ? `, frames into ${opts.record}` : ''}; Ctrl-C to stop`);

@@ -12,7 +12,7 @@ import * as chokidar from 'chokidar';
 import * as fs from 'fs';
 import * as path from 'path';
 import { AttachResult, Capture, ProbeMode } from './capture';
-import { findTlsLibraries, LibraryFile, libraryKind, mappedFiles, mappedLibraries, statKey, TlsKind, tlsExecutableAt, tlsExecutables } from './libraries';
+import { fileVersion, findTlsLibraries, LibraryFile, libraryKind, mappedFiles, mappedLibraries, statKey, TlsKind, tlsExecutableAt, tlsExecutables } from './libraries';
 import { CaptureRecord } from './records';
 
 export interface DiscoveryReport {
@@ -44,16 +44,6 @@ interface Known {
 }
 
 const key = (dev: number, ino: number): string => `${dev}:${ino}`;
-
-/** A file's size and mtime: what changes while it is written. */
-function version(p: string): string {
-  try {
-    const st = fs.statSync(p);
-    return `${st.size}:${st.mtimeMs}`;
-  } catch {
-    return 'gone';
-  }
-}
 
 const stat = statKey;
 
@@ -177,8 +167,8 @@ export class Discovery {
   private attachFile(lib: LibraryFile): void {
     const k = key(lib.dev, lib.ino);
     if (this.files.has(k) || !this.wanted(lib)) return;
-    const now = version(lib.path);
-    if (this.failedAs.has(k) && this.failedAs.get(k) === now) return; // the same file failed before
+    const now = fileVersion(lib.path);
+    if (this.failedAs.get(k) === now) return; // the same file failed before
     // Another file under this path before: replaced on disk. Its probes stay (processes may
     // still map it) but move aside, and go once nobody maps it (poll()).
     for (const known of this.files.values()) {

@@ -5,7 +5,7 @@
 // and tests); pushBatch() takes a ring-buffer batch and encodes its segments straight into a
 // FrameWriter (the --ipc and recording path, helper/segments.ts). Pure: no process or kernel.
 import { ConnCloseFrame, ConnOpenFrame, HelperFrame, SegmentFrame } from './generated/protocol';
-import { CaptureRecord, ConnRecord, DataRecord, decodeRecord, Kind, OFFSETS as O, RecordError, SockInfo } from './records';
+import { CaptureRecord, checkData, ConnRecord, DataRecord, decodeRecord, forEachRecord, Kind, OFFSETS as O, SockInfo } from './records';
 import { encodeSegment, newSegmentCache, SEGMENT_OVERHEAD, SegmentCache } from './segments';
 import { FrameWriter } from './wire';
 
@@ -16,7 +16,6 @@ const D_CONN = O['cap_data.conn_id'];
 const D_SEQ = O['cap_data.seq'];
 const D_CALL_LEN = O['cap_data.call_len'];
 const D_CHUNK_OFF = O['cap_data.chunk_off'];
-const D_DATA_LEN = O['cap_data.data_len'];
 const D_CAP_LEN = O['cap_data.cap_len'];
 const D_DIR = O['cap_data.dir'];
 const D_DATA = O.cap_data;
@@ -110,23 +109,16 @@ export class FrameBuilder {
    */
   pushBatch(batch: Buffer, writer: FrameWriter, onRecord?: (r: CaptureRecord) => void): void {
     const view = new DataView(batch.buffer, batch.byteOffset, batch.length);
-    writer.batch(() => {
-      let at = 0;
-      while (at < batch.length) {
-        if (batch.length - at < O.cap_hdr) throw new RecordError(`record at ${at}: ${batch.length - at} bytes, less than a header`);
-        const size = view.getUint32(at, true);
-        if (size < O.cap_hdr || at + size > batch.length) throw new RecordError(`record at ${at}: bad size ${size}`);
-        if (view.getUint16(at + O['cap_hdr.kind'], true) === Kind.Data) this.dataAt(batch, view, at, size, writer);
-        else {
-          const r = decodeRecord(batch.subarray(at, at + size));
-          if (r) {
-            onRecord?.(r);
-            this.push(r);
-          }
+    writer.batch(() =>
+      forEachRecord(batch, (at, size, kind) => {
+        if (kind === Kind.Data) return this.dataAt(batch, view, at, size, writer);
+        const r = decodeRecord(batch.subarray(at, at + size));
+        if (r) {
+          onRecord?.(r);
+          this.push(r);
         }
-        at += size;
-      }
-    });
+      }),
+    );
   }
 
   closeAll(reason: string): void {
@@ -134,9 +126,8 @@ export class FrameBuilder {
   }
 
   private dataAt(batch: Buffer, v: DataView, at: number, size: number, writer: FrameWriter): void {
-    if (size < D_DATA) throw new RecordError(`data record of ${size} bytes`);
-    const dataLen = v.getUint32(at + D_DATA_LEN, true);
-    if (D_DATA + dataLen !== size) throw new RecordError(`data record of ${size} bytes says ${dataLen} bytes of data`);
+    checkData(batch, at, size);
+    const dataLen = size - D_DATA;
     const id = v.getUint32(at + D_CONN, true) + v.getUint32(at + D_CONN + 4, true) * TWO32;
     let c = this.conns.get(id);
     if (c === undefined) {

@@ -85,9 +85,6 @@ export function wireCounters(k: KernelCounters | undefined): WireKernelCounters 
   };
 }
 
-// FrameBuilder and segmentFrom live in frames.ts; importers of this module find them here too.
-export { FrameBuilder, segmentFrom } from './frames';
-
 /** Opens a file for a frame recording: created or truncated, mode 0600 even if it existed. */
 export function openRecording(file: string): fs.WriteStream {
   const fd = fs.openSync(file, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_TRUNC, 0o600);
@@ -152,7 +149,8 @@ export interface ProcessEvent {
  * The frame stream of the standalone command (without --ipc): the frames --ipc would write
  * (hello, process, conn_open, segment, conn_close, loss, bye), built by the same FrameBuilder
  * and FrameWriter. Every frame goes to `onFrame` (the human outputs render them) and, with
- * `--record FILE`, into FILE (mode 0600) for `https-capture replay`.
+ * `--record FILE`, into FILE (mode 0600) for `https-capture replay`. Without a recording (nor
+ * --validate) no frame is encoded: the renderers take the objects.
  */
 export class StandaloneFrames {
   private readonly file?: fs.WriteStream;
@@ -167,23 +165,30 @@ export class StandaloneFrames {
     opts: { validate?: boolean; maxQueueBytes?: number; onFrame?: (f: RawFrame) => void } = {},
   ) {
     if (path) this.file = openRecording(path);
-    // Without a recording the writer still counts and validates, into a stream that keeps nothing.
+    // Without a recording, --validate still encodes and checks every frame, into a stream that
+    // keeps nothing; otherwise the writer only answers for its (zero) counters.
+    const encode = this.file !== undefined || opts.validate === true;
     const stream = this.file ?? new Writable({ write: (_c, _e, cb) => cb() });
     this.writer = new FrameWriter(stream, { maxQueueBytes: opts.maxQueueBytes ?? DEFAULT_MAX_QUEUE_BYTES, validate: opts.validate ?? false });
-    const send = (f: HelperFrame): boolean => {
+    this.send = (f: HelperFrame): boolean => {
       opts.onFrame?.(f as unknown as RawFrame);
-      return this.writer.write(f as unknown as RawFrame);
+      return encode ? this.writer.write(f as unknown as RawFrame) : true;
     };
-    this.send = send;
-    this.losses = new LossReporter(this.writer, send);
-    send(helloFrame(this.writer.maxQueueBytes));
-    this.builder = new FrameBuilder(wallOffsetNs, send);
+    this.losses = new LossReporter(this.writer, this.send);
+    this.send(helloFrame(this.writer.maxQueueBytes));
+    this.builder = new FrameBuilder(wallOffsetNs, this.send);
   }
 
   private readonly send: (f: HelperFrame) => boolean;
 
-  push(r: CaptureRecord): void {
-    if (!this.closed) this.builder.push(r);
+  /** One ring-buffer batch of records: one write into the recording for all of it. */
+  pushAll(records: readonly CaptureRecord[], each?: (r: CaptureRecord) => void): void {
+    this.writer.batch(() => {
+      for (const r of records) {
+        each?.(r);
+        if (!this.closed) this.builder.push(r);
+      }
+    });
   }
 
   process(e: ProcessEvent): void {

@@ -36,6 +36,16 @@ export function statKey(path: string): { dev: number; ino: number } | undefined 
   }
 }
 
+/** A file's size and mtime ('gone' when it cannot be read): what changes while it is written. */
+export function fileVersion(path: string): string {
+  try {
+    const st = fs.statSync(path);
+    return `${st.size}:${st.mtimeMs}`;
+  } catch {
+    return 'gone';
+  }
+}
+
 /** Paths of libssl in the system linker cache. */
 export function ldconfigLibraries(): string[] {
   let out = '';

@@ -228,20 +228,37 @@ export function comm(buf: Buffer, at: number): string {
 }
 
 /**
- * Decodes one batch: records back to back, each starting with its u32 size. `data` of the
- * returned records are views into `batch` (no copy). Unknown kinds are skipped.
+ * Walks one batch: records back to back, each starting with its u32 size. Calls `fn` with each
+ * record's offset, size and kind; throws RecordError on a record that does not fit.
  */
-export function decodeBatch(batch: Buffer): CaptureRecord[] {
-  const out: CaptureRecord[] = [];
+export function forEachRecord(batch: Buffer, fn: (at: number, size: number, kind: number) => void): void {
   let at = 0;
   while (at < batch.length) {
     if (batch.length - at < O.cap_hdr) throw new RecordError(`record at ${at}: ${batch.length - at} bytes, less than a header`);
     const size = batch.readUInt32LE(at + O['cap_hdr.size']);
     if (size < O.cap_hdr || at + size > batch.length) throw new RecordError(`record at ${at}: bad size ${size}`);
-    const rec = decodeRecord(batch.subarray(at, at + size));
-    if (rec) out.push(rec);
+    fn(at, size, batch.readUInt16LE(at + O['cap_hdr.kind']));
     at += size;
   }
+}
+
+/** Checks the data record of `size` bytes at `at`; returns its function's name. */
+export function checkData(b: Buffer, at: number, size: number): TlsFunction {
+  if (size < O.cap_data) throw new RecordError(`data record of ${size} bytes`);
+  const dataLen = b.readUInt32LE(at + O['cap_data.data_len']);
+  if (O.cap_data + dataLen !== size) throw new RecordError(`data record of ${size} bytes says ${dataLen} bytes of data`);
+  const func = FUNCS[b[at + O['cap_data.func']]!];
+  if (!func) throw new RecordError(`data record with unknown function ${b[at + O['cap_data.func']]}`);
+  return func;
+}
+
+/** Decodes one batch. `data` of the returned records are views into `batch` (no copy). Unknown kinds are skipped. */
+export function decodeBatch(batch: Buffer): CaptureRecord[] {
+  const out: CaptureRecord[] = [];
+  forEachRecord(batch, (at, size) => {
+    const rec = decodeRecord(batch.subarray(at, at + size));
+    if (rec) out.push(rec);
+  });
   return out;
 }
 
@@ -251,11 +268,7 @@ export function decodeRecord(r: Buffer): CaptureRecord | undefined {
   const pid = r.readUInt32LE(O['cap_hdr.pid']);
   const tid = r.readUInt32LE(O['cap_hdr.tid']);
   if (kind === Kind.Data) {
-    if (r.length < O.cap_data) throw new RecordError(`data record of ${r.length} bytes`);
-    const dataLen = r.readUInt32LE(O['cap_data.data_len']);
-    if (O.cap_data + dataLen !== r.length) throw new RecordError(`data record of ${r.length} bytes says ${dataLen} bytes of data`);
-    const func = FUNCS[r.readUInt8(O['cap_data.func'])];
-    if (!func) throw new RecordError(`data record with unknown function ${r.readUInt8(O['cap_data.func'])}`);
+    const func = checkData(r, 0, r.length);
     return {
       kind: 'data',
       tsNs,

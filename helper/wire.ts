@@ -332,8 +332,7 @@ export class FrameWriter {
   /** The output buffer, with room for `n` more bytes at `position`. */
   reserve(n: number): Buffer {
     if (this.pos + n > this.out.length) {
-      if (this.pos > 0 && this.batching === 0) this.flush();
-      else if (this.pos > 0) this.handOff(); // inside a batch: what is there goes out now, in order
+      this.flush(); // what is there goes out now, in order (inside a batch too)
       if (n > this.out.length) this.setOut(Buffer.allocUnsafeSlow(Math.max(n, OUT_BYTES)));
     }
     return this.out;
