@@ -68,7 +68,9 @@ describe('security: where plaintext goes (kernel, strace, nginx, curl)', functio
     const trace = path.join(dir, 'strace.out');
     const record = path.join(dir, 'run.frames');
     const traced = 'trace=%network,openat,open,creat,rename,renameat,renameat2,link,linkat,symlink,symlinkat,unlink,unlinkat,mkdir,mkdirat,truncate';
-    host = new HelperHost({ command: 'strace', args: ['-f', '-qq', '-e', traced, '-o', trace, process.execPath, CLI, '--ipc', '--port', String(nginx.port), '--record', record] });
+    // -ff: a file per thread, so that no call is split into "<unfinished ...>" and "resumed" lines
+    // by another thread's (libuv's pool opens files while the main thread runs).
+    host = new HelperHost({ command: 'strace', args: ['-ff', '-qq', '-e', traced, '-o', trace, process.execPath, CLI, '--ipc', '--port', String(nginx.port), '--record', record] });
     const ex: Exchange[] = [];
     host.on('exchange', (e) => ex.push(e));
     const hello = await host.ready;
@@ -107,8 +109,9 @@ describe('security: where plaintext goes (kernel, strace, nginx, curl)', functio
 
     // The whole run, every process of the helper (and the ldconfig it runs): no network
     // socket, no connection, nothing written but the recording.
-    const lines = fs.readFileSync(trace, 'utf8').split('\n').filter((l) => /^\d+ +[a-z_0-9]+\(/.test(l));
-    const calls = (name: RegExp): string[] => lines.filter((l) => name.test(l.replace(/^\d+ +/, '')));
+    const traces = fs.readdirSync(dir).filter((f) => f.startsWith('strace.out.'));
+    const lines = traces.flatMap((f) => fs.readFileSync(path.join(dir, f), 'utf8').split('\n')).filter((l) => /^[a-z_0-9]+\(/.test(l));
+    const calls = (name: RegExp): string[] => lines.filter((l) => name.test(l));
     assert.ok(lines.length > 50, `strace saw the helper (${lines.length} lines)`);
     assert.deepStrictEqual(calls(/^(socket|connect|bind|listen|accept4?|sendto|recvfrom)\(/), [], 'no socket of its own, no connection, no datagram');
     assert.deepStrictEqual(calls(/^socketpair\(/).filter((l) => !l.includes('socketpair(AF_UNIX,')), [], 'socket pairs only of AF_UNIX');
