@@ -277,6 +277,8 @@ export async function startNginx(opts: {
   extraConf?: string;
   /** Connections per worker (default 512); the workers' fd limit is raised to fit. */
   workerConnections?: number;
+  /** Parameters of the access_log directive, e.g. "buffer=256k flush=200ms" (a write per request without). */
+  accessLogParams?: string;
 }): Promise<NginxServer> {
   const { dir } = opts;
   const root = path.join(dir, 'root');
@@ -305,7 +307,7 @@ events { worker_connections ${opts.workerConnections ?? 512}; }
 http {
   log_format capture '$remote_addr:$remote_port $request_method $request_uri $status $body_bytes_sent '
                      '$connection $connection_requests';
-  access_log ${q(accessLog)} capture;
+  access_log ${q(accessLog)} capture${opts.accessLogParams ? ` ${opts.accessLogParams}` : ''};
   client_body_temp_path ${q(path.join(dir, 'tmp/body'))};
   proxy_temp_path ${q(path.join(dir, 'tmp/proxy'))};
   fastcgi_temp_path ${q(path.join(dir, 'tmp/fastcgi'))};
