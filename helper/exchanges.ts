@@ -7,6 +7,7 @@ import { Http1Connection, REQUEST_LINE, STATUS_LINE } from './http1';
 import { Http2Connection, looksLikeFrames, PREFACE } from './http2';
 import { ConnParser, Dir, HttpRequestMessage, ParsedExchange, ParserSink } from './messages';
 import { Mask } from './redact';
+import { hostPort } from './show';
 import { headerValue } from './body';
 import { RawFrame } from './wire';
 
@@ -115,7 +116,6 @@ function connInfo(f: RawFrame): ConnInfo {
   };
 }
 
-const hostPort = (ip: string, port: number): string => (ip.includes(':') ? `[${ip}]:${port}` : `${ip}:${port}`);
 
 /** The full URL of a request, from :scheme/:authority (HTTP/2), Host (HTTP/1) or the socket. */
 export function requestUrl(req: HttpRequestMessage, conn: ConnInfo): string {

@@ -13,7 +13,13 @@ export interface ShowOptions {
   color: boolean;
 }
 
-const C = { dim: '\x1b[2m', bold: '\x1b[1m', green: '\x1b[32m', cyan: '\x1b[36m', yellow: '\x1b[33m', reset: '\x1b[0m' };
+/** The terminal colors of every human output, and the same names for no color. */
+export const COLORS = { dim: '\x1b[2m', bold: '\x1b[1m', green: '\x1b[32m', cyan: '\x1b[36m', yellow: '\x1b[33m', red: '\x1b[31m', reset: '\x1b[0m' };
+export type Palette = typeof COLORS;
+export const PLAIN: Palette = { dim: '', bold: '', green: '', cyan: '', yellow: '', red: '', reset: '' };
+
+/** "127.0.0.1:443", "[::1]:443". */
+export const hostPort = (ip: string, port: number): string => (ip.includes(':') ? `[${ip}]:${port}` : `${ip}:${port}`);
 
 export function formatTime(ns: bigint): string {
   const ms = Number(ns / 1_000_000n);
@@ -47,15 +53,19 @@ export function hexDump(b: Buffer): string {
   return lines.join('\n');
 }
 
+/** Bytes for a person: as text (CRLF as LF, no final newline) when they read as text, else a hex dump. */
+export function showBytes(b: Buffer): string {
+  return isText(b) ? b.toString('utf8').replace(/\r\n/g, '\n').replace(/\n$/, '') : hexDump(b);
+}
+
 /** "client 127.0.0.1:50312 -> 127.0.0.1:443" (local side first), or "fd unknown". */
 export function showSock(s: SockInfo): string {
-  const addr = (ip: string, port: number): string => (ip.includes(':') ? `[${ip}]:${port}` : `${ip}:${port}`);
-  const where = s.family === 'unknown' ? (s.fd >= 0 ? `fd ${s.fd}, not an IP socket` : 'socket unknown') : `${addr(s.localIp, s.localPort)} -> ${addr(s.remoteIp, s.remotePort)}`;
+  const where = s.family === 'unknown' ? (s.fd >= 0 ? `fd ${s.fd}, not an IP socket` : 'socket unknown') : `${hostPort(s.localIp, s.localPort)} -> ${hostPort(s.remoteIp, s.remotePort)}`;
   return `${s.role === 'unknown' ? '' : `${s.role} `}${where}`;
 }
 
 export function showConn(r: ConnRecord, o: ShowOptions): string {
-  const c = o.color ? C : { dim: '', bold: '', green: '', cyan: '', yellow: '', reset: '' };
+  const c = o.color ? COLORS : PLAIN;
   const what =
     r.kind === 'open'
       ? `opened ${showSock(r.sock)}`
@@ -66,7 +76,7 @@ export function showConn(r: ConnRecord, o: ShowOptions): string {
 }
 
 export function showCall(call: Call, o: ShowOptions): string {
-  const c = o.color ? C : { dim: '', bold: '', green: '', cyan: '', yellow: '', reset: '' };
+  const c = o.color ? COLORS : PLAIN;
   const arrow = call.dir === 'egress' ? `${c.green}>> sent${c.reset}` : `${c.cyan}<< received${c.reset}`;
   const head =
     `${c.dim}${formatTime(call.tsNs + o.wallOffsetNs)}${c.reset} ` +
@@ -77,7 +87,7 @@ export function showCall(call: Call, o: ShowOptions): string {
   if (call.lostBytes) notes.push(`${call.lostBytes} bytes LOST (ring buffer full or memory unreadable)`);
   const shown = o.limit > 0 && call.data.length > o.limit ? call.data.subarray(0, o.limit) : call.data;
   if (shown.length < call.data.length) notes.push(`${call.data.length - shown.length} more bytes not shown (--print-limit)`);
-  const body = isText(shown) ? shown.toString('utf8').replace(/\r\n/g, '\n').replace(/\n$/, '') : hexDump(shown);
+  const body = showBytes(shown);
   const tail = notes.length ? `\n${c.yellow}[${notes.join('; ')}]${c.reset}` : '';
   return `${head}\n${body}${tail}\n`;
 }

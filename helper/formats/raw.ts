@@ -5,7 +5,7 @@
 // place unless --no-redact.
 import { Call } from '../calls';
 import { CloseReason, SockInfo } from '../records';
-import { showCall, showConn, ShowOptions } from '../show';
+import { COLORS, PLAIN, showCall, showConn, ShowOptions } from '../show';
 import { RawFrame } from '../wire';
 import { MaskedFrames, Renderer, RenderOptions, Sink } from './output';
 
@@ -127,7 +127,10 @@ export class RawRenderer implements Renderer {
       rateLimited: p.rateLimited,
       lostBytes: p.truncated ? 0 : Math.max(0, lenTotal - p.got),
     };
-    if ((f.lost_before as number) > 0) this.out.write(`${this.show.color ? '\x1b[33m' : ''}[${f.lost_before} bytes lost before this call]${this.show.color ? '\x1b[0m' : ''}\n`);
+    if ((f.lost_before as number) > 0) {
+      const c = this.show.color ? COLORS : PLAIN;
+      this.out.write(`${c.yellow}[${f.lost_before} bytes lost before this call]${c.reset}\n`);
+    }
     this.out.write(showCall(call, this.show));
   }
 }

@@ -6,20 +6,15 @@ import { decodeBody, mimeType, showBody } from '../body';
 import { ConnInfo, HttpExchange, Session, SessionEvent } from '../exchanges';
 import { Dir, HttpMessage } from '../messages';
 import { redactHeaders } from '../redact';
-import { formatTime, hexDump, isText } from '../show';
+import { COLORS, formatTime, hostPort, Palette, PLAIN, showBytes } from '../show';
 import { RawFrame } from '../wire';
 import { Renderer, RenderOptions, Sink } from './output';
 
-const COLORS = { dim: '\x1b[2m', bold: '\x1b[1m', green: '\x1b[32m', cyan: '\x1b[36m', yellow: '\x1b[33m', red: '\x1b[31m', reset: '\x1b[0m' };
-type Palette = typeof COLORS;
-const PLAIN: Palette = { dim: '', bold: '', green: '', cyan: '', yellow: '', red: '', reset: '' };
-
-const addr = (ip: string, port: number): string => (ip.includes(':') ? `[${ip}]:${port}` : `${ip}:${port}`);
 
 /** "client 127.0.0.1:50312 -> 127.0.0.1:443" (the process's side first). */
 export function connWhere(c: ConnInfo): string {
   const known = !(c.localPort === 0 && c.remotePort === 0);
-  const where = known ? `${addr(c.localIp, c.localPort)} -> ${addr(c.remoteIp, c.remotePort)}` : c.fd >= 0 ? `fd ${c.fd}` : 'socket unknown';
+  const where = known ? `${hostPort(c.localIp, c.localPort)} -> ${hostPort(c.remoteIp, c.remotePort)}` : c.fd >= 0 ? `fd ${c.fd}` : 'socket unknown';
   return `${c.role === 'unknown' ? '' : `${c.role} `}${where}`;
 }
 
@@ -126,8 +121,7 @@ export class TextRenderer implements Renderer {
     run.shown += shown.length;
     run.hidden += e.data.length - shown.length;
     if (shown.length) {
-      const body = isText(shown) ? shown.toString('utf8').replace(/\r\n/g, '\n').replace(/\n$/, '') : hexDump(shown);
-      this.out.write(`${body}\n`);
+      this.out.write(`${showBytes(shown)}\n`);
     }
   }
 
