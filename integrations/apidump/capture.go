@@ -299,34 +299,18 @@ func decode(body []byte) (Event, error) {
 // field, as the helper writes it; ok is false otherwise (any order is valid msgpack, and
 // decode then reads the type the slow way). It halves the cost of a segment here.
 func peekType(body []byte) (typ string, ok bool) {
-	i := 0
-	switch {
-	case len(body) > 0 && body[0]&0xf0 == 0x80: // fixmap
-		i = 1
-	case len(body) > 2 && body[0] == 0xde: // map 16
-		i = 3
-	case len(body) > 4 && body[0] == 0xdf: // map 32
-		i = 5
-	default:
+	r := mpReader{b: body}
+	if _, err := r.mapLen(); err != nil {
 		return "", false
 	}
-	if len(body) < i+6 || string(body[i:i+5]) != "\xa4type" {
+	if k, err := r.str(); err != nil || string(k) != "type" {
 		return "", false
 	}
-	i += 5
-	n := 0
-	switch c := body[i]; {
-	case c&0xe0 == 0xa0: // fixstr
-		n, i = int(c&0x1f), i+1
-	case c == 0xd9 && len(body) > i+1: // str 8
-		n, i = int(body[i+1]), i+2
-	default:
+	v, err := r.str()
+	if err != nil {
 		return "", false
 	}
-	if len(body) < i+n {
-		return "", false
-	}
-	return string(body[i : i+n]), true
+	return string(v), true
 }
 
 func readFrame(r *bufio.Reader) ([]byte, error) {
