@@ -7,6 +7,16 @@ import { hexDump, isText } from './show';
 /** Bodies are not inflated beyond this (a decompression bomb stays a note). */
 export const MAX_DECODED_BYTES = 64 * 1024 * 1024;
 
+/** The first `limit` bytes of `b` (all of them when limit is 0): --print-limit. */
+export function upTo(b: Buffer, limit: number): Buffer {
+  return limit > 0 && b.length > limit ? b.subarray(0, limit) : b;
+}
+
+/** Bytes in a JSON file (jsonl, HAR): UTF-8 when they read as text (show.ts isText), else base64. */
+export function textOrBase64(b: Buffer): { encoding: 'utf8' | 'base64'; data: string } {
+  return isText(b) ? { encoding: 'utf8', data: b.toString('utf8') } : { encoding: 'base64', data: b.toString('base64') };
+}
+
 export function headerValue(headers: [string, string][], name: string): string | undefined {
   const n = name.toLowerCase();
   return headers.find(([k]) => k.toLowerCase() === n)?.[1];
@@ -56,15 +66,6 @@ export function decodeBody(body: Buffer, headers: [string, string][]): DecodedBo
 
 export function isJsonType(mime: string): boolean {
   return mime === 'application/json' || mime.endsWith('+json') || mime === 'text/json';
-}
-
-export function isTextType(mime: string): boolean {
-  return (
-    mime.startsWith('text/') ||
-    isJsonType(mime) ||
-    /^application\/(javascript|ecmascript|xml|x-www-form-urlencoded|graphql|x-ndjson|yaml|x-yaml)$/.test(mime) ||
-    mime.endsWith('+xml')
-  );
 }
 
 export interface ShownBody {

@@ -5,7 +5,7 @@
 // response's first, receive the response's first to last call. What the capture cannot know
 // (blocked, dns, connect, ssl) is -1, as the spec says.
 import type { Entry, Har, Header } from 'har-format';
-import { decodeBody, headerValue, isTextType, mimeType } from '../body';
+import { decodeBody, headerValue, textOrBase64, upTo } from '../body';
 import { HttpExchange, Session, SessionEvent } from '../exchanges';
 import { HttpMessage } from '../messages';
 import { redactHeaders } from '../redact';
@@ -55,17 +55,13 @@ function entry(x: HttpExchange, o: RenderOptions): Entry | undefined {
     if (!res) return { size: 0, mimeType: '' };
     const d = decodeBody(res.body, res.headers);
     const mime = headerValue(res.headers, 'content-type') ?? '';
-    const limit = o.printLimit;
-    const data = limit > 0 && d.data.length > limit ? d.data.subarray(0, limit) : d.data;
-    const asText = isTextType(mimeType(res.headers)) || (data.length > 0 && !data.toString('utf8').includes('\ufffd'));
+    const data = upTo(d.data, o.printLimit);
     const c: Entry['response']['content'] = { size: d.data.length, mimeType: mime };
     if (d.decoded.length) c.compression = d.data.length - res.body.length;
     if (data.length) {
-      if (asText) c.text = data.toString('utf8');
-      else {
-        c.text = data.toString('base64');
-        c.encoding = 'base64';
-      }
+      const t = textOrBase64(data);
+      c.text = t.data;
+      if (t.encoding === 'base64') c.encoding = 'base64';
     }
     const comments: string[] = [];
     if (d.error) comments.push(d.error);
@@ -87,7 +83,7 @@ function entry(x: HttpExchange, o: RenderOptions): Entry | undefined {
       headersSize: req.headBytes,
       bodySize: req.body.length,
       ...(req.body.length
-        ? { postData: { mimeType: headerValue(req.headers, 'content-type') ?? '', text: reqBody.data.toString(isTextType(mimeType(req.headers)) ? 'utf8' : 'base64') } }
+        ? { postData: postData(reqBody.data, headerValue(req.headers, 'content-type') ?? '', o.printLimit) }
         : {}),
     },
     response: res
@@ -112,6 +108,16 @@ function entry(x: HttpExchange, o: RenderOptions): Entry | undefined {
   // Who made the exchange, in a custom field (HAR allows fields that start with "_").
   (e as unknown as Record<string, unknown>)._process = { pid: x.conn.pid, comm: x.conn.comm, role: x.conn.role, ...(x.streamId !== undefined ? { stream_id: x.streamId } : {}) };
   return e;
+}
+
+/** A request body: HAR 1.2's postData has no encoding field, so a binary one is said to be base64 in its comment. */
+function postData(body: Buffer, mimeType: string, limit: number): { mimeType: string; text: string; comment?: string } {
+  const data = upTo(body, limit);
+  const t = textOrBase64(data);
+  const notes: string[] = [];
+  if (t.encoding === 'base64') notes.push('text is the body in base64 (not text)');
+  if (data.length < body.length) notes.push(`${body.length - data.length} bytes left out (--print-limit)`);
+  return { mimeType, text: t.data, ...(notes.length ? { comment: notes.join('; ') } : {}) };
 }
 
 export class HarRenderer implements Renderer {

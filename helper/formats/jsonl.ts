@@ -3,7 +3,7 @@
 // HTTP, out of step, HTTP/2 frames that cannot be decoded), so nothing is hidden; a
 // "connection" line closes each connection with its totals and notes. The contract is
 // schemas/jsonl/line.schema.json.
-import { decodeBody, mimeType } from '../body';
+import { decodeBody, mimeType, textOrBase64, upTo } from '../body';
 import { ConnInfo, HttpExchange, Session, SessionEvent } from '../exchanges';
 import { HttpMessage } from '../messages';
 import { redactHeaders } from '../redact';
@@ -32,17 +32,14 @@ export function connJson(c: ConnInfo): Record<string, unknown> {
 /** A body: decoded text when it reads as text, else base64; what was left out is said. */
 export function bodyJson(m: HttpMessage, limit: number): Record<string, unknown> {
   const d = decodeBody(m.body, m.headers);
-  const cut = limit > 0 && d.data.length > limit ? d.data.subarray(0, limit) : d.data;
-  const text = cut.toString('utf8');
-  const asText = !text.includes('\ufffd') || cut.length === 0;
+  const cut = upTo(d.data, limit);
   return {
     size: d.data.length,
     wire_size: m.body.length,
     content_encoding: d.decoded,
     ...(d.error ? { decode_error: d.error } : {}),
     mime_type: mimeType(m.headers),
-    encoding: asText ? 'utf8' : 'base64',
-    data: asText ? text : cut.toString('base64'),
+    ...textOrBase64(cut),
     omitted_bytes: d.data.length - cut.length,
     missing_bytes: m.bodyMissing,
   };
@@ -118,10 +115,7 @@ export class JsonlRenderer implements Renderer {
       list.push(e.type === 'note' ? e.text : `${e.protocol}${e.joined ? ' (joined mid-stream)' : ''}`);
       this.notes.set(e.conn.key, list);
     } else if (e.type === 'data') {
-      const limit = this.o.printLimit;
-      const cut = limit > 0 && e.data.length > limit ? e.data.subarray(0, limit) : e.data;
-      const text = cut.toString('utf8');
-      const asText = !text.includes('\ufffd');
+      const cut = upTo(e.data, this.o.printLimit);
       this.line({
         type: 'data',
         conn: connJson(e.conn),
@@ -131,8 +125,7 @@ export class JsonlRenderer implements Renderer {
         ts_ns: e.tsNs.toString(),
         why: e.why,
         size: e.data.length,
-        encoding: asText ? 'utf8' : 'base64',
-        data: asText ? text : cut.toString('base64'),
+        ...textOrBase64(cut),
         omitted_bytes: e.data.length - cut.length,
       });
     } else if (e.type === 'close') {
