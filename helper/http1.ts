@@ -340,7 +340,8 @@ class Reader {
 export class Http1Connection implements ConnParser {
   private readonly requests: Reader;
   private readonly responses: Reader;
-  private readonly waiting: (HttpRequestMessage & { protocol: HttpProtocol })[] = [];
+  /** Requests waiting for their responses; each says its version (the exchange's protocol). */
+  private readonly waiting: HttpRequestMessage[] = [];
   private interim: HttpResponseMessage[] = [];
   private switched?: string;
   /** A request was lost: responses are paired again only with requests seen after it. */
@@ -378,7 +379,7 @@ export class Http1Connection implements ConnParser {
     this.requests.end(why, ts);
     this.responses.end(why, ts);
     for (const r of this.waiting.splice(0)) {
-      this.sink.exchange({ protocol: r.protocol, request: r, notes: [`no response seen before the connection ended (${why})`] });
+      this.sink.exchange({ protocol: r.version ?? 'HTTP/1.1', request: r, notes: [`no response seen before the connection ended (${why})`] });
     }
   }
 
@@ -424,7 +425,7 @@ export class Http1Connection implements ConnParser {
       this.requestLost = true;
     } else {
       // The response being read is lost: the requests waiting cannot be answered for sure.
-      for (const q of this.waiting.splice(0)) this.sink.exchange({ protocol: q.protocol, request: q, notes: [`its response was lost: ${why}`] });
+      for (const q of this.waiting.splice(0)) this.sink.exchange({ protocol: q.version ?? 'HTTP/1.1', request: q, notes: [`its response was lost: ${why}`] });
     }
   }
 
@@ -435,7 +436,7 @@ export class Http1Connection implements ConnParser {
         this.sink.exchange({ protocol, request: req, notes: ['its response cannot be paired (see the notes of the connection)'] });
         return;
       }
-      this.waiting.push({ ...req, protocol });
+      this.waiting.push(req);
       return;
     }
     const res = m as HttpResponseMessage;
@@ -459,11 +460,6 @@ export class Http1Connection implements ConnParser {
     } else if (upgrade !== undefined || req?.method === 'CONNECT') {
       this.requests.release(false);
     }
-    let reqOut: (HttpRequestMessage & { protocol?: HttpProtocol }) | undefined = req;
-    if (req) {
-      const { protocol: _p, ...rest } = req;
-      reqOut = rest;
-    }
-    this.sink.exchange({ protocol: req?.protocol ?? protocol, ...(reqOut ? { request: reqOut } : {}), response: res, notes, ...(switchedTo ? { switchedTo } : {}) });
+    this.sink.exchange({ protocol: req?.version ?? protocol, ...(req ? { request: req } : {}), response: res, notes, ...(switchedTo ? { switchedTo } : {}) });
   }
 }

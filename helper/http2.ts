@@ -165,12 +165,9 @@ class Sender {
   private bufSeq = 0;
   /** Holes (stepped-over gaps) inside the partial frame: offsets in buf. */
   private holes: [number, number][] = [];
-  pos = 0;
   needPreface: boolean;
   synced: boolean;
   readonly hpack: Decompressor;
-  /** Why header blocks of this side can no longer be decoded. */
-  hpackBroken?: string;
   block?: { streamId: number; type: number; promised: number; endStream: boolean; frameSeq: number; fragments: { seq: number; data: Buffer }[]; ts: bigint };
 
   constructor(
@@ -189,7 +186,6 @@ class Sender {
 
   /** Appends bytes; returns the whole frames now complete (and the preface, once). */
   take(seq: number, data: Buffer): { header: FrameHeader; payload: Buffer; seq: number; holes: [number, number][] }[] | 'bad-preface' {
-    this.pos = seq + data.length;
     if (this.buf.length === 0) this.bufSeq = seq;
     this.buf = this.buf.length ? Buffer.concat([this.buf, data]) : data;
     const out: { header: FrameHeader; payload: Buffer; seq: number; holes: [number, number][] }[] = [];
@@ -219,7 +215,6 @@ class Sender {
 
   /** A gap: stepped over inside a DATA payload, else frame sync is lost. */
   gap(at: number, bytes: number): 'stepped' | 'lost' {
-    this.pos = at + bytes;
     if (this.synced && !this.needPreface && this.buf.length >= 9) {
       const h = frameHeader(this.buf);
       const left = 9 + h.length - this.buf.length;
@@ -278,12 +273,11 @@ export class Http2Connection implements ConnParser {
     const s = this.senders[dir];
     if (!s.synced && !s.resync(seq, data)) {
       this.sink.unparsed(dir, seq, data, ts, `${this.frameLevel ?? 'HTTP/2'}; frames out of step after missing bytes`);
-      s.pos = seq + data.length;
       return;
     }
     const frames = s.take(seq, data);
     if (frames === 'bad-preface') {
-      this.breakHpack(s, 'the client did not start with the HTTP/2 preface', ts);
+      this.breakHpack('the client did not start with the HTTP/2 preface', ts);
       s.gap(seq + data.length, 0);
       this.sink.unparsed(dir, seq, data, ts, 'not HTTP/2');
       return;
@@ -306,12 +300,11 @@ export class Http2Connection implements ConnParser {
       return;
     }
     s.block = undefined;
-    this.breakHpack(s, what, ts);
+    this.breakHpack(what, ts);
   }
 
   /** From here on header blocks are not decoded: streams in progress are handed out cut. */
-  private breakHpack(s: Sender, why: string, ts: bigint): void {
-    s.hpackBroken ??= why;
+  private breakHpack(why: string, ts: bigint): void {
     if (!this.frameLevel) {
       this.frameLevel = `HTTP/2 header blocks cannot be decoded after ${why} (HPACK is stateful)`;
       this.sink.note(ts, this.frameLevel);
@@ -381,7 +374,7 @@ export class Http2Connection implements ConnParser {
       }
       case 9:
         if (!s.block || s.block.streamId !== h.streamId) {
-          this.breakHpack(s, `a CONTINUATION of stream ${h.streamId} without its HEADERS`, ts);
+          this.breakHpack(`a CONTINUATION of stream ${h.streamId} without its HEADERS`, ts);
           return;
         }
         s.block.fragments.push({ seq: seq + 9, data: payload });
@@ -430,7 +423,7 @@ export class Http2Connection implements ConnParser {
     try {
       headers = this.decode(s, block);
     } catch (e) {
-      this.breakHpack(s, `a header block of stream ${b.streamId} that does not decode (${(e as Error).message})`, ts);
+      this.breakHpack(`a header block of stream ${b.streamId} that does not decode (${(e as Error).message})`, ts);
       return;
     }
     this.masks(s.dir, b.fragments, block, headers);

@@ -10,8 +10,6 @@ import { redactHeaders } from '../redact';
 import { RawFrame } from '../wire';
 import { Renderer, RenderOptions, Sink } from './output';
 
-export const JSONL_VERSION = 1;
-
 const iso = (ns: bigint): string => {
   const d = new Date(Number(ns / 1_000_000n));
   return d.toISOString().replace(/\.\d{3}Z$/, `.${String(ns % 1_000_000_000n).padStart(9, '0')}Z`);
