@@ -13,6 +13,7 @@ import * as path from 'path';
 import { ByeFrame, StatsFrame } from '../helper/generated/protocol';
 import { HelperHost } from '../helper/host';
 import { makeCert, NginxServer, run, Server, startNginx, startPyServer, startServer, stopAll, freePort, testLibFile, tmpDir } from '../test/lib/servers';
+import { cpuSeconds, statusKiB } from '../test/lib/procfs';
 
 const CLI = path.resolve(__dirname, '..', 'helper', 'cli.js');
 const PY_CLIENT = path.resolve(__dirname, '..', '..', 'bench', 'soak-client.py');
@@ -59,16 +60,7 @@ function prng(seed: number): () => number {
 }
 
 function status(pid: number): { rss: number; anon: number } {
-  const s = fs.readFileSync(`/proc/${pid}/status`, 'utf8');
-  const kib = (f: string): number => Number(new RegExp(`^${f}:\\s+(\\d+) kB$`, 'm').exec(s)?.[1] ?? 0);
-  return { rss: kib('VmRSS'), anon: kib('RssAnon') };
-}
-
-/** CPU seconds (user + system) a process has used, from /proc/<pid>/stat. */
-function cpuSeconds(pid: number): number {
-  const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
-  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  return (Number(f[11]) + Number(f[12])) / 100; // USER_HZ is 100 on Linux
+  return { rss: statusKiB(pid, 'VmRSS'), anon: statusKiB(pid, 'RssAnon') };
 }
 
 const mib = (b: number): string => (b / MiB).toFixed(1);

@@ -12,18 +12,13 @@ import { Exchange, HelperHost } from '../helper/host';
 import { FrameDecoder, FrameError, RawFrame } from '../helper/wire';
 import { heldByProcess, noneLeft, requireKernel } from './lib/kernel';
 import { curl, NginxServer, pattern, run, startNginx, startRequester, stopAll, testLibFile, tmpDir, waitFor } from './lib/servers';
+import { statusKiB } from './lib/procfs';
 
 const CLI = path.resolve(__dirname, '..', 'helper', 'cli.js');
 const SYSTEM_LIBSSL = '/usr/lib/x86_64-linux-gnu/libssl.so.3';
 const MiB = 1 << 20;
 /** How long a stop may take before the host kills the helper: detaching is slow on a loaded machine. */
 const CLOSE_MS = 60_000;
-
-function rssKiB(pid: number): number {
-  const m = /^VmRSS:\s+(\d+) kB$/m.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'));
-  if (!m) throw new Error(`no VmRSS in /proc/${pid}/status`);
-  return Number(m[1]);
-}
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
@@ -320,7 +315,7 @@ describe('faults (kernel, real programs)', function () {
     await attached(host);
     const helperPid = host.child.pid!;
     const rss: number[] = [];
-    const sampler = setInterval(() => rss.push(rssKiB(helperPid)), 500);
+    const sampler = setInterval(() => rss.push(statusKiB(helperPid)), 500);
     let result: { ports: number[]; sent: number[]; received: number[]; ms: Record<string, number> };
     let client: number;
     const t0 = Date.now();
@@ -339,7 +334,7 @@ describe('faults (kernel, real programs)', function () {
       clearInterval(sampler);
     }
     const ms = Date.now() - t0;
-    rss.push(rssKiB(helperPid));
+    rss.push(statusKiB(helperPid));
     const tStop = Date.now();
     const bye = await host.close(CLOSE_MS);
     const stopMs = Date.now() - tStop;

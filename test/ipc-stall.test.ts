@@ -9,6 +9,7 @@ import { StatsFrame, ByeFrame, ConnCloseFrame, LossFrame, SegmentFrame } from '.
 import { Exchange, HelperHost } from '../helper/host';
 import { requireKernel } from './lib/kernel';
 import { curl, NginxServer, pattern, startNginx, stopAll, tmpDir, waitFor } from './lib/servers';
+import { statusKiB } from './lib/procfs';
 
 const CLI = path.resolve(__dirname, '..', 'helper', 'cli.js');
 const MAX_QUEUE = 4 << 20;
@@ -24,12 +25,6 @@ const STALL_MS = 10_000;
 const FILE_BYTES = 512 * 1024;
 const CURLS = 8;
 const URLS_PER_CURL = 4;
-
-function rssKiB(pid: number, field = 'VmRSS'): number {
-  const m = new RegExp(`^${field}:\\s+(\\d+) kB$`, 'm').exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'));
-  if (!m) throw new Error(`no ${field} in /proc/${pid}/status`);
-  return Number(m[1]);
-}
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
@@ -79,17 +74,17 @@ describe('--ipc helper with a host that stops reading (kernel, nginx and curl)',
     assert.strictEqual(hello.limits.max_queue_bytes, MAX_QUEUE, '--max-queue-bytes reaches hello');
     await waitFor(() => host!.stderr.includes('capturing TLS plaintext'), { what: 'the helper to attach' });
     const pid = host.child.pid!;
-    const rssStart = rssKiB(pid);
+    const rssStart = statusKiB(pid);
 
     // Stop reading: the pipe fills, then the helper's queue, then it must drop.
     host.child.stdout!.pause();
     const stallStart = Date.now();
     let rssMax = rssStart;
-    let anonMax = rssKiB(pid, 'RssAnon');
+    let anonMax = statusKiB(pid, 'RssAnon');
     const anonStart = anonMax;
     sampler = setInterval(() => {
-      rssMax = Math.max(rssMax, rssKiB(pid));
-      anonMax = Math.max(anonMax, rssKiB(pid, 'RssAnon'));
+      rssMax = Math.max(rssMax, statusKiB(pid));
+      anonMax = Math.max(anonMax, statusKiB(pid, 'RssAnon'));
     }, 100);
     const base = `https://127.0.0.1:${nginx.port}`;
     const urls = Array.from({ length: URLS_PER_CURL }, (_, i) => `${base}/big${i}.bin`);
@@ -126,7 +121,7 @@ describe('--ipc helper with a host that stops reading (kernel, nginx and curl)',
     assert.ok(ex.response.body.equals(pattern(50_000, 77)), 'response body after the stall, byte for byte');
     assert.strictEqual(ex.request.url, '/after.bin');
     clearInterval(sampler);
-    rssMax = Math.max(rssMax, rssKiB(pid));
+    rssMax = Math.max(rssMax, statusKiB(pid));
     await waitFor(() => closes.some((c) => c.pid === after.pid), { what: "conn_close of the last curl's connection" });
 
     const closed = await host.close();

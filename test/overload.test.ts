@@ -10,15 +10,10 @@ import { ByeFrame, ConnCloseFrame, LossFrame, SegmentFrame, StatsFrame } from '.
 import { Exchange, HelperHost } from '../helper/host';
 import { requireKernel } from './lib/kernel';
 import { curl, NginxServer, pattern, startNginx, stopAll, tmpDir, waitFor } from './lib/servers';
+import { statusKiB } from './lib/procfs';
 
 const CLI = path.resolve(__dirname, '..', 'helper', 'cli.js');
 const MiB = 1 << 20;
-
-function rssKiB(pid: number): number {
-  const m = /^VmRSS:\s+(\d+) kB$/m.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'));
-  if (!m) throw new Error(`no VmRSS in /proc/${pid}/status`);
-  return Number(m[1]);
-}
 
 /** Every frame of one helper run, by type. */
 function collect(host: HelperHost): {
@@ -114,7 +109,7 @@ describe('--ipc helper under overload (kernel, nginx and curl)', function () {
     await waitFor(() => host!.stderr.includes('capturing TLS plaintext'), { what: 'the helper to attach' });
     host.configure({ stats_interval_ms: 200 });
     const pid = host.child.pid!;
-    const rss: number[] = [rssKiB(pid)];
+    const rss: number[] = [statusKiB(pid)];
     const url = `https://127.0.0.1:${nginx.port}/big.bin`;
     const curls: number[] = [];
     for (let i = 0; i < 4; i++) {
@@ -122,7 +117,7 @@ describe('--ipc helper under overload (kernel, nginx and curl)', function () {
       const r = await curl(url, ['-o', '/dev/null', url, '-o', '/dev/null']);
       assert.strictEqual(r.code, 0, r.stderr.toString());
       curls.push(r.pid);
-      rss.push(rssKiB(pid));
+      rss.push(statusKiB(pid));
     }
     await waitFor(() => curls.every((p) => f.closes.some((c) => c.pid === p)), { what: 'conn_close of every curl run' });
     const last = await waitFor(() => f.stats.find((s) => s.ts_ns > f.closes[f.closes.length - 1]!.ts_ns && s.kernel.records_lost > 0), {

@@ -2,8 +2,8 @@
 // integrations/apidump (cmd/capture-stats: the apidump path, frames on stdout), and collects
 // what the host got and what the helper cost: CPU seconds while the load ran, peak RSS.
 import { ChildProcess, spawn } from 'child_process';
-import * as fs from 'fs';
 import * as path from 'path';
+import { statusKiB } from '../../test/lib/procfs';
 import { cpuSeconds } from './load';
 
 export type Mode = 'none' | 'floor' | 'system' | 'targeted' | 'others';
@@ -54,9 +54,10 @@ export function useHelper(file: string): void {
   cli = path.resolve(file);
 }
 
+/** 0 once the process is gone. */
 function rssKiB(pid: number, field: 'VmRSS' | 'VmHWM'): number {
   try {
-    return Number(new RegExp(`^${field}:\\s+(\\d+)`, 'm').exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1] ?? 0);
+    return statusKiB(pid, field);
   } catch {
     return 0;
   }

@@ -3,6 +3,7 @@
 import { spawn } from 'child_process';
 import * as fs from 'fs';
 import * as path from 'path';
+import { cpuSeconds as procCpuSeconds } from '../../test/lib/procfs';
 
 export interface Workload {
   name: string;
@@ -42,11 +43,9 @@ export interface LoadResult {
 /** CPU seconds (user + system) of a process so far, from /proc (0 once it is gone). */
 export function cpuSeconds(pid: number): number {
   try {
-    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
-    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    return (Number(f[11]) + Number(f[12])) / 100; // utime, stime in clock ticks (USER_HZ 100)
+    return procCpuSeconds(pid);
   } catch {
-    return 0;
+    return 0; // gone
   }
 }
 
