@@ -60,6 +60,7 @@ describe('capture (kernel, real programs)', function () {
     const worker = nginx.workerPids()[0]!;
     await until(rec, res.pid, 'ingress', MiB);
     await until(rec, worker, 'egress', MiB);
+    const settled = await rec.settle({ pid: res.pid }, { pid: worker });
 
     const request = rec.stream(res.pid, 'egress');
     const response = rec.stream(res.pid, 'ingress');
@@ -67,8 +68,8 @@ describe('capture (kernel, real programs)', function () {
     assert.match(response.subarray(0, 20).toString(), /^HTTP\/1\.1 200 OK\r\n/);
     assert.ok(response.subarray(response.length - MiB).equals(pattern(MiB, 7)), 'response body is the file, byte for byte');
     // The server's side of the same connection.
-    assert.ok(rec.stream(worker, 'ingress').equals(request), 'nginx read exactly what curl wrote');
-    assert.ok(rec.stream(worker, 'egress').equals(response), 'curl read exactly what nginx wrote');
+    assert.ok(rec.stream(worker, 'ingress').equals(request), `nginx read exactly what curl wrote (${settled})`);
+    assert.ok(rec.stream(worker, 'egress').equals(response), `curl read exactly what nginx wrote (${settled})`);
     const k = await rec.stop();
     assert.strictEqual(k.bytesLost + k.bytesFaulted, 0, 'nothing lost');
     assert.ok(rec.of(res.pid).every((r) => r.comm === 'curl' && r.tid === res.pid));
@@ -82,13 +83,14 @@ describe('capture (kernel, real programs)', function () {
     assert.ok(res.stdout.equals(body));
     await until(rec, res.pid, 'ingress', MiB);
     await until(rec, py.pid, 'egress', MiB);
+    const settled = await rec.settle({ pid: res.pid }, { pid: py.pid });
 
     const sent = rec.stream(res.pid, 'egress');
     const got = rec.stream(res.pid, 'ingress');
     assert.ok(sent.subarray(sent.length - MiB).equals(body), 'the request body, byte for byte');
     assert.ok(got.subarray(got.length - MiB).equals(body), 'the echoed body, byte for byte');
-    assert.ok(rec.stream(py.pid, 'ingress').equals(sent));
-    assert.ok(rec.stream(py.pid, 'egress').equals(got));
+    assert.ok(rec.stream(py.pid, 'ingress').equals(sent), settled);
+    assert.ok(rec.stream(py.pid, 'egress').equals(got), settled);
     // A 1 MiB write arrives whole: one call, in 64 records of 16 KiB with consecutive chunk offsets.
     for (const pid of [res.pid, py.pid]) {
       const whole: DataRecord[] = rec.of(pid, 'egress').filter((r) => r.callLen === MiB);
@@ -116,8 +118,9 @@ describe('capture (kernel, real programs)', function () {
     const server = rec.of(worker).filter((r) => r.sock.remotePort === mine.localPort);
     const ids = [...new Set(server.map((r) => r.connId))];
     assert.strictEqual(ids.length, 1);
-    assert.ok(rec.stream(worker, 'ingress', ids[0]).equals(request));
-    assert.ok(rec.stream(worker, 'egress', ids[0]).equals(response));
+    const settled = await rec.settle({ pid: res.pid }, { pid: worker, connId: ids[0] });
+    assert.ok(rec.stream(worker, 'ingress', ids[0]).equals(rec.stream(res.pid, 'egress')), settled);
+    assert.ok(rec.stream(worker, 'egress', ids[0]).equals(rec.stream(res.pid, 'ingress')), settled);
   });
 
   it('openssl s_client <-> s_server -www: the SSL BIO path is captured', async () => {

@@ -42,24 +42,36 @@ function pair(rec: Recorder, client: number, server: number): { c: bigint; s: bi
   return { c: ids[0]!, s: theirs[0]!, cs };
 }
 
-/** Asserts both sides saw the same bytes, on mirrored 4-tuples. */
-/**
- * The two ends of one connection carry the same bytes. Records of the two processes arrive in
- * capture order, but the last ones of one end may still be on their way when the other end's
- * are in: wait until both ends have as many bytes (or time out, and then compare).
- */
+/** Where two byte streams part: their lengths, the first differing offset and the bytes there. */
+function differ(got: Buffer, want: Buffer): string {
+  let i = 0;
+  while (i < got.length && i < want.length && got[i] === want[i]) i++;
+  const at = (b: Buffer): string => JSON.stringify(b.subarray(Math.max(0, i - 16), i + 48).toString('latin1'));
+  return `${got.length} bytes vs ${want.length}, first difference at ${i}: ${at(got)} vs ${at(want)}`;
+}
+
+/** The records of both ends, one line each, and the kernel's counters: what a failure needs to be explained. */
+function dump(rec: Recorder, pids: number[]): string {
+  const lines = rec.data
+    .filter((r) => pids.includes(r.pid))
+    .map((r) => `  pid ${r.pid} tid ${r.tid} conn ${r.connId} ${r.dir} seq ${r.seq} len ${r.data.length} fd ${r.sock.fd} ${r.sock.localPort}->${r.sock.remotePort} ${JSON.stringify(r.data.subarray(0, 32).toString('latin1'))}`);
+  const conns = rec.conns.filter((c) => pids.includes(c.pid)).map((c) => `  ${c.kind} pid ${c.pid} conn ${c.connId} fd ${c.sock.fd} ${c.sock.localPort}->${c.sock.remotePort}`);
+  return `\n${[...lines.slice(0, 60), ...conns.slice(0, 20)].join('\n')}\n  counters: ${JSON.stringify(rec.capture.counters())}`;
+}
+
+/** The two ends of one connection carry the same bytes, on mirrored 4-tuples. */
 async function sameBothEnds(rec: Recorder, client: number, server: number): Promise<{ request: Buffer; response: Buffer }> {
   const { c, s, cs } = pair(rec, client, server);
-  const even = (): boolean =>
-    rec.stream(server, 'ingress', s).length >= rec.stream(client, 'egress', c).length && rec.stream(client, 'ingress', c).length >= rec.stream(server, 'egress', s).length;
-  await waitFor(() => even(), { what: 'both ends of the connection to have the same bytes', timeoutMs: 10_000 }).catch(() => undefined);
+  const evened = await rec.settle({ pid: client, connId: c }, { pid: server, connId: s });
   const ss = rec.of(server).find((r) => r.connId === s)!.sock;
   assert.ok(cs.fd >= 0 && cs.remoteIp === '127.0.0.1' && cs.localIp === '127.0.0.1', `client socket ${JSON.stringify(cs)}`);
   assert.deepStrictEqual([ss.localIp, ss.localPort, ss.remoteIp, ss.remotePort], [cs.remoteIp, cs.remotePort, cs.localIp, cs.localPort]);
   const request = rec.stream(client, 'egress', c);
   const response = rec.stream(client, 'ingress', c);
-  assert.ok(rec.stream(server, 'ingress', s).equals(request), 'server received what the client sent');
-  assert.ok(rec.stream(server, 'egress', s).equals(response), 'client received what the server sent');
+  const received = rec.stream(server, 'ingress', s);
+  const sent = rec.stream(server, 'egress', s);
+  if (!received.equals(request)) assert.fail(`server received what the client sent: ${differ(received, request)} (${evened})${dump(rec, [client, server])}`);
+  if (!sent.equals(response)) assert.fail(`client received what the server sent: ${differ(sent, response)} (${evened})${dump(rec, [client, server])}`);
   return { request, response };
 }
 

@@ -43,6 +43,12 @@ export function requireKernel(ctx: Mocha.Context): void {
   ctx.skip();
 }
 
+/** One end of a connection: a process, and which of its connections if it has several. */
+export interface End {
+  pid: number;
+  connId?: bigint;
+}
+
 /** A capture of the system's OpenSSL libraries that keeps every record it receives. */
 export class Recorder {
   readonly capture: Capture;
@@ -105,6 +111,24 @@ export class Recorder {
       at += r.data.length;
     }
     return Buffer.concat(recs.map((r) => r.data));
+  }
+
+  /**
+   * Waits until the two ends of one connection have captured as many bytes each way, and says
+   * whether they did within `timeoutMs` (the comparison that follows then shows what differs).
+   * Records arrive in capture order, which is not the order of the bytes on the wire: a read
+   * can return, and be recorded, before the write that sent its bytes has, when the writer is
+   * preempted between its syscall and the call's return.
+   */
+  async settle(a: End, b: End, timeoutMs = 10_000): Promise<string> {
+    const len = (e: End, dir: Direction): number =>
+      this.of(e.pid, dir).reduce((n, r) => (e.connId === undefined || r.connId === e.connId ? n + r.data.length : n), 0);
+    const even = (): boolean => len(a, 'egress') === len(b, 'ingress') && len(a, 'ingress') === len(b, 'egress');
+    const start = Date.now();
+    return waitFor(even, { what: 'both ends to have as many bytes', timeoutMs }).then(
+      () => `both ends even after ${Date.now() - start} ms`,
+      () => `ends still uneven after ${timeoutMs} ms: ${len(a, 'egress')}/${len(b, 'ingress')} one way, ${len(b, 'egress')}/${len(a, 'ingress')} the other`,
+    );
   }
 
   /** Bytes captured so far for pid/dir. */
