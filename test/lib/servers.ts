@@ -122,8 +122,27 @@ export async function stopAll(): Promise<void> {
   await Promise.all([...live.values()].map((stop) => stop()));
 }
 
+const tmpDirs: string[] = [];
+process.on('exit', () => {
+  if (process.env.KEEP_TMP === '1') return;
+  for (const d of tmpDirs) {
+    try {
+      fs.rmSync(d, { recursive: true, force: true });
+    } catch {
+      // best effort: a leftover directory is no reason to fail the run
+    }
+  }
+});
+
+/**
+ * A fresh private directory under the system's tmp, removed when the test process exits
+ * (KEEP_TMP=1 keeps them, to look at a failure's files): the suite's certificates, recordings
+ * and Go build caches (over 40 MB per run) do not pile up in /tmp.
+ */
 export function tmpDir(prefix: string): string {
-  return fs.mkdtempSync(path.join(os.tmpdir(), prefix));
+  const d = fs.mkdtempSync(path.join(os.tmpdir(), prefix));
+  tmpDirs.push(d);
+  return d;
 }
 
 export function freePort(): Promise<number> {
