@@ -71,6 +71,8 @@ struct call_args {
 	__u64 outlen; // size_t * of the _ex functions
 	__u32 func;
 	__s32 fd;     // fd of the first socket I/O syscall made inside the call, or -1
+	__u32 held;   // the call holds its connection open (conn_state.busy): it existed at entry
+	__u32 pad;
 };
 
 // What one thread is doing with TLS, in the thread's own storage: the syscall hook on every
@@ -80,9 +82,6 @@ struct thread_state {
 	struct call_args call;      // the TLS call in progress (call.func != 0)
 	struct call_args handshake; // a handshake in progress (handshake.ssl != 0)
 	__u64 pending_ssl;          // memory BIOs: the SSL* waiting for this thread's next socket write
-	__u64 known_ssl;            // the last SSL* of this thread whose socket is known, and that socket:
-	__s32 known_fd;             // a call on it that moves nothing needs no look at the connection
-	__u32 pad;
 };
 
 struct {
@@ -109,7 +108,11 @@ struct conn_state {
 	struct cap_sock sock;
 	__u8 opened;  // its CONN_OPEN was emitted
 	__u8 shut;    // SSL_shutdown/gnutls_bye was called: the end, when it comes, was orderly
-	__u8 pad[6];
+	__u8 closing; // its socket was closed while calls on it ran: the CAP_CLOSE_* to end with
+	__u8 fd_gone; // and its fd_conns entry is gone (the fd number may name another socket now)
+	__u32 busy;   // calls on it in progress (another thread may close the socket meanwhile)
+	__u32 ended;  // set once by whoever ends it: close() and the last call may race
+	__u32 pad2;
 };
 
 struct {
@@ -215,30 +218,6 @@ static __always_inline bool traced(__u32 tgid)
 			return true;
 	}
 	return false;
-}
-
-static __always_inline int call_enter(void *ssl, const void *buf, void *outlen, __u32 func)
-{
-	__u64 id = bpf_get_current_pid_tgid();
-	struct call_args args = {
-		.ssl = (__u64)ssl,
-		.buf = (__u64)buf,
-		.outlen = (__u64)outlen,
-		.func = func,
-		.fd = -1,
-	};
-
-	struct thread_state *t;
-
-	if (!traced(id >> 32))
-		return 0;
-	t = thread_now(true);
-	if (!t)
-		return 0;
-	// A nested TLS call on the same thread replaces the outer one: the innermost
-	// call is the one that reports the bytes, the outer return then finds nothing.
-	t->call = args;
-	return 0;
 }
 
 // What every chunk of one call shares, plus where its bytes are.
@@ -490,7 +469,8 @@ static __always_inline void conn_set_fd(__u32 tgid, __u64 ssl, struct conn_state
 		if (s->opened)
 			emit_conn(CAP_EV_CONN_CLOSE, tgid, ssl, s, CAP_CLOSE_REUSED);
 		fk.fd = s->sock.fd;
-		bpf_map_delete_elem(&fd_conns, &fk);
+		if (!s->fd_gone)
+			bpf_map_delete_elem(&fd_conns, &fk);
 		fk.fd = fd;
 		role = s->sock.role;
 		__builtin_memset(&s->sock, 0, sizeof(s->sock));
@@ -499,6 +479,8 @@ static __always_inline void conn_set_fd(__u32 tgid, __u64 ssl, struct conn_state
 		s->off[0] = s->off[1] = 0;
 		s->opened = 0;
 		s->shut = 0;
+		s->closing = 0;
+		s->fd_gone = 0;
 	}
 	s->sock.fd = fd;
 	s->sock.family = probe.family;
@@ -510,26 +492,99 @@ static __always_inline void conn_set_fd(__u32 tgid, __u64 ssl, struct conn_state
 }
 
 // End of stream for (tgid, ssl): emits CONN_CLOSE if it was opened, and forgets it.
-static __always_inline void conn_end(__u32 tgid, __u64 ssl, __u8 reason)
+static __always_inline void conn_forget(__u32 tgid, __u64 ssl, struct conn_state *s, __u8 reason)
 {
 	struct conn_key key = { .tgid = tgid, .ssl = ssl };
-	struct conn_state *s = bpf_map_lookup_elem(&conns, &key);
 	struct fd_key fk = { .tgid = tgid };
-	struct thread_state *t = thread_now(false);
 
-	if (t && t->known_ssl == ssl)
-		t->known_ssl = 0; // a new SSL* at this address is another connection
-	if (!s)
-		return;
+	if (__sync_fetch_and_add(&s->ended, 1))
+		return; // the other side of the race ended it
 	if (s->shut && (reason == CAP_CLOSE_FD || reason == CAP_CLOSE_FREE))
 		reason = CAP_CLOSE_SHUTDOWN;
 	if (s->opened)
 		emit_conn(CAP_EV_CONN_CLOSE, tgid, ssl, s, reason);
-	if (s->sock.fd >= 0) {
+	if (s->sock.fd >= 0 && !s->fd_gone) {
 		fk.fd = s->sock.fd;
 		bpf_map_delete_elem(&fd_conns, &fk);
 	}
 	bpf_map_delete_elem(&conns, &key);
+}
+
+// A connection ends when its socket is closed, but not under a call still running on it on
+// another thread (Go's HTTP/2 server writes its last frame while its reader closes the
+// socket): that call's bytes went out on the socket and belong to it. The last such call to
+// return ends it (conn_release). SSL_free ends it at once: nothing may use the SSL* after.
+static __always_inline void conn_end(__u32 tgid, __u64 ssl, __u8 reason)
+{
+	struct conn_state *s = bpf_map_lookup_elem(&conns, &(struct conn_key){ .tgid = tgid, .ssl = ssl });
+	struct fd_key fk = { .tgid = tgid };
+
+	if (!s)
+		return;
+	if (reason == CAP_CLOSE_FD) {
+		s->closing = reason; // before looking at busy: a call leaving now sees it and ends it
+		if (__sync_fetch_and_add(&s->busy, 0)) {
+			// The fd number is free for the next socket once this close() is done.
+			fk.fd = s->sock.fd;
+			bpf_map_delete_elem(&fd_conns, &fk);
+			s->fd_gone = 1;
+			return;
+		}
+	}
+	conn_forget(tgid, ssl, s, reason);
+}
+
+// At a call's entry: a connection it finds is held open until the call returns.
+static __always_inline void conn_hold(__u32 tgid, struct call_args *a)
+{
+	struct conn_state *s = bpf_map_lookup_elem(&conns, &(struct conn_key){ .tgid = tgid, .ssl = a->ssl });
+
+	a->held = 0;
+	if (s && !s->closing) {
+		__sync_fetch_and_add(&s->busy, 1);
+		a->held = 1;
+	}
+}
+
+// At a call's return (or when it is replaced): the last call to leave a closed connection ends it.
+static __always_inline void conn_release(__u32 tgid, struct call_args *a, struct conn_state *s)
+{
+	if (!a->held)
+		return;
+	a->held = 0;
+	if (!s)
+		s = bpf_map_lookup_elem(&conns, &(struct conn_key){ .tgid = tgid, .ssl = a->ssl });
+	if (!s)
+		return;
+	if (__sync_fetch_and_add(&s->busy, -1) == 1 && s->closing)
+		conn_forget(tgid, a->ssl, s, s->closing);
+}
+
+static __always_inline int call_enter(void *ssl, const void *buf, void *outlen, __u32 func)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	struct call_args args = {
+		.ssl = (__u64)ssl,
+		.buf = (__u64)buf,
+		.outlen = (__u64)outlen,
+		.func = func,
+		.fd = -1,
+	};
+
+	struct thread_state *t;
+
+	if (!traced(id >> 32))
+		return 0;
+	t = thread_now(true);
+	if (!t)
+		return 0;
+	// A nested TLS call on the same thread replaces the outer one: the innermost
+	// call is the one that reports the bytes, the outer return then finds nothing.
+	if (t->call.func)
+		conn_release(id >> 32, &t->call, NULL);
+	conn_hold(id >> 32, &args);
+	t->call = args;
+	return 0;
 }
 
 // Emits the records of a call; returns the call's connection (NULL if it has none).
@@ -596,23 +651,18 @@ static __always_inline struct conn_state *emit_call(__u64 id, struct call_args *
 
 // After any call (with or without bytes, a handshake step included): its socket I/O names the
 // connection's socket; when it had none and the socket is still unknown, the thread's next
-// socket write will (memory BIOs; see pending_ssl).
-static __always_inline void after_call(__u64 id, struct call_args *a, struct thread_state *t, struct conn_state *s)
+// socket write will (memory BIOs; see pending_ssl). `s` is the connection of a call that moved
+// bytes (emit_call has given it the call's socket already), NULL for one that moved none.
+static __always_inline struct conn_state *after_call(__u64 id, struct call_args *a, struct thread_state *t, struct conn_state *s)
 {
-	// Most calls that move nothing (WANT_READ) are on a connection whose socket this thread
-	// saw last: nothing to learn from them.
-	if (!s && a->ssl == t->known_ssl && (a->fd < 0 || a->fd == t->known_fd))
-		return;
-	if (!s)
+	if (!s) {
 		s = bpf_map_lookup_elem(&conns, &(struct conn_key){ .tgid = id >> 32, .ssl = a->ssl });
-	if (s && a->fd >= 0)
-		conn_set_fd(id >> 32, a->ssl, s, a->fd);
-	if (!s || s->sock.fd < 0) {
-		t->pending_ssl = a->ssl;
-		return;
+		if (s && a->fd >= 0)
+			conn_set_fd(id >> 32, a->ssl, s, a->fd);
 	}
-	t->known_ssl = a->ssl;
-	t->known_fd = s->sock.fd;
+	if (!s || s->sock.fd < 0)
+		t->pending_ssl = a->ssl;
+	return s;
 }
 
 static __always_inline int call_return(struct pt_regs *ctx, __u32 func, __u32 dir, bool ex)
@@ -627,8 +677,10 @@ static __always_inline int call_return(struct pt_regs *ctx, __u32 func, __u32 di
 		return 0;
 	a = t->call;
 	t->call.func = 0;
-	if (a.func != func)
+	if (a.func != func) {
+		conn_release(id >> 32, &a, NULL);
 		return 0;
+	}
 	if (ex) {
 		// SSL_*_ex and the internal functions: > 0 on success, the count through the
 		// size_t * argument.
@@ -640,7 +692,7 @@ static __always_inline int call_return(struct pt_regs *ctx, __u32 func, __u32 di
 	}
 	struct conn_state *s = len ? emit_call(id, &a, len, dir) : NULL;
 
-	after_call(id, &a, t, s);
+	conn_release(id >> 32, &a, after_call(id, &a, t, s));
 	return 0;
 }
 
@@ -882,9 +934,20 @@ static __always_inline int go_enter(struct pt_regs *ctx, __u32 func)
 		.fd = -1,
 	};
 
+	struct call_args *was;
+
 	if (!traced(id >> 32))
 		return 0;
 	go_proc_seen(gk.tgid);
+	// The entry probe fires again when the call restarts on a grown stack: it keeps its hold.
+	was = bpf_map_lookup_elem(&go_calls, &gk);
+	if (was && was->func == func && was->ssl == args.ssl)
+		args.held = was->held;
+	else {
+		if (was && was->func)
+			conn_release(gk.tgid, was, NULL);
+		conn_hold(gk.tgid, &args);
+	}
 	bpf_map_update_elem(&go_calls, &gk, &args, BPF_ANY);
 	return 0;
 }
@@ -901,8 +964,7 @@ static __always_inline int go_return(struct pt_regs *ctx, __u32 func, __u32 dir)
 		return 0;
 	a = *ap;
 	bpf_map_delete_elem(&go_calls, &gk);
-	if (n > 0)
-		emit_call(id, &a, n, dir);
+	conn_release(gk.tgid, &a, n > 0 ? emit_call(id, &a, n, dir) : NULL);
 	return 0;
 }
 

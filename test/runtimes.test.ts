@@ -204,6 +204,28 @@ describe('runtimes: Go, Node.js, GnuTLS (kernel, real programs)', function () {
     assert.match(request.toString(), /^GET \/second\?size=100 HTTP\/1\.1\r\n/);
   });
 
+  it('a Go Write still running when another goroutine closes its socket: its bytes are its connection\'s, which ends after them', async () => {
+    rec = new Recorder({ comms: ['gotls'], discovery: { pollMs: 0, extra: [gotls] } });
+    assert.ok(rec.reports.includes(`attached ${gotls} -1`), rec.reports.join('\n'));
+    // The Write blocks on a peer that reads nothing; Close breaks it, and close(2) runs before
+    // the Write returns with the count of what went out.
+    const res = await run(gotls, ['closewrite', cert.cert, cert.key, String(64 << 20)]);
+    assert.strictEqual(res.code, 0, res.stderr.toString());
+    const wrote = Number(/^wrote (\d+)$/m.exec(res.stdout.toString())?.[1]);
+    assert.ok(wrote > 0, `the Write moved bytes before the Close: ${res.stdout}`);
+    const conns = (): ConnRecord[] => rec!.conns.filter((c) => c.pid === res.pid);
+    const write = await waitFor(() => rec!.of(res.pid, 'egress').filter((r) => r.callLen === wrote).at(0), { what: "the Write's record" });
+    const id = write.connId;
+    assert.ok(write.sock.fd >= 0 && write.sock.role === 'client', `on the client end, with its socket: ${JSON.stringify(write.sock)}`);
+    const close = await waitFor(() => conns().find((c) => c.kind === 'close' && c.connId === id), { what: "the client end's close" });
+    // One connection moved bytes (the peer read none): no other, of unknown socket, was made
+    // up for the bytes the Write reported after its socket was closed.
+    assert.deepStrictEqual(conns().filter((c) => c.kind === 'open').map((c) => [c.connId, c.sock.fd >= 0]), [[id, true]], conns().map((c) => `${c.kind} ${c.connId} fd ${c.sock.fd}`).join('; '));
+    assert.ok(rec.of(res.pid).every((r) => r.connId === id), 'every record on that connection');
+    assert.strictEqual(close.reason, 'close');
+    assert.strictEqual(close.egressBytes, rec.of(res.pid, 'egress').filter((r) => r.connId === id && r.chunkOff === 0).reduce((n, r) => n + r.callLen, 0), 'its close counts the Write');
+  });
+
   it('Node.js https client and server (memory BIOs): every connection on its socket and 4-tuple', async () => {
     const port = await freePort();
     const script = testLibFile('node_tls.js');

@@ -4,6 +4,9 @@
 //
 //	gotls server ADDR CERT KEY           serves until killed; prints "listening" when ready
 //	gotls client URL [flags]             see the flags below
+//	gotls closewrite CERT KEY SIZE       a Write of SIZE bytes to a peer that reads nothing,
+//	                                     broken by Close from another goroutine; prints
+//	                                     "wrote N" (the bytes Write says it wrote)
 package main
 
 import (
@@ -12,6 +15,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"strconv"
@@ -76,7 +80,52 @@ func client(args []string) {
 	}
 }
 
+// closeWrite makes a call that is still running when its socket is closed: a TLS Write
+// blocked on a full socket buffer (the peer, in this process, never reads), and a Close from
+// another goroutine that breaks it. The records written before the Close went out on the
+// socket, and Write reports them in its count.
+func closeWrite(cert, key string, size int) {
+	pair, err := tls.LoadX509KeyPair(cert, key)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{pair}})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err == nil {
+			c.(*tls.Conn).Handshake()
+		}
+		accepted <- c // and never read from it
+	}()
+	c, err := tls.Dial("tcp", ln.Addr().String(), &tls.Config{InsecureSkipVerify: true})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	peer := <-accepted
+	done := make(chan int)
+	go func() {
+		n, _ := c.Write(body(size))
+		done <- n
+	}()
+	time.Sleep(500 * time.Millisecond) // the Write fills the socket buffers and blocks
+	c.Close()
+	fmt.Printf("wrote %d\n", <-done)
+	peer.Close()
+}
+
 func main() {
+	if len(os.Args) >= 5 && os.Args[1] == "closewrite" {
+		n, _ := strconv.Atoi(os.Args[4])
+		closeWrite(os.Args[2], os.Args[3], n)
+		return
+	}
 	if len(os.Args) >= 5 && os.Args[1] == "server" {
 		server(os.Args[2], os.Args[3], os.Args[4])
 		return
@@ -85,6 +134,6 @@ func main() {
 		client(os.Args[2:])
 		return
 	}
-	fmt.Fprintln(os.Stderr, "usage: gotls server ADDR CERT KEY | gotls client URL [-http2] [-count N] [-post N] [-wait D]")
+	fmt.Fprintln(os.Stderr, "usage: gotls server ADDR CERT KEY | gotls client URL [-http2] [-count N] [-post N] [-wait D] | gotls closewrite CERT KEY SIZE")
 	os.Exit(2)
 }
