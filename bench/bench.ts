@@ -12,6 +12,7 @@ import * as path from 'path';
 import { CAPTURE_STATS, HostSummary, Mode, MODES, PACKAGE_ROOT, ProcAccount, startCapture, useHelper } from './lib/capture';
 import { cpuSeconds, runLoad, Workload, WORKLOADS } from './lib/load';
 import { startBenchNginx } from './lib/nginx';
+import { tmpDir } from '../test/lib/servers';
 
 interface Options {
   duration: number;
@@ -247,7 +248,7 @@ async function main(): Promise<void> {
   const foreign = foreignProbes();
   if (foreign.length) process.stderr.write(`bench: WARNING: another capture holds uprobes; every number below pays for its probes too:\n  ${foreign.join('\n  ')}\n`);
 
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'https-capture-bench-'));
+  const dir = tmpDir('https-capture-bench-'); // removed at exit
   const nginx = await startBenchNginx(dir);
   // The target of 'others': a process with libssl mapped that makes no TLS call.
   const idle: ChildProcess = spawn('/usr/bin/python3', ['-c', 'import ssl, time; time.sleep(10**6)'], { stdio: 'ignore' });
@@ -256,10 +257,7 @@ async function main(): Promise<void> {
   const interrupted = (sig: NodeJS.Signals): void => {
     process.stderr.write(`\nbench: ${sig}: stopping nginx\n`);
     idle.kill('SIGKILL');
-    void nginx.stop().finally(() => {
-      fs.rmSync(dir, { recursive: true, force: true });
-      process.exit(sig === 'SIGINT' ? 130 : 143);
-    });
+    void nginx.stop().finally(() => process.exit(sig === 'SIGINT' ? 130 : 143));
   };
   process.once('SIGINT', interrupted);
   process.once('SIGTERM', interrupted);
@@ -284,7 +282,6 @@ async function main(): Promise<void> {
   } finally {
     idle.kill('SIGKILL');
     await nginx.stop();
-    fs.rmSync(dir, { recursive: true, force: true });
   }
 
   const when = new Date().toISOString().replace(/\.\d+Z$/, 'Z');

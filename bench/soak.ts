@@ -260,8 +260,7 @@ async function main(opts: Options): Promise<number> {
   const cpu = cpuSeconds(helperPid);
   const final = await host.close(30_000);
   if (!final || !bye) throw new Error(`no bye from the helper; its stderr:\n${host.stderr}`);
-  await stopAll();
-  fs.rmSync(dir, { recursive: true, force: true });
+  await stopAll(); // (dir goes at exit: tmpDir)
 
   // ---- the books ----------------------------------------------------------------------------
   let mismatched = 0;

@@ -2,15 +2,10 @@
 // deflate, br, through node's zlib), JSON pretty-printed, text as text, and binary summarized
 // with a hex preview. Pure code.
 import * as zlib from 'zlib';
-import { hexDump, isText } from './show';
+import { hexDump, isText, upTo } from './show';
 
 /** Bodies are not inflated beyond this (a decompression bomb stays a note). */
 export const MAX_DECODED_BYTES = 64 * 1024 * 1024;
-
-/** The first `limit` bytes of `b` (all of them when limit is 0): --print-limit. */
-export function upTo(b: Buffer, limit: number): Buffer {
-  return limit > 0 && b.length > limit ? b.subarray(0, limit) : b;
-}
 
 /** Bytes in a JSON file (jsonl, HAR): UTF-8 when they read as text (show.ts isText), else base64. */
 export function textOrBase64(b: Buffer): { encoding: 'utf8' | 'base64'; data: string } {
@@ -82,7 +77,7 @@ export interface ShownBody {
  */
 export function showBody(data: Buffer, mime: string, limit: number, hexBytes = 64): ShownBody {
   if (data.length === 0) return { kind: 'empty', text: '', omitted: 0 };
-  const cut = limit > 0 && data.length > limit ? data.subarray(0, limit) : data;
+  const cut = upTo(data, limit);
   // JSON by its type, or by its look (servers often send it as octet-stream or text/plain).
   if (isJsonType(mime) || /^\s*[[{]/.test(cut.toString('latin1', 0, 64))) {
     try {

@@ -344,7 +344,7 @@ export class Capture {
     if (library.kind === 'go') planGoCached(library.path);
   }
 
-  /** The probe plan of a file, worked out once per (device, inode) and mode. */
+  /** The probe plan of a file, worked out once per version of it (device, inode, size, mtime) and mode. */
   private plan(library: LibraryFile, mode: ProbeMode): ProbePlan {
     // Size and mtime too: a plan of a file read while being written must not outlive it.
     const k = `${library.dev}:${library.ino}:${fileVersion(library.path)}:${mode}`;

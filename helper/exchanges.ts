@@ -218,11 +218,6 @@ export class Session {
     for (const c of [...this.conns.values()]) this.finish(c, reason, this.lastNs > c.info.openNs ? this.lastNs : c.info.openNs);
   }
 
-  /** The newest capture timestamp pushed so far (0n before any). */
-  get latestNs(): bigint {
-    return this.lastNs;
-  }
-
   /** Offset up to which no more masks will come for this direction of the connection. */
   settled(key: string, dir: Dir): number {
     const c = this.conns.get(key);

@@ -29,6 +29,11 @@ export function formatTime(ns: bigint): string {
   return `${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}.${pad(us, 6)}`;
 }
 
+/** The first `limit` bytes of `b` (all of them when limit is 0): --print-limit. */
+export function upTo(b: Buffer, limit: number): Buffer {
+  return limit > 0 && b.length > limit ? b.subarray(0, limit) : b;
+}
+
 /**
  * True when the bytes read well as text: UTF-8 with no control characters but tab, CR, LF.
  * A character cut in two at the end (by a print limit or the capture cap) does not count.
@@ -85,7 +90,7 @@ export function showCall(call: Call, o: ShowOptions): string {
   const notes: string[] = [];
   if (call.truncatedBytes) notes.push(`${call.truncatedBytes} bytes ${call.rateLimited ? 'over the rate cap' : 'past the per-call cap'} not captured`);
   if (call.lostBytes) notes.push(`${call.lostBytes} bytes LOST (ring buffer full or memory unreadable)`);
-  const shown = o.limit > 0 && call.data.length > o.limit ? call.data.subarray(0, o.limit) : call.data;
+  const shown = upTo(call.data, o.limit);
   if (shown.length < call.data.length) notes.push(`${call.data.length - shown.length} more bytes not shown (--print-limit)`);
   const body = showBytes(shown);
   const tail = notes.length ? `\n${c.yellow}[${notes.join('; ')}]${c.reset}` : '';

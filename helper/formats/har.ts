@@ -5,7 +5,8 @@
 // response's first, receive the response's first to last call. What the capture cannot know
 // (blocked, dns, connect, ssl) is -1, as the spec says.
 import type { Entry, Har, Header } from 'har-format';
-import { decodeBody, headerValue, textOrBase64, upTo } from '../body';
+import { decodeBody, headerValue, textOrBase64 } from '../body';
+import { upTo } from '../show';
 import { HttpExchange, Session, SessionEvent } from '../exchanges';
 import { HttpMessage } from '../messages';
 import { redactHeaders } from '../redact';

@@ -3,7 +3,8 @@
 // HTTP, out of step, HTTP/2 frames that cannot be decoded), so nothing is hidden; a
 // "connection" line closes each connection with its totals and notes. The contract is
 // schemas/jsonl/line.schema.json.
-import { decodeBody, mimeType, textOrBase64, upTo } from '../body';
+import { decodeBody, mimeType, textOrBase64 } from '../body';
+import { upTo } from '../show';
 import { ConnInfo, HttpExchange, Session, SessionEvent } from '../exchanges';
 import { HttpMessage } from '../messages';
 import { redactHeaders } from '../redact';

@@ -121,8 +121,7 @@ export class Recorder {
    * preempted between its syscall and the call's return.
    */
   async settle(a: End, b: End, timeoutMs = 10_000): Promise<string> {
-    const len = (e: End, dir: Direction): number =>
-      this.of(e.pid, dir).reduce((n, r) => (e.connId === undefined || r.connId === e.connId ? n + r.data.length : n), 0);
+    const len = (e: End, dir: Direction): number => this.bytes(e.pid, dir, e.connId);
     const even = (): boolean => len(a, 'egress') === len(b, 'ingress') && len(a, 'ingress') === len(b, 'egress');
     const start = Date.now();
     return waitFor(even, { what: 'both ends to have as many bytes', timeoutMs }).then(
@@ -131,9 +130,9 @@ export class Recorder {
     );
   }
 
-  /** Bytes captured so far for pid/dir. */
-  bytes(pid: number, dir: Direction): number {
-    return this.of(pid, dir).reduce((n, r) => n + r.data.length, 0);
+  /** Bytes captured so far for pid/dir (of one of its connections, if given). */
+  bytes(pid: number, dir: Direction, connId?: bigint): number {
+    return this.of(pid, dir).reduce((n, r) => (connId === undefined || r.connId === connId ? n + r.data.length : n), 0);
   }
 }
 
