@@ -117,6 +117,11 @@ export interface KernelCounters {
   bytesRateLimited: number;
   /** exec and lib-open records lost (discovery's; the /proc rescan makes up for them). */
   discoveryEventsLost: number;
+  /**
+   * Traced calls whose bytes could not be taken, and whose count is unknown: no memory for the
+   * thread's state at entry, an unreadable byte count, a return that did not match its entry.
+   */
+  callsMissed: number;
 }
 
 const COUNTER_NAMES: (keyof KernelCounters)[] = [
@@ -131,6 +136,7 @@ const COUNTER_NAMES: (keyof KernelCounters)[] = [
   'eventsLost',
   'bytesRateLimited',
   'discoveryEventsLost',
+  'callsMissed',
 ];
 
 interface DataProbe {
@@ -201,30 +207,41 @@ export class Capture {
     if (!Number.isSafeInteger(rate) || rate < 0 || rate > RATE_CAP_MAX) {
       throw new RangeError(`rate cap ${rate} bytes/s is outside 0..${RATE_CAP_MAX}`);
     }
-    for (const key of this.bpf.keys('filter_pids')) this.bpf.delete('filter_pids', key);
-    for (const key of this.bpf.keys('filter_comms')) this.bpf.delete('filter_comms', key);
-    for (const key of this.bpf.keys('filter_ports')) this.bpf.delete('filter_ports', key);
-    let filter = 0;
-    for (const port of opts.ports ?? []) {
+    const u16 = (port: number): Buffer => {
       const k = Buffer.alloc(2);
       k.writeUInt16LE(port);
-      this.bpf.update('filter_ports', k, Buffer.from([1]));
-      filter |= FILTER_PORT;
-    }
-    for (const pid of opts.pids ?? []) {
+      return k;
+    };
+    const u32 = (pid: number): Buffer => {
       const k = Buffer.alloc(4);
       k.writeUInt32LE(pid);
-      this.bpf.update('filter_pids', k, Buffer.from([1]));
-      filter |= FILTER_PID;
-    }
-    for (const comm of opts.comms ?? []) {
-      // The kernel keeps the first 15 bytes of a process name.
+      return k;
+    };
+    // The kernel keeps the first 15 bytes of a process name.
+    const comm = (name: string): Buffer => {
       const k = Buffer.alloc(COMM_LEN);
-      k.write(comm.slice(0, COMM_LEN - 1), 'utf8');
-      this.bpf.update('filter_comms', k, Buffer.from([1]));
-      filter |= FILTER_COMM;
+      k.write(name.slice(0, COMM_LEN - 1), 'utf8');
+      return k;
+    };
+    const wanted: [string, Buffer[], number][] = [
+      ['filter_ports', (opts.ports ?? []).map(u16), FILTER_PORT],
+      ['filter_pids', (opts.pids ?? []).map(u32), FILTER_PID],
+      ['filter_comms', (opts.comms ?? []).map(comm), FILTER_COMM],
+    ];
+    // Calls go on while this changes, so at no moment may less be traced than what the old and
+    // the new settings have in common: the new keys go in first, then the settings, then the
+    // keys no longer wanted (emptying a map first left every process it names untraced until
+    // it was filled again, even when the config did not change it).
+    let filter = 0;
+    for (const [map, keys, bit] of wanted) {
+      for (const k of keys) this.bpf.update(map, k, Buffer.from([1]));
+      if (keys.length) filter |= bit;
     }
     this.bpf.update('settings', Buffer.alloc(4), encodeConfig(filter, cap, opts.execEvents ? CFG_EXEC_EVENTS : 0, rate));
+    for (const [map, keys] of wanted) {
+      const keep = new Set(keys.map((k) => k.toString('hex')));
+      for (const k of this.bpf.keys(map)) if (!keep.has(k.toString('hex'))) this.bpf.delete(map, k);
+    }
   }
 
   /**

@@ -175,6 +175,38 @@ describe('--ipc helper (kernel, real programs)', function () {
     assert.strictEqual(bye?.reason, 'shutdown');
   });
 
+  it('config frames sent while a filtered client downloads miss none of its calls', async function () {
+    this.timeout(60_000);
+    host = startHelper({ comms: ['curl'] });
+    const frames: RawFrame[] = [];
+    host.on('frame', (f) => frames.push(f));
+    await host.ready;
+    await waitFor(() => frames.some((f) => f.type === 'process' && f.state === 'attached'), { what: 'a process frame (attached)' });
+    // 20 MB in 16 KiB reads: about 1,300 calls, while the host re-sends the same filter (and
+    // changes the call cap, so each frame rewrites the settings) as fast as it can.
+    const size = 20_000_000;
+    let done = false;
+    const download = curl(`https://127.0.0.1:${py.port}/bytes/${size}?seed=5`, ['-o', '/dev/null', '--limit-rate', '40M']).finally(() => {
+      done = true;
+    });
+    let sent = 0;
+    while (!done && sent < 20_000) {
+      host.configure({ comms: ['curl'], call_cap: (1 << 20) - (sent % 2) });
+      sent++;
+      if (sent % 20 === 0) await new Promise((r) => setTimeout(r, 1));
+    }
+    const r = await download;
+    assert.strictEqual(r.code, 0, r.stderr.toString());
+    await waitFor(() => frames.some((f) => f.type === 'conn_close' && f.pid === r.pid), { what: "the close of curl's connection" });
+    const ingress = Buffer.concat(frames.filter((f) => f.type === 'segment' && f.pid === r.pid && f.dir === 1).map((f) => f.data as Buffer));
+    const body = ingress.subarray(ingress.indexOf('\r\n\r\n') + 4);
+    assert.ok(sent > 100, `only ${sent} config frames went out during the download`);
+    assert.strictEqual(body.length, size, `curl's captured response body is ${body.length} bytes of ${size} (${sent} config frames during the download)`);
+    assert.ok(body.equals(pattern(size, 5)), 'the captured body is what the server sent');
+    const bye = await host.close();
+    assert.strictEqual(bye?.reason, 'shutdown');
+  });
+
   it('--targeted: probes only in the target (the python server), not in its curl client; its targets cannot change', async () => {
     host = startHelper({ pids: [py.pid], targeted: true });
     const frames: RawFrame[] = [];
