@@ -298,7 +298,7 @@ async function main(opts: Options): Promise<number> {
   say(`  ${String(lm ? Number(lm[3]) : 0).padStart(6)}  requests on one python connection kept alive for the whole run`);
   say(`failed client runs: ${failures.length}${failures.length ? ` (${failures.slice(0, 5).join('; ')})` : ''}`);
   say(`bye: ${JSON.stringify(k)}; writer ${JSON.stringify(bye.writer)}`);
-  say(`loss: kernel ${k.bytes_lost} bytes lost, ${k.bytes_faulted} unreadable, ${k.events_lost} events lost; writer ${bye.writer.dropped_bytes} bytes dropped; host gaps ${gaps} bytes`);
+  say(`loss: kernel ${k.bytes_lost} bytes lost, ${k.bytes_faulted} unreadable, ${k.events_lost} events lost, ${k.calls_missed ?? 0} calls missed; writer ${bye.writer.dropped_bytes} bytes dropped; host gaps ${gaps} bytes`);
   if (lost > 0) {
     say(
       `  (the counters are exact; the host sees ${gaps} of those bytes as gaps: a connection of which every record was dropped, ` +

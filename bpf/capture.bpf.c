@@ -79,7 +79,9 @@ struct call_args {
 // syscall of every process then costs threads that never made a TLS call one pointer lookup,
 // not a hash lookup per map (measured: docs/performance.md). Freed with the thread.
 struct thread_state {
-	struct call_args call;      // the TLS call in progress (call.func != 0)
+	struct call_args call;      // the TLS call in progress (call.func != 0), the innermost
+	struct call_args outer;     // the call on another connection that `call` runs inside
+	                            // (TLS inside TLS: a BIO writing into a second connection)
 	struct call_args handshake; // a handshake in progress (handshake.ssl != 0)
 	__u64 pending_ssl;          // memory BIOs: the SSL* waiting for this thread's next socket write
 };
@@ -576,12 +578,26 @@ static __always_inline int call_enter(void *ssl, const void *buf, void *outlen, 
 	if (!traced(id >> 32))
 		return 0;
 	t = thread_now(true);
-	if (!t)
+	if (!t) {
+		count(CAP_CTR_CALLS_MISSED, 1); // no memory for the thread's state: said, not silent
 		return 0;
-	// A nested TLS call on the same thread replaces the outer one: the innermost
-	// call is the one that reports the bytes, the outer return then finds nothing.
-	if (t->call.func)
-		conn_release(id >> 32, &t->call, NULL);
+	}
+	// A TLS call inside another on the same thread:
+	// - on the same SSL*, a wrapper calling the real function: the inner call replaces the
+	//   outer one and reports the bytes; the outer return then finds nothing;
+	// - on another SSL*, TLS inside TLS (the BIO of one connection writes into a second one,
+	//   as a client does through an HTTPS proxy): the outer call waits in `outer` and returns
+	//   after the inner one. A third level is not followed: counted, not silent.
+	if (t->call.func) {
+		if (t->call.ssl == args.ssl)
+			conn_release(id >> 32, &t->call, NULL);
+		else if (!t->outer.func)
+			t->outer = t->call;
+		else {
+			count(CAP_CTR_CALLS_MISSED, 1);
+			conn_release(id >> 32, &t->call, NULL);
+		}
+	}
 	conn_hold(id >> 32, &args);
 	t->call = args;
 	return 0;
@@ -676,16 +692,28 @@ static __always_inline int call_return(struct pt_regs *ctx, __u32 func, __u32 di
 	if (!t || !t->call.func)
 		return 0;
 	a = t->call;
-	t->call.func = 0;
+	// The call it ran inside, if any, is the one in progress again. The socket this inner call
+	// did its I/O on carries the outer connection too (an HTTPS proxy's socket).
+	t->call = t->outer;
+	t->outer.func = 0;
+	if (t->call.func && t->call.fd < 0)
+		t->call.fd = a.fd;
 	if (a.func != func) {
+		// Another function's entry is pending: this call's entry was not seen, or that
+		// call's return was not. Either way some call's bytes are unknown.
+		count(CAP_CTR_CALLS_MISSED, 1);
 		conn_release(id >> 32, &a, NULL);
 		return 0;
 	}
 	if (ex) {
 		// SSL_*_ex and the internal functions: > 0 on success, the count through the
 		// size_t * argument.
-		if (rc <= 0 || bpf_probe_read_user(&len, sizeof(len), (const void *)a.outlen))
+		if (rc <= 0)
 			len = 0;
+		else if (bpf_probe_read_user(&len, sizeof(len), (const void *)a.outlen)) {
+			count(CAP_CTR_CALLS_MISSED, 1); // it moved bytes, but how many is unreadable
+			len = 0;
+		}
 	} else {
 		// SSL_write/SSL_read: the count, or <= 0 (WANT_READ/WANT_WRITE, error, close).
 		len = rc > 0 ? rc : 0;

@@ -154,6 +154,7 @@ enum cap_counter {
 	CAP_CTR_EVENTS_LOST,        /* connection and exit records the ring had no room for */
 	CAP_CTR_BYTES_RATE_LIMITED, /* bytes not captured: the process was over rate_cap */
 	CAP_CTR_DISCOVERY_LOST,     /* exec and lib-open records the ring had no room for */
+	CAP_CTR_CALLS_MISSED,       /* traced calls whose bytes could not be taken (count unknown) */
 	CAP_CTR_MAX,
 };
 

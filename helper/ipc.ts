@@ -82,6 +82,7 @@ export function wireCounters(k: KernelCounters | undefined): WireKernelCounters 
     events_lost: k?.eventsLost ?? 0,
     bytes_rate_limited: k?.bytesRateLimited ?? 0,
     discovery_events_lost: k?.discoveryEventsLost ?? 0,
+    calls_missed: k?.callsMissed ?? 0,
   };
 }
 
@@ -111,7 +112,7 @@ function helloFrame(maxQueueBytes: number): HelperFrame {
 
 /** Sends a loss frame per source for what was lost since the previous report of that source. */
 class LossReporter {
-  private readonly reported = { ring_buffer: [0, 0], memory_fault: [0, 0], events: [0, 0], writer_queue: [0, 0] };
+  private readonly reported = { ring_buffer: [0, 0], memory_fault: [0, 0], events: [0, 0], calls_missed: [0, 0], writer_queue: [0, 0] };
 
   constructor(
     private readonly writer: FrameWriter,
@@ -124,6 +125,7 @@ class LossReporter {
       ring_buffer: [k.bytesLost, k.recordsLost],
       memory_fault: [k.bytesFaulted, k.readFaults],
       events: [0, k.eventsLost],
+      calls_missed: [0, k.callsMissed], // their bytes are unknown: records only
       writer_queue: [w.dropped_bytes, w.dropped_segments],
     };
     for (const src of Object.keys(this.reported) as (keyof LossReporter['reported'])[]) {

@@ -14,6 +14,7 @@ import {
   run,
   Server,
   startNginx,
+  startPyProxy,
   startPyServer,
   startSServer,
   stopAll,
@@ -71,7 +72,7 @@ describe('capture (kernel, real programs)', function () {
     assert.ok(rec.stream(worker, 'ingress').equals(request), `nginx read exactly what curl wrote (${settled})`);
     assert.ok(rec.stream(worker, 'egress').equals(response), `curl read exactly what nginx wrote (${settled})`);
     const k = await rec.stop();
-    assert.strictEqual(k.bytesLost + k.bytesFaulted, 0, 'nothing lost');
+    assert.strictEqual(k.bytesLost + k.bytesFaulted + k.callsMissed, 0, 'nothing lost');
     assert.ok(rec.of(res.pid).every((r) => r.comm === 'curl' && r.tid === res.pid));
   });
 
@@ -179,6 +180,44 @@ describe('capture (kernel, real programs)', function () {
     assert.strictEqual(last.data.toString(), pattern(10, 2).toString());
     const k = await rec.stop();
     assert.ok(k.bytesTruncated >= MiB - 100000, `counted ${k.bytesTruncated} truncated bytes`);
+  });
+
+  it('TLS inside TLS: curl through an HTTPS proxy, the tunnelled exchange in plaintext and the proxy connection, each on its own', async () => {
+    const proxy = await startPyProxy({ dir, ...cert });
+    rec = new Recorder();
+    const size = 200_000;
+    // Not curl(): its --noproxy '*' (never leave loopback) would bypass the proxy.
+    const res = await run('curl', ['-sS', '-k', '--http1.1', '--proxy', `https://127.0.0.1:${proxy.port}`, '--proxy-insecure', `https://127.0.0.1:${py.port}/bytes/${size}?seed=8`]);
+    assert.strictEqual(res.code, 0, res.stderr.toString());
+    assert.ok(res.stdout.equals(pattern(size, 8)), 'curl got the body through the proxy');
+    // curl's TLS session with the server runs inside its TLS session with the proxy: each of
+    // its calls on the first makes calls on the second from inside (its BIO writes into it).
+    const byStart = (prefix: string): bigint | undefined =>
+      rec!.connections(res.pid).find((c) => rec!.of(res.pid, 'egress').find((r) => r.connId === c && r.seq === 0)?.data.toString().startsWith(prefix));
+    const tunnel = await waitFor(() => byStart(`GET /bytes/${size}?seed=8 HTTP/1.1\r\n`), { what: 'the tunnelled request in plaintext' });
+    const toProxy = await waitFor(() => byStart(`CONNECT 127.0.0.1:${py.port} HTTP/1.1\r\n`), { what: 'the CONNECT to the proxy' }).catch((e: Error) => {
+      const firsts = rec!.connections(res.pid).map((c) => `${c}: ${JSON.stringify(rec!.of(res.pid).filter((r) => r.connId === c).slice(0, 3).map((r) => [r.dir, r.seq, r.data.subarray(0, 60).toString('latin1')]))}`);
+      throw new Error(`${e.message}; curl's connections: ${firsts.join('; ')}`);
+    });
+    assert.strictEqual(rec.connections(res.pid).length, 2, 'two connections: to the proxy, and through it');
+    const settled = await rec.settle({ pid: res.pid, connId: tunnel }, { pid: py.pid });
+    const request = rec.stream(res.pid, 'egress', tunnel);
+    const response = rec.stream(res.pid, 'ingress', tunnel);
+    assert.match(response.subarray(0, 17).toString(), /^HTTP\/1\.0 200 OK|^HTTP\/1\.1 200 OK/);
+    assert.ok(response.subarray(response.length - size).equals(pattern(size, 8)), 'the tunnelled response body, byte for byte');
+    assert.ok(rec.stream(py.pid, 'ingress').equals(request), `the server read what curl wrote in the tunnel (${settled})`);
+    assert.ok(rec.stream(py.pid, 'egress').equals(response), `curl read what the server wrote (${settled})`);
+    // The tunnel's socket is the proxy connection's: that is where its bytes went.
+    const sock = rec.of(res.pid).find((r) => r.connId === tunnel)!.sock;
+    assert.strictEqual(sock.remotePort, proxy.port, `the tunnel is carried by the socket to the proxy (${JSON.stringify(sock)})`);
+    // The proxy connection carries the CONNECT, then the tunnel's TLS records (not plaintext).
+    const outer = rec.stream(res.pid, 'egress', toProxy);
+    assert.ok(outer.length > request.length, 'the proxy connection carried the tunnel');
+    assert.ok(!outer.includes(`GET /bytes/${size}`), 'the tunnelled request is not in the clear on the proxy connection');
+    const k = await rec.stop();
+    assert.strictEqual(k.callsMissed, 0, 'no call missed');
+    assert.strictEqual(k.bytesLost + k.bytesFaulted, 0, 'nothing lost');
+    await proxy.stop();
   });
 
   it('filters by process name and by pid, inside BPF', async () => {

@@ -138,6 +138,7 @@ describe('--ipc helper under overload (kernel, nginx and curl)', function () {
     assert.ok(k.bytes_lost > MiB, `the ring dropped only ${k.bytes_lost} bytes: the test did not overload it`);
     // (Reports of other programs' execs, discovery_events_lost, may be lost in so small a ring.)
     assert.strictEqual(k.events_lost, 0, 'connection events fit between the data records');
+    assert.strictEqual(k.calls_missed, 0, 'a full ring loses records, never whole calls unseen');
     // Exact: what the kernel counted as lost is what is missing from the stream, byte for byte.
     assert.strictEqual(b.lost, k.bytes_lost + k.bytes_faulted + bye.writer.dropped_bytes, 'gaps = kernel drops + faults + writer drops');
     assert.strictEqual(b.cut, 0, 'nothing cut by a cap');

@@ -62,6 +62,10 @@ export interface KernelCounters {
    */
   discovery_events_lost?: number;
   /**
+   * TLS calls of traced processes whose bytes could not be taken, and whose byte count is therefore unknown: the kernel had no memory for the thread's state at the call's entry, the call's byte count could not be read, or a return did not match the entry seen on its thread. Not part of bytes_lost (no byte count exists); each is also reported by a loss frame of source calls_missed. Absent from helpers older than this field.
+   */
+  calls_missed?: number;
+  /**
    * Bytes not captured because their process was over the byte-rate cap (rate_cap); the segments are marked rate_limited. Absent from helpers older than this field.
    */
   bytes_rate_limited?: number;
@@ -426,7 +430,7 @@ export interface LossFrame {
    */
   type: 'loss';
   /**
-   * Where they were lost: "ring_buffer" (the kernel had no room), "memory_fault" (the process's buffer could not be read), "events" (exit events), "writer_queue" (the host read too slowly). Hosts must accept other values.
+   * Where they were lost: "ring_buffer" (the kernel had no room), "memory_fault" (the process's buffer could not be read), "events" (exit events), "calls_missed" (calls whose bytes could not be taken: bytes is 0, as their count is unknown, and records counts the calls), "writer_queue" (the host read too slowly). Hosts must accept other values.
    */
   source: string;
   /**

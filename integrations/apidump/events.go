@@ -76,7 +76,8 @@ type ConnClose struct {
 }
 
 // Loss is a loss frame: bytes that will never arrive, since the previous loss
-// frame of the same Source (ring_buffer, memory_fault, events, writer_queue, …).
+// frame of the same Source (ring_buffer, memory_fault, events, calls_missed,
+// writer_queue, …). A calls_missed loss has Bytes 0 (unknown) and counts calls in Records.
 type Loss struct {
 	Source     string `msgpack:"source"`
 	Bytes      uint64 `msgpack:"bytes"`
@@ -100,6 +101,8 @@ type KernelCounters struct {
 	BytesRateLimited uint64 `msgpack:"bytes_rate_limited"`
 	// DiscoveryEventsLost: reports of new programs and library files the helper missed.
 	DiscoveryEventsLost uint64 `msgpack:"discovery_events_lost"`
+	// CallsMissed: traced calls whose bytes could not be taken (their byte count is unknown).
+	CallsMissed uint64 `msgpack:"calls_missed"`
 }
 
 // WriterCounters are the counters of the helper's stdout queue.

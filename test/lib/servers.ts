@@ -400,7 +400,7 @@ function libFile(name: string): string {
   return found;
 }
 
-export async function startPyServer(opts: {
+export function startPyServer(opts: {
   dir: string;
   cert: string;
   key: string;
@@ -408,10 +408,20 @@ export async function startPyServer(opts: {
   /** Listen address (overrides ipv6): '::' is dual-stack, IPv4 clients appear v4-mapped. */
   host?: string;
 }): Promise<Server> {
-  const args = [libFile('tls_server.py'), '--port', '0', '--cert', opts.cert, '--key', opts.key];
+  const args = ['--port', '0', '--cert', opts.cert, '--key', opts.key];
   if (opts.host) args.push('--host', opts.host);
   else if (opts.ipv6) args.push('--host', '::1');
-  const proc = spawnTracked(PYTHON, args, { cwd: opts.dir, stdio: ['ignore', 'pipe', 'pipe'] });
+  return startPyScript('tls_server.py', args, opts.dir);
+}
+
+/** An HTTPS forward proxy on 127.0.0.1 (tls_proxy.py): TLS, then CONNECT to a loopback port. */
+export function startPyProxy(opts: { dir: string; cert: string; key: string }): Promise<Server> {
+  return startPyScript('tls_proxy.py', ['--port', '0', '--cert', opts.cert, '--key', opts.key], opts.dir);
+}
+
+/** Runs one of test/lib's python servers; it prints "READY <port>" once it listens. */
+async function startPyScript(script: string, args: string[], cwd: string): Promise<Server> {
+  const proc = spawnTracked(PYTHON, [libFile(script), ...args], { cwd, stdio: ['ignore', 'pipe', 'pipe'] });
   const pid = proc.child.pid;
   if (pid === undefined) throw new Error(`cannot spawn ${PYTHON}`);
   const stop = (): Promise<void> => terminate(proc);
@@ -420,10 +430,10 @@ export async function startPyServer(opts: {
       () => {
         const m = /^READY (\d+)$/m.exec(proc.output());
         if (m) return Number(m[1]);
-        if (hasExited(proc.child)) throw new Error(`tls_server.py exited:\n${proc.output()}`);
+        if (hasExited(proc.child)) throw new Error(`${script} exited:\n${proc.output()}`);
         return undefined;
       },
-      { timeoutMs: START_TIMEOUT_MS, what: 'tls_server.py READY' },
+      { timeoutMs: START_TIMEOUT_MS, what: `${script} READY` },
     );
     return { port, pid, stop };
   } catch (e) {
