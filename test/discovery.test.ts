@@ -12,10 +12,10 @@ import { CertPair, curl, makeCert, NginxServer, run, Server, startNginx, startPy
 const SYSTEM_LIBSSL = '/usr/lib/x86_64-linux-gnu/libssl.so.3';
 
 /** A python client that imports ssl, waits, then makes one request (body to stdout). */
-function pyLate(port: number, waitS: number, pathName: string): string[] {
+function pyLate(port: number, waitS: number, pathName: string, afterImportS = 0): string[] {
   return [
     '-c',
-    `import time; time.sleep(${waitS}); import ssl, http.client
+    `import time; time.sleep(${waitS}); import ssl, http.client; time.sleep(${afterImportS})
 c = http.client.HTTPSConnection('127.0.0.1', ${port}, context=ssl._create_unverified_context())
 c.request('GET', '${pathName}'); print(c.getresponse().read().decode(), end='')`,
   ];
@@ -120,8 +120,9 @@ describe('discovery (kernel, real processes)', function () {
     rec = new Recorder({ discovery: { pollMs: 0 } });
     assert.ok(!rec.reports.some((r) => r.includes(lib)), 'not known at start');
     const env = { ...process.env, LD_LIBRARY_PATH: lib };
-    // The first process to load it gives the helper a moment (attaching a new file takes a few ms).
-    const first = await run('/usr/bin/python3', pyLate(py.port, 0.3, '/bytes/20?seed=2'), { env });
+    // The first process to load it gives the helper a moment: a file never seen before gets its
+    // probes 10-21 ms after the open here (README), and a slower machine takes longer.
+    const first = await run('/usr/bin/python3', pyLate(py.port, 0.3, '/bytes/20?seed=2', 0.3), { env });
     assert.strictEqual(first.code, 0, first.stderr.toString());
     assert.ok(rec.reports.some((r) => r.startsWith(`attached ${lib}/libssl.so.3 -1`)), rec.reports.join('\n'));
     await waitFor(() => rec!.bytes(first.pid, 'ingress') >= 20, { what: "the first client's response" });
@@ -147,7 +148,8 @@ describe('discovery (kernel, real processes)', function () {
     const copy = path.join(dir, 'ns-libssl.so.3');
     fs.copyFileSync(SYSTEM_LIBSSL, copy);
     rec = new Recorder({ discovery: { pollMs: 0 } });
-    const script = pyLate(py.port, 0.3, '/bytes/30?seed=3')[1]!.replace(/'/g, `'"'"'`);
+    // A file never seen before: the process gives the helper a moment after loading it, as above.
+    const script = pyLate(py.port, 0.3, '/bytes/30?seed=3', 0.3)[1]!.replace(/'/g, `'"'"'`);
     const res = await run('unshare', ['-m', '--propagation', 'private', 'sh', '-c', `mount --bind ${copy} ${SYSTEM_LIBSSL} && exec /usr/bin/python3 -c '${script}'`]);
     assert.strictEqual(res.code, 0, res.stderr.toString());
     // ld.so opens the path from its cache (/lib/… or /usr/lib/…); through /proc/<pid>/root it
