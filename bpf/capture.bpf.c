@@ -589,12 +589,11 @@ static __always_inline int call_enter(void *ssl, const void *buf, void *outlen, 
 	//   as a client does through an HTTPS proxy): the outer call waits in `outer` and returns
 	//   after the inner one. A third level is not followed: counted, not silent.
 	if (t->call.func) {
-		if (t->call.ssl == args.ssl)
-			conn_release(id >> 32, &t->call, NULL);
-		else if (!t->outer.func)
+		if (t->call.ssl != args.ssl && !t->outer.func)
 			t->outer = t->call;
 		else {
-			count(CAP_CTR_CALLS_MISSED, 1);
+			if (t->call.ssl != args.ssl)
+				count(CAP_CTR_CALLS_MISSED, 1); // the third level
 			conn_release(id >> 32, &t->call, NULL);
 		}
 	}

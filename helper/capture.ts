@@ -217,10 +217,10 @@ export class Capture {
       k.writeUInt32LE(pid);
       return k;
     };
-    // The kernel keeps the first 15 bytes of a process name.
+    // The kernel keeps the first 15 bytes of a process name (bytes, not characters), then a NUL.
     const comm = (name: string): Buffer => {
       const k = Buffer.alloc(COMM_LEN);
-      k.write(name.slice(0, COMM_LEN - 1), 'utf8');
+      Buffer.from(name, 'utf8').copy(k, 0, 0, COMM_LEN - 1);
       return k;
     };
     const wanted: [string, Buffer[], number][] = [

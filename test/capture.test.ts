@@ -203,7 +203,7 @@ describe('capture (kernel, real programs)', function () {
     const settled = await rec.settle({ pid: res.pid, connId: tunnel }, { pid: py.pid });
     const request = rec.stream(res.pid, 'egress', tunnel);
     const response = rec.stream(res.pid, 'ingress', tunnel);
-    assert.match(response.subarray(0, 17).toString(), /^HTTP\/1\.0 200 OK|^HTTP\/1\.1 200 OK/);
+    assert.match(response.subarray(0, 17).toString(), /^HTTP\/1\.[01] 200 OK/);
     assert.ok(response.subarray(response.length - size).equals(pattern(size, 8)), 'the tunnelled response body, byte for byte');
     assert.ok(rec.stream(py.pid, 'ingress').equals(request), `the server read what curl wrote in the tunnel (${settled})`);
     assert.ok(rec.stream(py.pid, 'egress').equals(response), `curl read what the server wrote (${settled})`);
