@@ -10,8 +10,8 @@ import { ChildProcess, spawn } from 'child_process';
 import { Command, InvalidArgumentError } from 'commander';
 import * as fs from 'fs';
 import * as path from 'path';
-import { ByeFrame, StatsFrame } from '../helper/generated/protocol';
-import { HelperHost } from '../helper/host';
+import { ByeFrame, StatsFrame } from '../helper/protocol/generated';
+import { HelperHost } from '../helper/host/host';
 import { makeCert, NginxServer, run, Server, startNginx, startPyServer, startServer, stopAll, freePort, testLibFile, tmpDir } from '../test/lib/servers';
 import { cpuSeconds, statusKiB } from '../test/lib/procfs';
 

@@ -772,7 +772,7 @@ int BPF_KRETPROBE(ssl_read_ex_exit)
 }
 
 // ssl_write_internal/ssl_read_internal have the _ex signature. Their first instruction is
-// one the kernel emulates, so these are the cheap probes (see helper/openssl.ts).
+// one the kernel emulates, so these are the cheap probes (see helper/discovery/openssl.ts).
 SEC("uprobe")
 int BPF_KPROBE(ssl_write_internal_enter, void *ssl, const void *buf, size_t num, size_t *written)
 {
@@ -937,7 +937,7 @@ int BPF_KPROBE(ssl_free, void *ssl)
 // Go >= 1.17 passes arguments and results in registers (ABIInternal, amd64): the receiver
 // (*tls.Conn) in rax, the []byte in rbx (pointer) and rcx (length); n in rax at return; the
 // current goroutine's g in r14. There is no return probe: Go moves goroutine stacks, which
-// breaks the return address a uretprobe plants, so helper/golang.ts probes every RET
+// breaks the return address a uretprobe plants, so helper/discovery/golang.ts probes every RET
 // instruction of the function instead.
 
 static __always_inline void go_proc_seen(__u32 tgid)

@@ -51,7 +51,7 @@ enum cap_func {
 	CAP_FN_SSL_WRITE_EX = 3,
 	CAP_FN_SSL_READ_EX = 4,
 	/* ssl_write_internal/ssl_read_internal: what SSL_write(_ex), SSL_read(_ex) and the
-	 * SSL BIO all call (found by helper/openssl.ts) */
+	 * SSL BIO all call (found by helper/discovery/openssl.ts) */
 	CAP_FN_SSL_WRITE_INTERNAL = 5,
 	CAP_FN_SSL_READ_INTERNAL = 6,
 	/* GnuTLS: the session pointer stands where OpenSSL has the SSL* */

@@ -5,14 +5,14 @@
 // recording the same way.
 import { Command, InvalidArgumentError } from 'commander';
 import * as fs from 'fs';
-import { Discovery } from './discovery';
-import { Capture, DEFAULT_CALL_CAP, DEFAULT_RING_BYTES, KernelCounters, RATE_CAP_MAX } from './capture';
+import { Discovery } from './discovery/discovery';
+import { Capture, DEFAULT_CALL_CAP, DEFAULT_RING_BYTES, KernelCounters, RATE_CAP_MAX } from './kernel/capture';
 import { attachRefused, explain, preflight, privilegeWarnings, UserError } from './errors';
 import { BINARY_FORMATS, createRenderer, Format, FORMATS, isFormat } from './formats';
 import { Sink } from './formats/output';
-import { ByeReason, helperVersion, runIpc, StandaloneFrames } from './ipc';
-import { CALL_CAP_MAX } from './records';
-import { replayCommand } from './replay';
+import { ByeReason, helperVersion, runIpc, StandaloneFrames } from './commands/ipc';
+import { CALL_CAP_MAX } from './records/records';
+import { replayCommand } from './commands/replay';
 
 interface Options {
   pid: number[];

@@ -2,7 +2,7 @@
 // naming the fix. Checks what can be checked before touching the kernel (privileges, BTF,
 // built artifacts) and translates BridgeError codes into the same form.
 import * as fs from 'fs';
-import { ADDON_PATH, BPF_OBJECT_PATH, BridgeError } from './bridge';
+import { ADDON_PATH, BPF_OBJECT_PATH, BridgeError } from './kernel/bridge';
 
 export class UserError extends Error {
   override name = 'UserError';

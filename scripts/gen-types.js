@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-// gen-types.js: derives helper/generated/protocol.ts (the TypeScript types of every frame)
+// gen-types.js: derives helper/protocol/generated.ts (the TypeScript types of every frame)
 // from schemas/*.schema.json with json-schema-to-typescript, so the wire contract is written
 // once. Run by scripts/setup.sh before tsc; `--check` exits 1 if the file is stale.
 'use strict';
@@ -9,7 +9,7 @@ const { compile } = require('json-schema-to-typescript');
 
 const root = path.resolve(__dirname, '..');
 const schemaDir = path.join(root, 'schemas');
-const outFile = path.join(root, 'helper', 'generated', 'protocol.ts');
+const outFile = path.join(root, 'helper', 'protocol', 'generated.ts');
 
 const load = (name) => JSON.parse(fs.readFileSync(path.join(schemaDir, name), 'utf8'));
 const frameSchema = load('frame.schema.json');

@@ -1,7 +1,7 @@
-// calls.test.ts: helper/calls.ts CallAssembler: chunks joined into calls, interleaved connections, lost and truncated bytes, and flush().
+// calls.test.ts: helper/records/calls.ts CallAssembler: chunks joined into calls, interleaved connections, lost and truncated bytes, and flush().
 import * as assert from 'assert';
-import { Call, CallAssembler } from '../helper/calls';
-import { CHUNK_MAX, DataRecord, decodeBatch, encodeData, Direction, SockInfo } from '../helper/records';
+import { Call, CallAssembler } from '../helper/records/calls';
+import { CHUNK_MAX, DataRecord, decodeBatch, encodeData, Direction, SockInfo } from '../helper/records/records';
 
 function pattern(n: number, seed: number): Buffer {
   const b = Buffer.alloc(n);

@@ -2,7 +2,7 @@
 // captured must be byte-identical to what was sent, on both ends of each exchange.
 import * as assert from 'assert';
 import * as fs from 'fs';
-import { DataRecord } from '../helper/records';
+import { DataRecord } from '../helper/records/records';
 import { Recorder, requireKernel } from './lib/kernel';
 import {
   CertPair,

@@ -5,8 +5,8 @@ import * as assert from 'assert';
 import { spawn } from 'child_process';
 import * as fs from 'fs';
 import * as path from 'path';
-import { replayExchanges, replayFrames } from '../helper/replay';
-import { RawFrame } from '../helper/wire';
+import { replayExchanges, replayFrames } from '../helper/commands/replay';
+import { RawFrame } from '../helper/protocol/wire';
 import { requireKernel } from './lib/kernel';
 import { curl, pattern, run, Server, startPyServer, stopAll, tmpDir, waitFor, makeCert } from './lib/servers';
 

@@ -4,7 +4,7 @@
 import * as assert from 'assert';
 import * as fs from 'fs';
 import * as path from 'path';
-import { ConnRecord } from '../helper/records';
+import { ConnRecord } from '../helper/records/records';
 import { Recorder, requireKernel } from './lib/kernel';
 import { CertPair, curl, makeCert, NginxServer, run, startNginx, startPyServer, stopAll, tmpDir, waitFor } from './lib/servers';
 

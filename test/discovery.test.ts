@@ -4,8 +4,8 @@
 import * as assert from 'assert';
 import * as fs from 'fs';
 import * as path from 'path';
-import { devNumber, mappedFiles } from '../helper/libraries';
-import { planOpenSsl } from '../helper/openssl';
+import { devNumber, mappedFiles } from '../helper/discovery/libraries';
+import { planOpenSsl } from '../helper/discovery/openssl';
 import { Recorder, requireKernel } from './lib/kernel';
 import { CertPair, curl, makeCert, NginxServer, run, Server, startNginx, startPyServer, startRequester, stopAll, tmpDir, waitFor } from './lib/servers';
 

@@ -10,10 +10,10 @@ import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import * as zlib from 'zlib';
-import { decodeBody } from '../helper/body';
+import { decodeBody } from '../helper/http/body';
 import { createRenderer, Format, RenderOptions } from '../helper/formats';
-import { replayFrames } from '../helper/replay';
-import { RawFrame } from '../helper/wire';
+import { replayFrames } from '../helper/commands/replay';
+import { RawFrame } from '../helper/protocol/wire';
 import { conversation, Step } from './lib/traffic';
 import { ours, ourExchanges, tsharkCounts, tsharkMessages } from './lib/tshark';
 

@@ -1,15 +1,15 @@
-// frames.test.ts: helper/frames.ts and helper/segments.ts. The binary path (pushBatch: segments
+// frames.test.ts: helper/protocol/frames.ts and helper/protocol/segments.ts. The binary path (pushBatch: segments
 // encoded straight from the record bytes, one write per batch) must produce exactly the bytes
 // of the object path (push: frame objects through msgpackr), for any sequence of records, and
 // under a host that stops reading. Also the integer encodings msgpackr gets wrong for hosts.
 import * as assert from 'assert';
 import fc from 'fast-check';
 import { PassThrough, Writable } from 'stream';
-import { FrameBuilder } from '../helper/frames';
-import { HelperFrame } from '../helper/generated/protocol';
-import { DataRecord, decodeBatch, encodeData, encodeSock, Kind, OFFSETS as O, SockInfo } from '../helper/records';
-import { putInt } from '../helper/segments';
-import { FrameDecoder, FrameEncoder, FrameWriter, RawFrame } from '../helper/wire';
+import { FrameBuilder } from '../helper/protocol/frames';
+import { HelperFrame } from '../helper/protocol/generated';
+import { DataRecord, decodeBatch, encodeData, encodeSock, Kind, OFFSETS as O, SockInfo } from '../helper/records/records';
+import { putInt } from '../helper/protocol/segments';
+import { FrameDecoder, FrameEncoder, FrameWriter, RawFrame } from '../helper/protocol/wire';
 
 const SEED = process.env.FUZZ_SEED === 'random' ? Date.now() : Number(process.env.FUZZ_SEED ?? 0);
 const RUNS = Number(process.env.FUZZ_RUNS ?? 100);

@@ -7,11 +7,11 @@ import * as assert from 'assert';
 import fc from 'fast-check';
 import * as fs from 'fs';
 import * as path from 'path';
-import { ConfigState, ErrorFrame, StatsFrame } from '../helper/generated/protocol';
-import { Exchange, HelperHost } from '../helper/host';
-import { SUPPORTED_LIBRARIES } from '../helper/ipc';
-import { frameSchemas } from '../helper/schema';
-import { FrameEncoder, RawFrame } from '../helper/wire';
+import { ConfigState, ErrorFrame, StatsFrame } from '../helper/protocol/generated';
+import { Exchange, HelperHost } from '../helper/host/host';
+import { SUPPORTED_LIBRARIES } from '../helper/commands/ipc';
+import { frameSchemas } from '../helper/protocol/schema';
+import { FrameEncoder, RawFrame } from '../helper/protocol/wire';
 import { requireKernel } from './lib/kernel';
 import { curl, NginxServer, pattern, startNginx, stopAll, tmpDir, waitFor } from './lib/servers';
 

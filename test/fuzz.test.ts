@@ -8,18 +8,18 @@ import fc from 'fast-check';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { CallAssembler } from '../helper/calls';
-import { ElfError, ElfFile } from '../helper/elf';
-import { ConnCloseFrame, ConnOpenFrame, SegmentFrame } from '../helper/generated/protocol';
-import { ExchangeAssembler, Exchange } from '../helper/host';
-import { hasOpenSsl } from '../helper/libraries';
+import { CallAssembler } from '../helper/records/calls';
+import { ElfError, ElfFile } from '../helper/discovery/elf';
+import { ConnCloseFrame, ConnOpenFrame, SegmentFrame } from '../helper/protocol/generated';
+import { ExchangeAssembler, Exchange } from '../helper/host/host';
+import { hasOpenSsl } from '../helper/discovery/libraries';
 import { createRenderer, FORMATS } from '../helper/formats';
-import { exportedOffsets, planOpenSsl } from '../helper/openssl';
-import { CHUNK_MAX, decodeBatch, decodeRecord, RecordError } from '../helper/records';
-import { connectionSummaries, exchangeSummary, frameToJson, replayCommand } from '../helper/replay';
+import { exportedOffsets, planOpenSsl } from '../helper/discovery/openssl';
+import { CHUNK_MAX, decodeBatch, decodeRecord, RecordError } from '../helper/records/records';
+import { connectionSummaries, exchangeSummary, frameToJson, replayCommand } from '../helper/commands/replay';
 import { UserError } from '../helper/errors';
-import { showCall, showConn } from '../helper/show';
-import { FrameDecoder, FrameEncoder, FrameError, RawFrame } from '../helper/wire';
+import { showCall, showConn } from '../helper/formats/show';
+import { FrameDecoder, FrameEncoder, FrameError, RawFrame } from '../helper/protocol/wire';
 import { exampleFrames } from './lib/frames';
 
 const SEED = process.env.FUZZ_SEED === 'random' ? Date.now() : Number(process.env.FUZZ_SEED ?? 0);
@@ -133,7 +133,7 @@ const RENDERERS: Record<string, (frames: RawFrame[]) => unknown> = {
   ),
 };
 
-describe('fuzz: frame decoder (helper/wire.ts)', function () {
+describe('fuzz: frame decoder (helper/protocol/wire.ts)', function () {
   this.timeout(60_000);
 
   it('arbitrary bytes in arbitrary chunks: frames or FrameErrors, never a throw; abandonPartial() resets', () => {
@@ -198,7 +198,7 @@ describe('fuzz: frame decoder (helper/wire.ts)', function () {
   });
 });
 
-describe('fuzz: capture records decoder (helper/records.ts)', function () {
+describe('fuzz: capture records decoder (helper/records/records.ts)', function () {
   this.timeout(60_000);
 
   it('arbitrary batches: records or a RecordError, never another exception', () => {
@@ -281,7 +281,7 @@ describe('fuzz: renderers of captured HTTP (host, replay, show)', function () {
   });
 });
 
-describe('fuzz: malformed and truncated ELF files (helper/elf.ts, openssl.ts, libraries.ts)', function () {
+describe('fuzz: malformed and truncated ELF files (helper/discovery/elf.ts, openssl.ts, libraries.ts)', function () {
   this.timeout(120_000);
   const LIBSSL = ['/usr/lib/x86_64-linux-gnu/libssl.so.3', '/lib/x86_64-linux-gnu/libssl.so.3'].find((p) => fs.existsSync(p));
   let dir: string;
@@ -354,12 +354,12 @@ describe('fuzz: malformed and truncated ELF files (helper/elf.ts, openssl.ts, li
   });
 });
 
-describe('vanishing /proc entries during discovery (helper/libraries.ts)', function () {
+describe('vanishing /proc entries during discovery (helper/discovery/libraries.ts)', function () {
   this.timeout(60_000);
 
   it('scans of /proc while 200 short-lived processes come and go: no throw, every path a string', async () => {
     const { spawn } = await import('child_process');
-    const { mappedLibraries, tlsExecutables, findTlsLibraries } = await import('../helper/libraries');
+    const { mappedLibraries, tlsExecutables, findTlsLibraries } = await import('../helper/discovery/libraries');
     let running = 0;
     let started = 0;
     let scans = 0;
@@ -392,7 +392,7 @@ describe('vanishing /proc entries during discovery (helper/libraries.ts)', funct
   });
 
   it('an executable whose process ended before it could be read is judged again later, not skipped for good (regression)', async () => {
-    const { tlsExecutables } = await import('../helper/libraries');
+    const { tlsExecutables } = await import('../helper/discovery/libraries');
     const seen = new Set<string>();
     // This test's own node has OpenSSL inside. First sighting: the file cannot be read (as when
     // the process exits between the stat and the open).

@@ -1,10 +1,10 @@
-// http1.test.ts: HTTP/1.x exchanges rebuilt from frames (helper/exchanges.ts, http1.ts) without
+// http1.test.ts: HTTP/1.x exchanges rebuilt from frames (helper/http/exchanges.ts, http1.ts) without
 // root: messages split at every byte, pipelining, chunked with trailers, HEAD, 1xx, 204/304,
 // Upgrade, CONNECT, bodies read until the close, gaps stepped over inside bodies, resync after a
 // loss or a mid-stream join, and never a pair made across a loss that could make it wrong.
 import * as assert from 'assert';
-import { HttpExchange, Session, SessionEvent } from '../helper/exchanges';
-import { RawFrame } from '../helper/wire';
+import { HttpExchange, Session, SessionEvent } from '../helper/http/exchanges';
+import { RawFrame } from '../helper/protocol/wire';
 import { conversation, splits, Step } from './lib/traffic';
 
 function analyse(frames: RawFrame[]): SessionEvent[] {

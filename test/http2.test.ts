@@ -1,13 +1,13 @@
-// http2.test.ts: HTTP/2 exchanges rebuilt from frames (helper/http2.ts) without root, on real
+// http2.test.ts: HTTP/2 exchanges rebuilt from frames (helper/http/http2.ts) without root, on real
 // traffic of node's http2 (nghttp2) recorded through an in-process relay: streams paired with
 // their bodies and trailers, gRPC recognized, resets, server push, secrets masked in the bytes
 // consistently with HPACK, and a connection joined mid-stream or cut inside a header block
 // shown frame by frame, with no header ever invented.
 import * as assert from 'assert';
-import { HttpExchange, Session, SessionEvent } from '../helper/exchanges';
+import { HttpExchange, Session, SessionEvent } from '../helper/http/exchanges';
 import { MaskedFrames } from '../helper/formats/output';
-import { literalPositions, looksLikeFrames } from '../helper/http2';
-import { RawFrame } from '../helper/wire';
+import { literalPositions, looksLikeFrames } from '../helper/http/http2';
+import { RawFrame } from '../helper/protocol/wire';
 import { conversation, h2request, recordHttp2, Step } from './lib/traffic';
 
 function analyse(frames: RawFrame[]): SessionEvent[] {

@@ -5,8 +5,8 @@
 import * as assert from 'assert';
 import * as fs from 'fs';
 import * as path from 'path';
-import { StatsFrame, ByeFrame, ConnCloseFrame, LossFrame, SegmentFrame } from '../helper/generated/protocol';
-import { Exchange, HelperHost } from '../helper/host';
+import { StatsFrame, ByeFrame, ConnCloseFrame, LossFrame, SegmentFrame } from '../helper/protocol/generated';
+import { Exchange, HelperHost } from '../helper/host/host';
 import { requireKernel } from './lib/kernel';
 import { curl, NginxServer, pattern, startNginx, stopAll, tmpDir, waitFor } from './lib/servers';
 import { statusKiB } from './lib/procfs';

@@ -4,11 +4,11 @@
 import * as assert from 'assert';
 import * as fs from 'fs';
 import * as path from 'path';
-import { ErrorFrame, StatsFrame } from '../helper/generated/protocol';
-import { Exchange, HelperHost } from '../helper/host';
-import { IpcOptions } from '../helper/ipc';
-import { replayFrames } from '../helper/replay';
-import { FrameEncoder, RawFrame } from '../helper/wire';
+import { ErrorFrame, StatsFrame } from '../helper/protocol/generated';
+import { Exchange, HelperHost } from '../helper/host/host';
+import { IpcOptions } from '../helper/commands/ipc';
+import { replayFrames } from '../helper/commands/replay';
+import { FrameEncoder, RawFrame } from '../helper/protocol/wire';
 import { requireKernel } from './lib/kernel';
 import { CertPair, curl, makeCert, pattern, pyClient, Server, startPyServer, stopAll, tmpDir, waitFor } from './lib/servers';
 

@@ -1,15 +1,15 @@
-// openssl.test.ts: helper/openssl.ts planOpenSsl and helper/elf.ts ElfFile on this machine's libssl.so.3, on non-OpenSSL and non-ELF files, and on a truncated libssl.
+// openssl.test.ts: helper/discovery/openssl.ts planOpenSsl and helper/discovery/elf.ts ElfFile on this machine's libssl.so.3, on non-OpenSSL and non-ELF files, and on a truncated libssl.
 import * as assert from 'assert';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import { Decoder, DecoderOptions, Mnemonic } from 'iced-x86';
-import { ElfFile, EM_X86_64 } from '../helper/elf';
-import { planOpenSsl, ProbePlan } from '../helper/openssl';
+import { ElfFile, EM_X86_64 } from '../helper/discovery/elf';
+import { planOpenSsl, ProbePlan } from '../helper/discovery/openssl';
 
 const LIBSSL = '/usr/lib/x86_64-linux-gnu/libssl.so.3';
 
-/** Bytes of a file at an offset, read without helper/elf.ts. */
+/** Bytes of a file at an offset, read without helper/discovery/elf.ts. */
 function fileBytes(file: string, offset: number, length: number): Buffer {
   const fd = fs.openSync(file, 'r');
   try {

@@ -4,8 +4,8 @@
 import * as assert from 'assert';
 import * as fs from 'fs';
 import * as path from 'path';
-import { ErrorFrame } from '../helper/generated/protocol';
-import { Exchange, HelperHost } from '../helper/host';
+import { ErrorFrame } from '../helper/protocol/generated';
+import { Exchange, HelperHost } from '../helper/host/host';
 import { requireKernel } from './lib/kernel';
 import { curl, NginxServer, pattern, run, startNginx, stopAll, tmpDir, waitFor } from './lib/servers';
 

@@ -1,8 +1,8 @@
-// records.test.ts: helper/records.ts against bpf/capture.h (offsets from the built addon's layout(), enum values from the header text), and the batch decoder's round trips and errors.
+// records.test.ts: helper/records/records.ts against bpf/capture.h (offsets from the built addon's layout(), enum values from the header text), and the batch decoder's round trips and errors.
 import * as assert from 'assert';
 import * as fs from 'fs';
 import * as path from 'path';
-import { layout, Layout, PACKAGE_ROOT } from '../helper/bridge';
+import { layout, Layout, PACKAGE_ROOT } from '../helper/kernel/bridge';
 import {
   CaptureRecord,
   CHUNK_MAX,
@@ -16,7 +16,7 @@ import {
   RecordError,
   SockInfo,
   TlsFunction,
-} from '../helper/records';
+} from '../helper/records/records';
 
 /** Bytes 0..n-1 of a pattern that does not repeat with a period of 256 (catches shifted copies). */
 function pattern(n: number, seed = 1): Buffer {

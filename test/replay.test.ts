@@ -6,9 +6,9 @@ import * as assert from 'assert';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { Exchange, ExchangeAssembler, Gap } from '../helper/host';
-import { connectionSummaries, exchangeSummary, replayCommand, replayExchanges, replayFrames } from '../helper/replay';
-import { RawFrame } from '../helper/wire';
+import { Exchange, ExchangeAssembler, Gap } from '../helper/host/host';
+import { connectionSummaries, exchangeSummary, replayCommand, replayExchanges, replayFrames } from '../helper/commands/replay';
+import { RawFrame } from '../helper/protocol/wire';
 import { exampleFrames } from './lib/frames';
 
 const FIXTURES = path.resolve(__dirname, '..', '..', 'fixtures');

@@ -7,8 +7,8 @@ import * as assert from 'assert';
 import { spawnSync } from 'child_process';
 import * as fs from 'fs';
 import * as path from 'path';
-import { planGo } from '../helper/golang';
-import { ConnRecord, DataRecord, Direction } from '../helper/records';
+import { planGo } from '../helper/discovery/golang';
+import { ConnRecord, DataRecord, Direction } from '../helper/records/records';
 import { Recorder, requireKernel } from './lib/kernel';
 import { CertPair, freePort, makeCert, run, startServer, stopAll, testLibFile, tmpDir, waitFor } from './lib/servers';
 

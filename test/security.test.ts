@@ -6,7 +6,7 @@
 import * as assert from 'assert';
 import * as fs from 'fs';
 import * as path from 'path';
-import { Exchange, HelperHost } from '../helper/host';
+import { Exchange, HelperHost } from '../helper/host/host';
 import { requireKernel } from './lib/kernel';
 import { curl, NginxServer, pattern, run, startNginx, stopAll, tmpDir, waitFor } from './lib/servers';
 

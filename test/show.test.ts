@@ -1,7 +1,7 @@
-// show.test.ts: helper/show.ts isText, hexDump, showCall and formatTime, the rendering of captured calls for people.
+// show.test.ts: helper/formats/show.ts isText, hexDump, showCall and formatTime, the rendering of captured calls for people.
 import * as assert from 'assert';
-import { Call } from '../helper/calls';
-import { formatTime, hexDump, isText, ShowOptions, showCall } from '../helper/show';
+import { Call } from '../helper/records/calls';
+import { formatTime, hexDump, isText, ShowOptions, showCall } from '../helper/formats/show';
 
 function call(over: Partial<Call> = {}): Call {
   const data = over.data ?? Buffer.from('GET /index.html HTTP/1.1\r\nHost: example.com\r\n\r\n');

@@ -3,9 +3,9 @@
 // skipped with the stream kept in step.
 import * as assert from 'assert';
 import { PassThrough } from 'stream';
-import { FRAME_TYPES } from '../helper/generated/protocol';
-import { frameSchemas } from '../helper/schema';
-import { FrameDecoder, FrameEncoder, FrameError, FrameWriter, RawFrame } from '../helper/wire';
+import { FRAME_TYPES } from '../helper/protocol/generated';
+import { frameSchemas } from '../helper/protocol/schema';
+import { FrameDecoder, FrameEncoder, FrameError, FrameWriter, RawFrame } from '../helper/protocol/wire';
 import { exampleFrames } from './lib/frames';
 
 const enc = new FrameEncoder();

@@ -2,7 +2,7 @@
 // only what needs native code: open, configure and load a BPF object; attach and detach
 // probes; read and write its maps; and drain its ring buffer on a native thread, handing
 // whole batches of records to JavaScript. Everything else (what to attach where, decoding
-// records, connections, output) is TypeScript in helper/; helper/bridge.ts is the only
+// records, connections, output) is TypeScript in helper/; helper/kernel/bridge.ts is the only
 // importer of this addon.
 #include <napi.h>
 
@@ -61,7 +61,7 @@ std::string LogTail() {
 }
 
 // An Error with `code` (errno name), `errno`, `op`, `target` and libbpf's messages in `log`;
-// helper/bridge.ts turns it into a BridgeError.
+// helper/kernel/bridge.ts turns it into a BridgeError.
 Napi::Error BridgeError(Napi::Env env, const char *op, const std::string &target, int err) {
   if (err < 0) err = -err;
   if (err == 0) err = EINVAL;

@@ -5,12 +5,12 @@
 // response's first, receive the response's first to last call. What the capture cannot know
 // (blocked, dns, connect, ssl) is -1, as the spec says.
 import type { Entry, Har, Header } from 'har-format';
-import { decodeBody, headerValue, textOrBase64 } from '../body';
-import { upTo } from '../show';
-import { HttpExchange, Session, SessionEvent } from '../exchanges';
-import { HttpMessage } from '../messages';
-import { redactHeaders } from '../redact';
-import { RawFrame } from '../wire';
+import { decodeBody, headerValue, textOrBase64 } from '../http/body';
+import { upTo } from './show';
+import { HttpExchange, Session, SessionEvent } from '../http/exchanges';
+import { HttpMessage } from '../http/messages';
+import { redactHeaders } from '../http/redact';
+import { RawFrame } from '../protocol/wire';
 import { Renderer, RenderOptions, Sink } from './output';
 
 const msBetween = (a: bigint, b: bigint): number => Math.max(0, Number(b - a) / 1e6);

@@ -3,12 +3,12 @@
 // HTTP, out of step, HTTP/2 frames that cannot be decoded), so nothing is hidden; a
 // "connection" line closes each connection with its totals and notes. The contract is
 // schemas/jsonl/line.schema.json.
-import { decodeBody, mimeType, textOrBase64 } from '../body';
-import { upTo } from '../show';
-import { ConnInfo, HttpExchange, Session, SessionEvent } from '../exchanges';
-import { HttpMessage } from '../messages';
-import { redactHeaders } from '../redact';
-import { RawFrame } from '../wire';
+import { decodeBody, mimeType, textOrBase64 } from '../http/body';
+import { upTo } from './show';
+import { ConnInfo, HttpExchange, Session, SessionEvent } from '../http/exchanges';
+import { HttpMessage } from '../http/messages';
+import { redactHeaders } from '../http/redact';
+import { RawFrame } from '../protocol/wire';
 import { Renderer, RenderOptions, Sink } from './output';
 
 const iso = (ns: bigint): string => {

@@ -1,10 +1,10 @@
 // output.ts: what every output format shares: the sink it writes to, the options people set,
 // and the stage that masks secrets in the bytes of segments for the formats that keep bytes
 // (pcapng, raw), in stream order per connection. Pure code (the sink is given).
-import { Session } from '../exchanges';
-import { Dir } from '../messages';
-import { Mask } from '../redact';
-import { RawFrame } from '../wire';
+import { Session } from '../http/exchanges';
+import { Dir } from '../http/messages';
+import { Mask } from '../http/redact';
+import { RawFrame } from '../protocol/wire';
 
 export const FORMATS = ['text', 'jsonl', 'har', 'pcapng', 'raw'] as const;
 export type Format = (typeof FORMATS)[number];

@@ -11,7 +11,7 @@
 // (section header, interface description, enhanced packet; pcapng spec, IETF draft
 // draft-ietf-opsawg-pcapng).
 import * as ipaddr from 'ipaddr.js';
-import { RawFrame } from '../wire';
+import { RawFrame } from '../protocol/wire';
 import { MaskedFrames, Renderer, RenderOptions, Sink } from './output';
 
 const LINKTYPE_ETHERNET = 1;

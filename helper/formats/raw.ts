@@ -3,10 +3,10 @@
 // plus each connection's open and close. Built from the frames (segments joined back into
 // calls by their len_total), so live capture and replay print the same; secrets masked in
 // place unless --no-redact.
-import { Call } from '../calls';
-import { CloseReason, SockInfo } from '../records';
-import { COLORS, PLAIN, showCall, showConn, ShowOptions } from '../show';
-import { RawFrame } from '../wire';
+import { Call } from '../records/calls';
+import { CloseReason, SockInfo } from '../records/records';
+import { COLORS, PLAIN, showCall, showConn, ShowOptions } from './show';
+import { RawFrame } from '../protocol/wire';
 import { MaskedFrames, Renderer, RenderOptions, Sink } from './output';
 
 function sockOf(f: RawFrame): SockInfo {

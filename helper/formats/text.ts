@@ -2,12 +2,12 @@
 // response with method, URL, status, headers and bodies (decoded, JSON pretty-printed, binary
 // as a hex preview), and plainly what is missing or not HTTP: gaps, cut messages, connections
 // joined mid-stream, and bytes no exchange took, shown call by call as the raw view does.
-import { decodeBody, mimeType, showBody } from '../body';
-import { ConnInfo, HttpExchange, Session, SessionEvent } from '../exchanges';
-import { Dir, HttpMessage } from '../messages';
-import { redactHeaders } from '../redact';
-import { COLORS, formatTime, hostPort, Palette, PLAIN, showBytes } from '../show';
-import { RawFrame } from '../wire';
+import { decodeBody, mimeType, showBody } from '../http/body';
+import { ConnInfo, HttpExchange, Session, SessionEvent } from '../http/exchanges';
+import { Dir, HttpMessage } from '../http/messages';
+import { redactHeaders } from '../http/redact';
+import { COLORS, formatTime, hostPort, Palette, PLAIN, showBytes } from './show';
+import { RawFrame } from '../protocol/wire';
 import { Renderer, RenderOptions, Sink } from './output';
 
 

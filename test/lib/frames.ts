@@ -1,5 +1,5 @@
 // frames.ts: one valid example of every frame type of the protocol, for the schema and wire tests.
-import { KnownFrame } from '../../helper/generated/protocol';
+import { KnownFrame } from '../../helper/protocol/generated';
 
 const kernel = { calls: 3, bytes_moved: 300, bytes_captured: 300, bytes_truncated: 0, records_lost: 0, bytes_lost: 0, read_faults: 0, bytes_faulted: 0, events_lost: 0 };
 const writer = { frames_written: 9, bytes_written: 900, queued_bytes: 0, max_queue_bytes: 1 << 26, dropped_segments: 0, dropped_bytes: 0 };

@@ -3,11 +3,11 @@
 // fails the suite; elsewhere the tests are skipped with the reason printed loudly.
 import * as assert from 'assert';
 import * as fs from 'fs';
-import { Capture, CaptureOptions, KernelCounters, ProbeMode } from '../../helper/capture';
-import { Discovery, DiscoveryOptions } from '../../helper/discovery';
+import { Capture, CaptureOptions, KernelCounters, ProbeMode } from '../../helper/kernel/capture';
+import { Discovery, DiscoveryOptions } from '../../helper/discovery/discovery';
 import { preflight } from '../../helper/errors';
-import { findTlsLibraries } from '../../helper/libraries';
-import { ConnRecord, DataRecord, Direction, ExitRecord } from '../../helper/records';
+import { findTlsLibraries } from '../../helper/discovery/libraries';
+import { ConnRecord, DataRecord, Direction, ExitRecord } from '../../helper/records/records';
 import { run, waitFor } from './servers';
 
 let verdict: string | undefined | null = null; // null: not checked yet; undefined: available

@@ -4,8 +4,8 @@
 // parsers and the output formats without root.
 import * as http2 from 'http2';
 import * as net from 'net';
-import { Dir } from '../../helper/messages';
-import { RawFrame } from '../../helper/wire';
+import { Dir } from '../../helper/http/messages';
+import { RawFrame } from '../../helper/protocol/wire';
 
 export type Step =
   | { dir: Dir; data: Buffer | string }

@@ -1,8 +1,8 @@
 // tshark.ts: what tshark reads in a pcapng we wrote: HTTP and HTTP/2 messages (the server
 // ports decoded as HTTP with -d, as Wireshark's "Decode As"), to compare with our exchanges.
 import { execFileSync } from 'child_process';
-import { HttpExchange, Session } from '../../helper/exchanges';
-import { RawFrame } from '../../helper/wire';
+import { HttpExchange, Session } from '../../helper/http/exchanges';
+import { RawFrame } from '../../helper/protocol/wire';
 
 export function ourExchanges(frames: RawFrame[]): HttpExchange[] {
   const ex: HttpExchange[] = [];

@@ -4,8 +4,9 @@
 import * as fs from 'fs';
 import * as path from 'path';
 
-/** Root of the package (dist/helper/ → ../..), where bpf/build and bridge/build live. */
-export const PACKAGE_ROOT = path.resolve(__dirname, '..', '..');
+import { PACKAGE_ROOT } from '../package';
+
+export { PACKAGE_ROOT };
 export const ADDON_PATH = path.join(PACKAGE_ROOT, 'bridge', 'build', 'Release', 'bridge.node');
 export const BPF_OBJECT_PATH = path.join(PACKAGE_ROOT, 'bpf', 'build', 'capture.bpf.o');
 

@@ -4,12 +4,11 @@
 import Ajv2020, { ErrorObject, ValidateFunction } from 'ajv/dist/2020';
 import * as fs from 'fs';
 import * as path from 'path';
-import { FRAME_TYPES, FrameType, KnownFrame } from './generated/protocol';
+import { PACKAGE_ROOT } from '../package';
+import { FRAME_TYPES, FrameType, KnownFrame } from './generated';
 
-/** schemas/ of this package (dist/helper/ → ../../schemas, or helper/ → ../schemas under ts-node). */
-export const SCHEMA_DIR = [path.resolve(__dirname, '..', '..', 'schemas'), path.resolve(__dirname, '..', 'schemas')].find((d) =>
-  fs.existsSync(path.join(d, 'frame.schema.json')),
-) ?? path.resolve(__dirname, '..', '..', 'schemas');
+/** schemas/ of this package. */
+export const SCHEMA_DIR = path.join(PACKAGE_ROOT, 'schemas');
 
 const U64_MAX = (1n << 64n) - 1n;
 

@@ -3,7 +3,7 @@
 // FrameWriter owns an output stream, keeps frames in order and bounds the memory it queues.
 import { Packr, Unpackr } from 'msgpackr';
 import { Writable } from 'stream';
-import { SegmentFrame, WriterCounters } from './generated/protocol';
+import { SegmentFrame, WriterCounters } from './generated';
 import { FrameSchemas, frameSchemas } from './schema';
 
 /** Largest frame the helper writes: a segment of 16 KiB plus its fields, with room to spare. */

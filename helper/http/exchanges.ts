@@ -7,9 +7,9 @@ import { Http1Connection, REQUEST_LINE, STATUS_LINE } from './http1';
 import { Http2Connection, looksLikeFrames, PREFACE } from './http2';
 import { ConnParser, Dir, HttpRequestMessage, ParsedExchange, ParserSink } from './messages';
 import { Mask } from './redact';
-import { hostPort } from './show';
+import { hostPort } from '../formats/show';
 import { headerValue } from './body';
-import { RawFrame } from './wire';
+import { RawFrame } from '../protocol/wire';
 
 export interface ConnInfo {
   /** `${pid}:${connId}`: unique within a capture. */

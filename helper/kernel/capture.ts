@@ -2,10 +2,10 @@
 // filters and the per-call cap, attaches the OpenSSL probe set to library files, drains the
 // ring buffer into decoded records, and reads the kernel-side counters.
 import { BpfObject, BPF_OBJECT_PATH, BridgeError, monotonicToWallOffset, RingStats, UprobeOptions } from './bridge';
-import { fileVersion, LibraryFile } from './libraries';
-import { GO_READ, GO_WRITE, planGoCached } from './golang';
-import { exportedOffsets, planOpenSsl, ProbePlan } from './openssl';
-import { CALL_CAP_MAX, CaptureRecord, COMM_LEN, decodeBatch, encodeConfig } from './records';
+import { fileVersion, LibraryFile } from '../discovery/libraries';
+import { GO_READ, GO_WRITE, planGoCached } from '../discovery/golang';
+import { exportedOffsets, planOpenSsl, ProbePlan } from '../discovery/openssl';
+import { CALL_CAP_MAX, CaptureRecord, COMM_LEN, decodeBatch, encodeConfig } from '../records/records';
 
 export const DEFAULT_CALL_CAP = 1 << 20;
 /** Most bytes per second per process the rate cap can be set to (capture.h CAP_RATE_CAP_MAX). */

@@ -4,8 +4,8 @@
 // one connection table: push() takes decoded records and emits frame objects (for renderers
 // and tests); pushBatch() takes a ring-buffer batch and encodes its segments straight into a
 // FrameWriter (the --ipc and recording path, helper/segments.ts). Pure: no process or kernel.
-import { ConnCloseFrame, ConnOpenFrame, HelperFrame, SegmentFrame } from './generated/protocol';
-import { CaptureRecord, checkData, ConnRecord, DataRecord, decodeRecord, forEachRecord, Kind, OFFSETS as O, SockInfo } from './records';
+import { ConnCloseFrame, ConnOpenFrame, HelperFrame, SegmentFrame } from './generated';
+import { CaptureRecord, checkData, ConnRecord, DataRecord, decodeRecord, forEachRecord, Kind, OFFSETS as O, SockInfo } from '../records/records';
 import { encodeSegment, newSegmentCache, SEGMENT_OVERHEAD, SegmentCache } from './segments';
 import { FrameWriter } from './wire';
 

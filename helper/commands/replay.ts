@@ -3,11 +3,11 @@
 // as JSON lines.
 import { createHash } from 'crypto';
 import * as fs from 'fs';
-import { Exchange, ExchangeAssembler } from './host';
-import { UserError } from './errors';
-import { PREFACE } from './http2';
-import { createRenderer, Format, RenderOptions, Sink } from './formats';
-import { FrameDecoder, FrameError, MAX_CONTROL_FRAME_BYTES, RawFrame } from './wire';
+import { Exchange, ExchangeAssembler } from '../host/host';
+import { UserError } from '../errors';
+import { PREFACE } from '../http/http2';
+import { createRenderer, Format, RenderOptions, Sink } from '../formats';
+import { FrameDecoder, FrameError, MAX_CONTROL_FRAME_BYTES, RawFrame } from '../protocol/wire';
 
 /** Yields the frames of a recording in order; a damaged recording throws, naming the byte. */
 export async function* replayFrames(file: string, opts: { validate?: boolean } = {}): AsyncGenerator<RawFrame> {

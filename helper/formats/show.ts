@@ -2,8 +2,8 @@
 // function, length, connection) then the bytes, as text when they are text and as a hex
 // dump when they are not. Pure code.
 import { StringDecoder } from 'string_decoder';
-import { Call } from './calls';
-import { ConnRecord, SockInfo } from './records';
+import { Call } from '../records/calls';
+import { ConnRecord, SockInfo } from '../records/records';
 
 export interface ShowOptions {
   /** Most bytes of a call to print (0: all). */

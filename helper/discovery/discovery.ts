@@ -11,9 +11,9 @@
 import * as chokidar from 'chokidar';
 import * as fs from 'fs';
 import * as path from 'path';
-import { AttachResult, Capture, ProbeMode } from './capture';
+import { AttachResult, Capture, ProbeMode } from '../kernel/capture';
 import { fileVersion, findTlsLibraries, LibraryFile, libraryKind, mappedFiles, mappedLibraries, statKey, TlsKind, tlsExecutableAt, tlsExecutables } from './libraries';
-import { CaptureRecord } from './records';
+import { CaptureRecord } from '../records/records';
 
 export interface DiscoveryReport {
   attached(lib: LibraryFile, result: AttachResult, pid: number): void;

@@ -3,16 +3,16 @@
 // capture records, keeps the connection table for conn_open/conn_close, reports loss and stats,
 // and stops cleanly on shutdown, a signal, stdin closing or the parent's death.
 import * as fs from 'fs';
-import * as path from 'path';
+import { packageVersion } from '../package';
 import { Readable, Writable } from 'stream';
-import { Capture, DEFAULT_CALL_CAP, KernelCounters } from './capture';
-import { attachRefused, explain, preflight, privilegeWarnings } from './errors';
-import { ConfigFrame, ConfigState, ErrorFrame, HelperFrame, KernelCounters as WireKernelCounters } from './generated/protocol';
-import { Discovery } from './discovery';
-import { LibraryFile, TlsKind } from './libraries';
-import { FrameBuilder } from './frames';
-import { CaptureRecord } from './records';
-import { DEFAULT_MAX_QUEUE_BYTES, FrameDecoder, FrameError, FrameWriter, MAX_CONTROL_FRAME_BYTES, MAX_DATA_BYTES, MAX_FRAME_BYTES, RawFrame } from './wire';
+import { Capture, DEFAULT_CALL_CAP, KernelCounters } from '../kernel/capture';
+import { attachRefused, explain, preflight, privilegeWarnings } from '../errors';
+import { ConfigFrame, ConfigState, ErrorFrame, HelperFrame, KernelCounters as WireKernelCounters } from '../protocol/generated';
+import { Discovery } from '../discovery/discovery';
+import { LibraryFile, TlsKind } from '../discovery/libraries';
+import { FrameBuilder } from '../protocol/frames';
+import { CaptureRecord } from '../records/records';
+import { DEFAULT_MAX_QUEUE_BYTES, FrameDecoder, FrameError, FrameWriter, MAX_CONTROL_FRAME_BYTES, MAX_DATA_BYTES, MAX_FRAME_BYTES, RawFrame } from '../protocol/wire';
 
 export const PROTOCOL_VERSION = 1;
 /** Kinds of TLS code the helper hooks (hello.capabilities.libraries; config.libraries picks among them). */
@@ -56,14 +56,7 @@ export interface IpcOptions {
 }
 
 export function helperVersion(): string {
-  for (const p of [path.resolve(__dirname, '..', '..', 'package.json'), path.resolve(__dirname, '..', 'package.json')]) {
-    try {
-      return String((JSON.parse(fs.readFileSync(p, 'utf8')) as { version?: unknown }).version ?? '0.0.0');
-    } catch {
-      // try the next location
-    }
-  }
-  return '0.0.0';
+  return packageVersion();
 }
 
 const nowNs = (): bigint => BigInt(Date.now()) * 1_000_000n;

@@ -5,7 +5,7 @@
 // object of 21 fields per segment, which cost several times more CPU than the whole capture
 // (docs/performance.md). The bytes are exactly those FrameEncoder writes for segmentFrom()'s
 // object (test/frames.test.ts).
-import { comm as commOf, decodeSock, OFFSETS as O } from './records';
+import { comm as commOf, decodeSock, OFFSETS as O } from '../records/records';
 
 // Field offsets as plain constants: the compiler folds them into the loads.
 const HDR_FLAGS = O['cap_hdr.flags'];

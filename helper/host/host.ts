@@ -3,10 +3,10 @@
 // connection's two directions by seq, and hands complete HTTP/1.x exchanges to listeners.
 import { ChildProcess, spawn } from 'child_process';
 import * as path from 'path';
-import { Session, SessionEvent } from './exchanges';
-import { ByeFrame, ConfigFrame, ConnCloseFrame, ConnOpenFrame, ErrorFrame, HelloFrame, HelperFrame, LossFrame, ProcessFrame, SegmentFrame, StatsFrame } from './generated/protocol';
-import { PROTOCOL_VERSION } from './ipc';
-import { FrameDecoder, FrameEncoder, FrameError, MAX_CONTROL_FRAME_BYTES, RawFrame } from './wire';
+import { Session, SessionEvent } from '../http/exchanges';
+import { ByeFrame, ConfigFrame, ConnCloseFrame, ConnOpenFrame, ErrorFrame, HelloFrame, HelperFrame, LossFrame, ProcessFrame, SegmentFrame, StatsFrame } from '../protocol/generated';
+import { PROTOCOL_VERSION } from '../commands/ipc';
+import { FrameDecoder, FrameEncoder, FrameError, MAX_CONTROL_FRAME_BYTES, RawFrame } from '../protocol/wire';
 
 export interface HttpMessage {
   /** The message's bytes exactly as they crossed the TLS call (head and body). */
@@ -144,7 +144,7 @@ export class HelperHost {
 
   constructor(opts: HostOptions = {}) {
     const command = opts.command ?? process.execPath;
-    const args = opts.args ?? [path.resolve(__dirname, 'cli.js'), '--ipc'];
+    const args = opts.args ?? [path.resolve(__dirname, '..', 'cli.js'), '--ipc'];
     this.decoder = new FrameDecoder({ maxFrameBytes: MAX_CONTROL_FRAME_BYTES, validate: opts.validate ?? true });
     this.assembler = new ExchangeAssembler(
       (e) => this.emit('exchange', e),
