@@ -1,8 +1,9 @@
 // errors.ts: what a user sees when something is wrong: one line naming the cause and one
 // naming the fix. Checks what can be checked before touching the kernel (privileges, BTF,
-// built artifacts) and translates BridgeError codes into the same form.
+// built artifacts) and translates BridgeError codes into the same form. Loads no kernel code:
+// kernel/bridge.ts throws BridgeError, defined here so that explain() needs no addon.
 import * as fs from 'fs';
-import { ADDON_PATH, BPF_OBJECT_PATH, BridgeError } from './kernel/bridge';
+import { ADDON_PATH, BPF_OBJECT_PATH } from './package';
 
 export class UserError extends Error {
   override name = 'UserError';
@@ -12,6 +13,22 @@ export class UserError extends Error {
     readonly exitCode = 1,
   ) {
     super(cause);
+  }
+}
+
+/** A failed libbpf/kernel operation: `code` is the errno name (EPERM, ENOENT, …). */
+export class BridgeError extends Error {
+  constructor(
+    message: string,
+    readonly code: string,
+    readonly errno: number,
+    readonly op: string,
+    readonly target: string,
+    /** What libbpf printed while it failed (verifier log, ELF errors). */
+    readonly log: string,
+  ) {
+    super(message);
+    this.name = 'BridgeError';
   }
 }
 

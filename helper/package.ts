@@ -18,6 +18,11 @@ function findRoot(from: string): string {
 /** Root of the package: the nearest ancestor whose package.json names https-capture. */
 export const PACKAGE_ROOT = findRoot(__dirname);
 
+/** The native addon (bridge/) as node-gyp builds it. */
+export const ADDON_PATH = path.join(PACKAGE_ROOT, 'bridge', 'build', 'Release', 'bridge.node');
+/** The CO-RE BPF object (bpf/). */
+export const BPF_OBJECT_PATH = path.join(PACKAGE_ROOT, 'bpf', 'build', 'capture.bpf.o');
+
 /** The package's version from its package.json ('0.0.0' if unreadable). */
 export function packageVersion(): string {
   try {

@@ -1,7 +1,8 @@
 // show.test.ts: helper/formats/show.ts isText, hexDump, showCall and formatTime, the rendering of captured calls for people.
 import * as assert from 'assert';
 import { Call } from '../helper/records/calls';
-import { formatTime, hexDump, isText, ShowOptions, showCall } from '../helper/formats/show';
+import { formatTime, ShowOptions, showCall } from '../helper/formats/show';
+import { hexDump, isText } from '../helper/http/bytes';
 
 function call(over: Partial<Call> = {}): Call {
   const data = over.data ?? Buffer.from('GET /index.html HTTP/1.1\r\nHost: example.com\r\n\r\n');

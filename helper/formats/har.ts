@@ -6,7 +6,7 @@
 // (blocked, dns, connect, ssl) is -1, as the spec says.
 import type { Entry, Har, Header } from 'har-format';
 import { decodeBody, headerValue, textOrBase64 } from '../http/body';
-import { upTo } from './show';
+import { upTo } from '../http/bytes';
 import { HttpExchange, Session, SessionEvent } from '../http/exchanges';
 import { HttpMessage } from '../http/messages';
 import { redactHeaders } from '../http/redact';

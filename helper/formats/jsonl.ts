@@ -4,7 +4,7 @@
 // "connection" line closes each connection with its totals and notes. The contract is
 // schemas/jsonl/line.schema.json.
 import { decodeBody, mimeType, textOrBase64 } from '../http/body';
-import { upTo } from './show';
+import { upTo } from '../http/bytes';
 import { ConnInfo, HttpExchange, Session, SessionEvent } from '../http/exchanges';
 import { HttpMessage } from '../http/messages';
 import { redactHeaders } from '../http/redact';

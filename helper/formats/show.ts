@@ -1,9 +1,9 @@
 // show.ts: renders captured calls for people: a header line (time, process, direction,
 // function, length, connection) then the bytes, as text when they are text and as a hex
 // dump when they are not. Pure code.
-import { StringDecoder } from 'string_decoder';
 import { Call } from '../records/calls';
 import { ConnRecord, SockInfo } from '../records/records';
+import { hexDump, hostPort, isText, upTo } from '../http/bytes';
 
 export interface ShowOptions {
   /** Most bytes of a call to print (0: all). */
@@ -18,44 +18,12 @@ export const COLORS = { dim: '\x1b[2m', bold: '\x1b[1m', green: '\x1b[32m', cyan
 export type Palette = typeof COLORS;
 export const PLAIN: Palette = { dim: '', bold: '', green: '', cyan: '', yellow: '', red: '', reset: '' };
 
-/** "127.0.0.1:443", "[::1]:443". */
-export const hostPort = (ip: string, port: number): string => (ip.includes(':') ? `[${ip}]:${port}` : `${ip}:${port}`);
-
 export function formatTime(ns: bigint): string {
   const ms = Number(ns / 1_000_000n);
   const d = new Date(ms);
   const pad = (n: number, w = 2): string => String(n).padStart(w, '0');
   const us = Number((ns / 1000n) % 1_000_000n);
   return `${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}.${pad(us, 6)}`;
-}
-
-/** The first `limit` bytes of `b` (all of them when limit is 0): --print-limit. */
-export function upTo(b: Buffer, limit: number): Buffer {
-  return limit > 0 && b.length > limit ? b.subarray(0, limit) : b;
-}
-
-/**
- * True when the bytes read well as text: UTF-8 with no control characters but tab, CR, LF.
- * A character cut in two at the end (by a print limit or the capture cap) does not count.
- */
-export function isText(b: Buffer): boolean {
-  if (b.length === 0) return true;
-  const s = new StringDecoder('utf8').write(b); // holds back an incomplete last character
-  if (s.includes('\ufffd')) return false;
-  // eslint-disable-next-line no-control-regex
-  return !/[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]/.test(s);
-}
-
-/** `xxd`-style lines: offset, 16 bytes in hex, the printable ones as ASCII. */
-export function hexDump(b: Buffer): string {
-  const lines: string[] = [];
-  for (let at = 0; at < b.length; at += 16) {
-    const row = b.subarray(at, at + 16);
-    const hex = [...row].map((x) => x.toString(16).padStart(2, '0')).join(' ');
-    const ascii = [...row].map((x) => (x >= 0x20 && x < 0x7f ? String.fromCharCode(x) : '.')).join('');
-    lines.push(`${at.toString(16).padStart(8, '0')}  ${hex.padEnd(47)}  ${ascii}`);
-  }
-  return lines.join('\n');
 }
 
 /** Bytes for a person: as text (CRLF as LF, no final newline) when they read as text, else a hex dump. */

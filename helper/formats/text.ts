@@ -6,7 +6,8 @@ import { decodeBody, mimeType, showBody } from '../http/body';
 import { ConnInfo, HttpExchange, Session, SessionEvent } from '../http/exchanges';
 import { Dir, HttpMessage } from '../http/messages';
 import { redactHeaders } from '../http/redact';
-import { COLORS, formatTime, hostPort, Palette, PLAIN, showBytes } from './show';
+import { COLORS, formatTime, Palette, PLAIN, showBytes } from './show';
+import { hostPort } from '../http/bytes';
 import { RawFrame } from '../protocol/wire';
 import { Renderer, RenderOptions, Sink } from './output';
 

@@ -2,7 +2,7 @@
 // deflate, br, through node's zlib), JSON pretty-printed, text as text, and binary summarized
 // with a hex preview. Pure code.
 import * as zlib from 'zlib';
-import { hexDump, isText, upTo } from '../formats/show';
+import { hexDump, isText, upTo } from './bytes';
 
 /** Bodies are not inflated beyond this (a decompression bomb stays a note). */
 export const MAX_DECODED_BYTES = 64 * 1024 * 1024;

@@ -7,7 +7,7 @@ import { Http1Connection, REQUEST_LINE, STATUS_LINE } from './http1';
 import { Http2Connection, looksLikeFrames, PREFACE } from './http2';
 import { ConnParser, Dir, HttpRequestMessage, ParsedExchange, ParserSink } from './messages';
 import { Mask } from './redact';
-import { hostPort } from '../formats/show';
+import { hostPort } from './bytes';
 import { headerValue } from './body';
 import { RawFrame } from '../protocol/wire';
 

@@ -2,29 +2,12 @@
 // It finds the built addon, validates arguments before they cross, and turns the addon's
 // errors into BridgeError {code, op, target, errno, log}.
 import * as fs from 'fs';
-import * as path from 'path';
 
-import { PACKAGE_ROOT } from '../package';
+import { ADDON_PATH, BPF_OBJECT_PATH, PACKAGE_ROOT } from '../package';
+import { BridgeError } from '../errors';
 
-export { PACKAGE_ROOT };
-export const ADDON_PATH = path.join(PACKAGE_ROOT, 'bridge', 'build', 'Release', 'bridge.node');
-export const BPF_OBJECT_PATH = path.join(PACKAGE_ROOT, 'bpf', 'build', 'capture.bpf.o');
+export { ADDON_PATH, BPF_OBJECT_PATH, BridgeError, PACKAGE_ROOT };
 
-/** A failed libbpf/kernel operation: `code` is the errno name (EPERM, ENOENT, …). */
-export class BridgeError extends Error {
-  constructor(
-    message: string,
-    readonly code: string,
-    readonly errno: number,
-    readonly op: string,
-    readonly target: string,
-    /** What libbpf printed while it failed (verifier log, ELF errors). */
-    readonly log: string,
-  ) {
-    super(message);
-    this.name = 'BridgeError';
-  }
-}
 
 export interface UprobeOptions {
   /** Symbol to attach at; `offset` is then relative to it. */
