@@ -4,15 +4,12 @@
 // --format, JSON Lines, HAR, pcapng or every call) until Ctrl-C; `replay FILE` renders a
 // recording the same way.
 import { Command, InvalidArgumentError } from 'commander';
-import * as fs from 'fs';
-import { Discovery } from './discovery/discovery';
-import { Capture, DEFAULT_CALL_CAP, DEFAULT_RING_BYTES, KernelCounters, RATE_CAP_MAX } from './kernel/capture';
-import { attachRefused, explain, preflight, privilegeWarnings, UserError } from './errors';
-import { BINARY_FORMATS, createRenderer, Format, FORMATS, isFormat } from './formats';
-import { Sink } from './formats/output';
-import { ByeReason, helperVersion, runIpc, StandaloneFrames } from './commands/ipc';
-import { CALL_CAP_MAX } from './records/records';
-import { replayCommand } from './commands/replay';
+// Only what every command needs is loaded here: the kernel side (addon, BPF object,
+// discovery) is required by the command that uses it, so `replay` runs without it.
+import { explain, UserError } from './errors';
+import { FORMATS } from './formats';
+import { CALL_CAP_MAX, DEFAULT_CALL_CAP, DEFAULT_RING_BYTES, RATE_CAP_MAX } from './records/records';
+import { checkFormat, openOutput } from './commands/output';
 
 interface Options {
   pid: number[];
@@ -88,61 +85,6 @@ function program(): Command {
     );
 }
 
-/** A one-line status on stderr when stderr is a terminal; cleared before stdout writes. */
-class StatusLine {
-  private shown = false;
-  constructor(private readonly enabled: boolean) {}
-  draw(text: string): void {
-    if (!this.enabled) return;
-    process.stderr.write(`\r\x1b[K${text}`);
-    this.shown = true;
-  }
-  clear(): void {
-    if (this.enabled && this.shown) process.stderr.write('\r\x1b[K');
-    this.shown = false;
-  }
-}
-
-/** Where the output goes: stdout, or a file created with mode 0600 (plaintext holds secrets). */
-function openOutput(file: string | undefined): Sink & { close(): Promise<void> } {
-  if (!file) {
-    // A reader that went away (| head) ends the output, not the capture's clean stop.
-    process.stdout.on('error', () => undefined);
-    return { write: (s) => void process.stdout.write(s), close: () => Promise.resolve() };
-  }
-  let fd: number;
-  try {
-    fd = fs.openSync(file, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_TRUNC, 0o600);
-  } catch (e) {
-    throw new UserError(`cannot create the output file ${file}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`, 'name a file in a directory you can write to');
-  }
-  // Private even if it existed before with other permissions.
-  fs.fchmodSync(fd, 0o600);
-  const stream = fs.createWriteStream('', { fd });
-  return {
-    write: (s) => void stream.write(s),
-    close: () => new Promise((resolve) => stream.end(resolve)),
-  };
-}
-
-/** The format named by --format, checked; binary formats never go to a terminal. */
-function checkFormat(format: string, output: string | undefined, extra: string[] = []): Format {
-  if (!isFormat(format)) throw new UserError(`unknown format "${format}"`, `use --format ${[...FORMATS, ...extra].join(', ')}`, 2);
-  if ((BINARY_FORMATS as readonly string[]).includes(format) && !output && process.stdout.isTTY) {
-    throw new UserError(`${format} is binary and stdout is a terminal`, `write it to a file with --output capture.${format}, or pipe it (| tshark -r -)`, 2);
-  }
-  return format;
-}
-
-function summary(k: KernelCounters): string {
-  const lost = k.bytesLost + k.bytesFaulted;
-  return (
-    `${k.calls} calls, ${k.bytesMoved} bytes moved, ${k.bytesCaptured} captured, ` +
-    `${k.bytesTruncated} past the per-call cap, ${lost} lost (${k.recordsLost} records: ring buffer full; ${k.readFaults}: memory unreadable)` +
-    (k.callsMissed ? `, ${k.callsMissed} calls missed (bytes unknown: docs/protocol.md, calls_missed)` : '')
-  );
-}
-
 function replayProgram(): Command {
   return new Command('https-capture replay')
     .description('Plays back a frame recording (made with --record FILE, with or without --ipc) without root or a kernel.')
@@ -165,13 +107,15 @@ async function main(argv: string[]): Promise<number> {
     const cmd = replayProgram().parse(argv.slice(3), { from: 'user' });
     const o = cmd.opts<{ format: string; output?: string; redact: boolean; color?: boolean }>();
     const format = o.format === 'frames' ? 'frames' : checkFormat(o.format, o.output, ['frames']);
+    const { replayCommand } = await import('./commands/replay');
+    const { packageVersion } = await import('./package');
     const out = openOutput(o.output);
     try {
       return await replayCommand(cmd.args[0]!, format, out, {
         redact: o.redact !== false,
         color: o.color !== false && !o.output && process.stdout.isTTY === true,
         printLimit: printLimit(cmd, format),
-        version: helperVersion(),
+        version: packageVersion(),
       });
     } finally {
       await out.close();
@@ -187,6 +131,7 @@ async function main(argv: string[]): Promise<number> {
       }
     }
     // runIpc checks privileges itself and reports every failure as error and bye frames.
+    const { runIpc } = await import('./commands/ipc');
     return runIpc({
       pids: opts.pid,
       comms: opts.comm,
@@ -204,105 +149,31 @@ async function main(argv: string[]): Promise<number> {
     });
   }
   const format = checkFormat(opts.format, opts.output);
-  preflight();
-  // Before the capture is loaded: a file that cannot be created is a plain error.
-  const out = openOutput(opts.output);
-  // Per-process probes: for --pid (processes that exist), or when asked. New processes found
-  // by name get theirs only after they start, so --comm alone uses system-wide probes and the
-  // name filter in BPF, which sees a process's first call however short it lives.
-  const targeted = opts.targeted === true || (opts.pid.length > 0 && opts.comm.length === 0);
-  const capture = new Capture({ pids: opts.pid, comms: opts.comm, ports: opts.port, callCap: opts.callCap, rateCap: opts.rateCap, ringBytes: opts.ringSize, execEvents: true, floor: opts.probeFloor === true });
-  const log = (s: string): void => void process.stderr.write(`https-capture: ${s}\n`);
-  const where = (pid: number): string => (pid < 0 ? '' : ` in process ${pid}`);
-  // The frames --ipc would write, built by the same code: rendered for people in the chosen
-  // format (the same path as replay) and, with --record, saved.
-  const status = new StatusLine(process.stderr.isTTY === true);
-  // The status line (stderr, a terminal) is cleared before each write to the same terminal.
-  const screen: Sink = opts.output ? out : { write: (s) => (status.clear(), out.write(s)) };
-  const renderer = createRenderer(format, screen, {
+  const { runStandalone } = await import('./commands/standalone');
+  return runStandalone({
+    pids: opts.pid,
+    comms: opts.comm,
+    ports: opts.port,
+    ...(opts.duration ? { duration: opts.duration } : {}),
+    ...(opts.output ? { output: opts.output } : {}),
+    format,
+    callCap: opts.callCap,
+    rateCap: opts.rateCap,
+    ringBytes: opts.ringSize,
+    libraries: opts.library,
+    printLimit: printLimit(cli, format),
     redact: opts.redact !== false,
     color: opts.color !== false && !opts.output && process.stdout.isTTY === true,
-    printLimit: printLimit(cli, format),
-    version: helperVersion(),
+    validate: opts.validate === true,
+    ...(opts.record ? { record: opts.record } : {}),
+    maxQueueBytes: opts.maxQueueBytes,
+    pollMs: opts.pollInterval,
+    // Per-process probes: for --pid (processes that exist), or when asked. New processes found
+    // by name get theirs only after they start, so --comm alone uses system-wide probes and the
+    // name filter in BPF, which sees a process's first call however short it lives.
+    targeted: opts.targeted === true || (opts.pid.length > 0 && opts.comm.length === 0),
+    floor: opts.probeFloor === true,
   });
-  let recording: StandaloneFrames;
-  const onFrame = (f: Parameters<typeof renderer.push>[0]): void => renderer.push(f);
-  try {
-    recording = new StandaloneFrames(opts.record, capture.wallOffsetNs, { validate: opts.validate === true, maxQueueBytes: opts.maxQueueBytes, onFrame });
-  } catch (e) {
-    await capture.stop();
-    throw new UserError(`cannot create the recording ${opts.record}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`, 'name a file in a directory you can write to');
-  }
-  for (const w of privilegeWarnings()) log(`warning: ${w}`);
-  const refused: string[] = [];
-  const discovery = new Discovery(
-    capture,
-    { extra: opts.library, pollMs: opts.pollInterval, ...(targeted ? { targets: { pids: opts.pid, comms: opts.comm } } : {}) },
-    {
-      attached: (lib, r, pid) => {
-        const missing = r.failed.length ? ` (could not probe: ${r.failed.map((f) => f.func).join(', ')})` : '';
-        const how = r.plan.kind === 'internal' ? '' : r.plan.kind === 'go' ? ` (Go crypto/tls: ${r.plan.reason})` : ` (exported functions: ${r.plan.reason})`;
-        log(`attached to ${lib.path}${where(pid)}: ${r.attached.join(', ')}${how}${missing}`);
-        recording.process({ pid, library: lib.path, state: 'attached', functions: r.attached, reason: `${how}${missing}`.trim() });
-      },
-      failed: (lib, reason, pid) => {
-        refused.push(reason);
-        log(`could not attach to ${lib.path}${where(pid)}: ${attachRefused([reason], pid >= 0)?.cause ?? reason}`);
-        recording.process({ pid, library: lib.path, state: 'failed', functions: [], reason });
-      },
-      detached: (lib, why, pid) => {
-        log(`detached from ${lib.path}${where(pid)}: ${why}`);
-        recording.process({ pid, library: lib.path, state: 'detached', functions: [], reason: why });
-      },
-      note: (_lib, message) => log(message),
-    },
-  );
-  try {
-    discovery.start();
-    if (!targeted && capture.attachedLibraries.length === 0) {
-      throw attachRefused(refused, false) ?? new UserError(
-        'no OpenSSL library (libssl.so*) could be found and probed in the linker cache or in any running process',
-        'install OpenSSL (apt-get install libssl3), see the lines above, or name the file with --library PATH',
-      );
-    }
-  } catch (e) {
-    await discovery.stop();
-    await recording.close('fatal_error', await capture.stop());
-    renderer.end();
-    await out.close();
-    throw e;
-  }
-
-  capture.start((records) =>
-    recording.pushAll(records, (r) => {
-      if (r.kind !== 'data') discovery.onRecord(r);
-    }),
-  );
-  const named = [...opts.pid, ...opts.comm].join(', ');
-  const who = targeted ? `processes ${named} (probes only in them)` : named ? `processes ${named} (filtered in the kernel)` : 'all processes';
-  log(`capturing TLS plaintext of ${who}${opts.output ? ` into ${opts.output}` : ''} as ${format}${opts.redact === false ? ' (not redacted)' : ''}${opts.record ? `, frames into ${opts.record}` : ''}; Ctrl-C to stop`);
-
-  const ticker = setInterval(() => {
-    const k = capture.counters();
-    status.draw(`https-capture: ${capture.attachedLibraries.length} libraries, ${k.calls} calls, ${k.bytesCaptured} bytes, ${k.bytesLost + k.bytesFaulted} lost`);
-  }, 1000);
-
-  const stopReason = await new Promise<ByeReason>((resolve) => {
-    const done = (): void => resolve('signal');
-    process.once('SIGINT', done);
-    process.once('SIGTERM', done);
-    process.once('SIGHUP', done);
-    if (opts.duration) setTimeout(() => resolve('shutdown'), opts.duration * 1000).unref();
-  });
-  clearInterval(ticker);
-  status.clear();
-  await discovery.stop();
-  const final = await capture.stop();
-  await recording.close(stopReason, final);
-  renderer.end(); // HAR is written whole here
-  await out.close();
-  log(`stopped: ${summary(final)}`);
-  return 0;
 }
 
 main(process.argv).then(

@@ -9,7 +9,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { ConfigState, ErrorFrame, StatsFrame } from '../helper/protocol/generated';
 import { Exchange, HelperHost } from '../helper/host/host';
-import { SUPPORTED_LIBRARIES } from '../helper/commands/ipc';
+import { SUPPORTED_LIBRARIES } from '../helper/protocol/hello';
 import { frameSchemas } from '../helper/protocol/schema';
 import { FrameEncoder, RawFrame } from '../helper/protocol/wire';
 import { requireKernel } from './lib/kernel';

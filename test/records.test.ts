@@ -4,6 +4,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { layout, Layout, PACKAGE_ROOT } from '../helper/kernel/bridge';
 import {
+  kernelComm,
   CaptureRecord,
   CHUNK_MAX,
   COMM_LEN,
@@ -197,6 +198,16 @@ describe('records: decodeBatch', function () {
   it('keeps at most COMM_LEN - 1 bytes of comm', function () {
     const [r] = decodeBatch(encodeData(fields({ comm: 'abcdefghijklmnopqrst' })));
     assert.strictEqual((r as DataRecord).comm, 'abcdefghijklmno');
+  });
+
+  it('cuts a --comm name by bytes, as the kernel cuts task->comm and as records read it back', function () {
+    // 'é' is two bytes of UTF-8: 10 of them are 20 bytes, cut at 15 inside the 8th.
+    for (const name of ['abcdefghijklmnopqrst', 'éééééééééé', 'python3']) {
+      const [r] = decodeBatch(encodeData(fields({ comm: name })));
+      assert.strictEqual(kernelComm(name), (r as DataRecord).comm, name);
+      assert.ok(Buffer.byteLength(kernelComm(name).replace(/\ufffd$/, '')) <= 15, name);
+    }
+    assert.notStrictEqual(kernelComm('éééééééééé'), 'éééééééééé'.slice(0, 15));
   });
 
   it('decodes an empty batch as no records', function () {

@@ -13,7 +13,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { AttachResult, Capture, ProbeMode } from '../kernel/capture';
 import { fileVersion, findTlsLibraries, LibraryFile, libraryKind, mappedFiles, mappedLibraries, statKey, TlsKind, tlsExecutableAt, tlsExecutables } from './libraries';
-import { CaptureRecord } from '../records/records';
+import { CaptureRecord, kernelComm } from '../records/records';
 
 export interface DiscoveryReport {
   attached(lib: LibraryFile, result: AttachResult, pid: number): void;
@@ -240,7 +240,7 @@ export class Discovery {
   // ---- targeted -----------------------------------------------------------------------
 
   private isTargetComm(comm: string): boolean {
-    return (this.opts.targets?.comms ?? []).some((c) => c.slice(0, 15) === comm);
+    return (this.opts.targets?.comms ?? []).some((c) => kernelComm(c) === comm);
   }
 
   private pidsByComm(): number[] {
@@ -249,7 +249,7 @@ export class Discovery {
     for (const d of fs.readdirSync('/proc')) {
       if (!/^\d+$/.test(d) || Number(d) === this.selfPid) continue;
       try {
-        if (this.isTargetComm(fs.readFileSync(`/proc/${d}/comm`, 'utf8').trim())) pids.push(Number(d));
+        if (this.isTargetComm(fs.readFileSync(`/proc/${d}/comm`, 'utf8').replace(/\n$/, ''))) pids.push(Number(d));
       } catch {
         // gone
       }

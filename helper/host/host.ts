@@ -5,7 +5,7 @@ import { ChildProcess, spawn } from 'child_process';
 import * as path from 'path';
 import { Session, SessionEvent } from '../http/exchanges';
 import { ByeFrame, ConfigFrame, ConnCloseFrame, ConnOpenFrame, ErrorFrame, HelloFrame, HelperFrame, LossFrame, ProcessFrame, SegmentFrame, StatsFrame } from '../protocol/generated';
-import { PROTOCOL_VERSION } from '../commands/ipc';
+import { PROTOCOL_VERSION } from '../protocol/hello';
 import { FrameDecoder, FrameEncoder, FrameError, MAX_CONTROL_FRAME_BYTES, RawFrame } from '../protocol/wire';
 
 export interface HttpMessage {

@@ -5,12 +5,9 @@ import { BpfObject, BPF_OBJECT_PATH, BridgeError, monotonicToWallOffset, RingSta
 import { fileVersion, LibraryFile } from '../discovery/libraries';
 import { GO_READ, GO_WRITE, planGoCached } from '../discovery/golang';
 import { exportedOffsets, planOpenSsl, ProbePlan } from '../discovery/openssl';
-import { CALL_CAP_MAX, CaptureRecord, COMM_LEN, decodeBatch, encodeConfig } from '../records/records';
+import { CALL_CAP_MAX, CaptureRecord, COMM_LEN, decodeBatch, DEFAULT_CALL_CAP, DEFAULT_RING_BYTES, encodeConfig, RATE_CAP_MAX } from '../records/records';
 
-export const DEFAULT_CALL_CAP = 1 << 20;
-/** Most bytes per second per process the rate cap can be set to (capture.h CAP_RATE_CAP_MAX). */
-export const RATE_CAP_MAX = 0xffffffff;
-export const DEFAULT_RING_BYTES = 32 << 20;
+export { DEFAULT_CALL_CAP, DEFAULT_RING_BYTES, RATE_CAP_MAX };
 /** The ring thread is woken once this many bytes wait (bpf targ_wakeup_bytes)... */
 const WAKEUP_BYTES = 1 << 20;
 /** ...and drains the ring this often in any case: the most a record waits, in ms. */

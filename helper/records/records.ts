@@ -10,6 +10,12 @@ export const MAX_CHUNKS = 4096;
 export const PATH_LEN = 256;
 /** Largest per-call cap the BPF program honours (CHUNK_MAX × MAX_CHUNKS = 64 MiB). */
 export const CALL_CAP_MAX = CHUNK_MAX * MAX_CHUNKS;
+/** The per-call cap unless told otherwise (--call-cap). */
+export const DEFAULT_CALL_CAP = 1 << 20;
+/** Most bytes per second per process the rate cap can be set to (capture.h CAP_RATE_CAP_MAX). */
+export const RATE_CAP_MAX = 0xffffffff;
+/** The ring buffer's size unless told otherwise (--ring-size). */
+export const DEFAULT_RING_BYTES = 32 << 20;
 
 export const enum Kind {
   Data = 1,
@@ -218,6 +224,16 @@ export type CaptureRecord = DataRecord | ConnRecord | ExitRecord | ProcRecord;
 
 export class RecordError extends Error {
   override name = 'RecordError';
+}
+
+/**
+ * A process name as the kernel keeps it (task->comm): its first COMM_LEN - 1 bytes of UTF-8,
+ * read back as the records read it. `--comm` names are compared in this form everywhere (the
+ * BPF filter's keys, discovery's targets), so a long or non-ASCII name matches the same
+ * processes in both.
+ */
+export function kernelComm(name: string): string {
+  return Buffer.from(name, 'utf8').subarray(0, COMM_LEN - 1).toString('utf8');
 }
 
 /** The process name at `at` (NUL-terminated, at most COMM_LEN bytes). */

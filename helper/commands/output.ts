@@ -1,0 +1,36 @@
+// output.ts: where the human commands (standalone and replay) write: stdout, or a file created
+// with mode 0600 (plaintext holds secrets); and the checks of --format before anything starts.
+import * as fs from 'fs';
+import { UserError } from '../errors';
+import { BINARY_FORMATS, Format, FORMATS, isFormat, Sink } from '../formats';
+
+/** Where the output goes: stdout, or a file created with mode 0600. */
+export function openOutput(file: string | undefined): Sink & { close(): Promise<void> } {
+  if (!file) {
+    // A reader that went away (| head) ends the output, not the capture's clean stop.
+    process.stdout.on('error', () => undefined);
+    return { write: (s) => void process.stdout.write(s), close: () => Promise.resolve() };
+  }
+  let fd: number;
+  try {
+    fd = fs.openSync(file, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_TRUNC, 0o600);
+  } catch (e) {
+    throw new UserError(`cannot create the output file ${file}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`, 'name a file in a directory you can write to');
+  }
+  // Private even if it existed before with other permissions.
+  fs.fchmodSync(fd, 0o600);
+  const stream = fs.createWriteStream('', { fd });
+  return {
+    write: (s) => void stream.write(s),
+    close: () => new Promise((resolve) => stream.end(resolve)),
+  };
+}
+
+/** The format named by --format, checked; binary formats never go to a terminal. */
+export function checkFormat(format: string, output: string | undefined, extra: string[] = []): Format {
+  if (!isFormat(format)) throw new UserError(`unknown format "${format}"`, `use --format ${[...FORMATS, ...extra].join(', ')}`, 2);
+  if ((BINARY_FORMATS as readonly string[]).includes(format) && !output && process.stdout.isTTY) {
+    throw new UserError(`${format} is binary and stdout is a terminal`, `write it to a file with --output capture.${format}, or pipe it (| tshark -r -)`, 2);
+  }
+  return format;
+}

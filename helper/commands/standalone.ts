@@ -1,0 +1,127 @@
+// standalone.ts: `https-capture` without --ipc, for a person: the session's frames rendered in
+// the chosen format (the same renderers as replay), a status line on a terminal, and a summary
+// of what was captured, cut and lost at the end. With --record the same frames are saved.
+import { Writable } from 'stream';
+import { createRenderer, Format } from '../formats';
+import { Sink } from '../formats/output';
+import { preflight } from '../errors';
+import { KernelCounters } from '../kernel/capture';
+import { DEFAULT_MAX_QUEUE_BYTES, FrameWriter } from '../protocol/wire';
+import { ByeReason, helperVersion, nowhere, openRecording, Session } from '../session/session';
+import { openOutput } from './output';
+
+export interface StandaloneOptions {
+  pids: number[];
+  comms: string[];
+  ports: number[];
+  duration?: number;
+  output?: string;
+  format: Format;
+  callCap: number;
+  rateCap: number;
+  ringBytes: number;
+  libraries: string[];
+  printLimit: number;
+  redact: boolean;
+  color: boolean;
+  validate: boolean;
+  record?: string;
+  maxQueueBytes?: number;
+  pollMs: number;
+  targeted: boolean;
+  floor: boolean;
+}
+
+/** A one-line status on stderr when stderr is a terminal; cleared before stdout writes. */
+class StatusLine {
+  private shown = false;
+  constructor(private readonly enabled: boolean) {}
+  draw(text: string): void {
+    if (!this.enabled) return;
+    process.stderr.write(`\r\x1b[K${text}`);
+    this.shown = true;
+  }
+  clear(): void {
+    if (this.enabled && this.shown) process.stderr.write('\r\x1b[K');
+    this.shown = false;
+  }
+}
+
+export function summary(k: KernelCounters): string {
+  const lost = k.bytesLost + k.bytesFaulted;
+  return (
+    `${k.calls} calls, ${k.bytesMoved} bytes moved, ${k.bytesCaptured} captured, ` +
+    `${k.bytesTruncated} past the per-call cap, ${lost} lost (${k.recordsLost} records: ring buffer full; ${k.readFaults}: memory unreadable)` +
+    (k.callsMissed ? `, ${k.callsMissed} calls missed (bytes unknown: docs/protocol.md, calls_missed)` : '')
+  );
+}
+
+/** Captures until Ctrl-C, SIGTERM, SIGHUP or --duration; resolves with the exit code. Throws UserError. */
+export async function runStandalone(o: StandaloneOptions): Promise<number> {
+  const log = (s: string): void => void process.stderr.write(`https-capture: ${s}\n`);
+  preflight(); // not built, no privileges, no BTF: said before any file is created
+  // Before the capture is loaded: a file that cannot be created is a plain error.
+  const out = openOutput(o.output);
+  const recording = o.record ? openRecording(o.record) : undefined;
+  const status = new StatusLine(process.stderr.isTTY === true);
+  // The status line (stderr, a terminal) is cleared before each write to the same terminal.
+  const screen: Sink = o.output ? out : { write: (s) => (status.clear(), out.write(s)) };
+  const renderer = createRenderer(o.format, screen, { redact: o.redact, color: o.color, printLimit: o.printLimit, version: helperVersion() });
+  // Without a recording, --validate still encodes and checks every frame, into a stream that
+  // keeps nothing; otherwise the writer only answers for its (zero) counters.
+  const stream: Writable = recording ?? nowhere();
+  const writer = new FrameWriter(stream, { maxQueueBytes: o.maxQueueBytes ?? DEFAULT_MAX_QUEUE_BYTES, validate: o.validate });
+  const session = new Session(
+    {
+      pids: o.pids,
+      comms: o.comms,
+      ports: o.ports,
+      callCap: o.callCap,
+      rateCap: o.rateCap,
+      ringBytes: o.ringBytes,
+      targeted: o.targeted,
+      floor: o.floor,
+      pollMs: o.pollMs,
+      libraries: o.libraries,
+      statsIntervalMs: 0,
+      lossIntervalMs: 0,
+      log,
+    },
+    { writer, encode: recording !== undefined || o.validate, onFrame: (f) => renderer.push(f), ...(recording ? { recording } : {}) },
+  );
+  const end = async (reason: ByeReason): Promise<KernelCounters | undefined> => {
+    const k = await session.stop(reason);
+    renderer.end(); // HAR is written whole here
+    await out.close();
+    if (writer.error) throw new Error(`could not write the recording ${o.record}: ${writer.error.message}`);
+    return k;
+  };
+  try {
+    session.open();
+    session.attach();
+  } catch (e) {
+    await end('fatal_error');
+    throw e;
+  }
+  session.start();
+  const named = [...o.pids, ...o.comms].join(', ');
+  const who = o.targeted ? `processes ${named} (probes only in them)` : named ? `processes ${named} (filtered in the kernel)` : 'all processes';
+  log(`capturing TLS plaintext of ${who}${o.output ? ` into ${o.output}` : ''} as ${o.format}${o.redact ? '' : ' (not redacted)'}${o.record ? `, frames into ${o.record}` : ''}; Ctrl-C to stop`);
+
+  const ticker = setInterval(() => {
+    const k = session.counters();
+    status.draw(`https-capture: ${session.attachedLibraries} libraries, ${k.calls} calls, ${k.bytesCaptured} bytes, ${k.bytesLost + k.bytesFaulted} lost`);
+  }, 1000);
+  const reason = await new Promise<ByeReason>((resolve) => {
+    const done = (): void => resolve('signal');
+    process.once('SIGINT', done);
+    process.once('SIGTERM', done);
+    process.once('SIGHUP', done);
+    if (o.duration) setTimeout(() => resolve('shutdown'), o.duration * 1000).unref();
+  });
+  clearInterval(ticker);
+  status.clear();
+  const final = await end(reason);
+  if (final) log(`stopped: ${summary(final)}`);
+  return 0;
+}
