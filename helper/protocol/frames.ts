@@ -3,7 +3,7 @@
 // conn_close (eos) when a connection ends, its process exits, or the capture stops. Two ways in,
 // one connection table: push() takes decoded records and emits frame objects (for renderers
 // and tests); pushBatch() takes a ring-buffer batch and encodes its segments straight into a
-// FrameWriter (the --ipc and recording path, helper/segments.ts). Pure: no process or kernel.
+// FrameWriter (the --ipc and recording path, segments.ts). Pure: no process or kernel.
 import { ConnCloseFrame, ConnOpenFrame, HelperFrame, SegmentFrame } from './generated';
 import { CaptureRecord, checkData, ConnRecord, DataRecord, decodeRecord, forEachRecord, Kind, OFFSETS as O, SockInfo } from '../records/records';
 import { encodeSegment, newSegmentCache, SEGMENT_OVERHEAD, SegmentCache } from './segments';
@@ -26,7 +26,7 @@ function socketFields(s: SockInfo): Pick<SegmentFrame, 'fd' | 'local_ip' | 'loca
 }
 
 /**
- * A decoded data record as a segment frame object. helper/segments.ts writes the same frame's
+ * A decoded data record as a segment frame object. segments.ts writes the same frame's
  * bytes without building it (test/frames.test.ts holds the two to the same bytes).
  * `lostBefore` is every byte of this direction missing before data[0] (ring buffer, faults).
  */
