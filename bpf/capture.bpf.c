@@ -1252,6 +1252,10 @@ static __always_inline void socket_written(__u32 tgid, struct thread_state *t, i
 
 // A syscall of goroutine g: the first socket I/O inside a crypto/tls call names the fd as the
 // OpenSSL calls' does; inside a handshake, it sets the connection's socket at once.
+// g is r14 at the syscall, and the runtime makes syscalls of its own while a goroutine runs
+// (netpollBreak writes to an eventfd): a first I/O that is not a socket names nothing, and the
+// handshake waits for one that is. A call whose connection has no socket yet sets it at its
+// first I/O, not at its return: another goroutine may close the fd while the call blocks.
 static __always_inline void go_syscall(__u32 tgid, __u64 g, int fd)
 {
 	struct go_key gk = { .tgid = tgid, .g = g };
@@ -1261,16 +1265,23 @@ static __always_inline void go_syscall(__u32 tgid, __u64 g, int fd)
 
 	if (!a)
 		return;
+	conn = a->ssl;
 	if (a->func) {
-		if (a->fd < 0)
-			a->fd = fd;
+		if (a->fd >= 0)
+			return;
+		a->fd = fd;
+		s = bpf_map_lookup_elem(&conns, &(struct conn_key){ .tgid = tgid, .ssl = conn });
+		if (s && s->sock.fd < 0)
+			conn_set_fd(tgid, conn, s, fd);
 		return;
 	}
-	conn = a->ssl;
-	bpf_map_delete_elem(&go_calls, &gk);
 	s = conn_get(tgid, conn);
-	if (s && s->sock.fd < 0)
+	if (!s)
+		return;
+	if (s->sock.fd < 0)
 		conn_set_fd(tgid, conn, s, fd);
+	if (s->sock.fd >= 0)
+		bpf_map_delete_elem(&go_calls, &gk);
 }
 
 // close() of a socket that carries a connection ends it.

@@ -200,6 +200,9 @@ describe('capture (kernel, real programs)', function () {
       throw new Error(`${e.message}; curl's connections: ${firsts.join('; ')}`);
     });
     assert.strictEqual(rec.connections(res.pid).length, 2, 'two connections: to the proxy, and through it');
+    // The response's records may still be on their way from the ring when the request's are
+    // in: both ends at 0 bytes would look settled.
+    await waitFor(() => rec!.bytes(res.pid, 'ingress', tunnel) >= size, { what: 'the tunnelled response' });
     const settled = await rec.settle({ pid: res.pid, connId: tunnel }, { pid: py.pid });
     const request = rec.stream(res.pid, 'egress', tunnel);
     const response = rec.stream(res.pid, 'ingress', tunnel);
