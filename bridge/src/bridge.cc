@@ -184,6 +184,10 @@ class Capture : public Napi::ObjectWrap<Capture> {
   bool close_pending_ = false;
   size_t batch_bytes_ = 1 << 20;
   int drain_ms_ = 0;
+  // Why the ring thread ended before it was asked to (0: it did not), told to on_error_.
+  int ring_err_ = 0;
+  const char *ring_err_op_ = "";
+  Napi::FunctionReference on_error_;
   Batch cur_;
   std::atomic<uint64_t> batches_{0}, records_{0}, bytes_{0};
   // Reuse mode (slots): the buffers, who may write them, and the batch being filled.
@@ -510,27 +514,44 @@ class Capture : public Napi::ObjectWrap<Capture> {
     if (tsfn_.BlockingCall(b, CallJs) != napi_ok) delete b;
   }
 
+  // Ends the thread's loop early: what failed is told to JavaScript when the thread is done.
+  void RingFailed(const char *op, int err) {
+    ring_err_op_ = op;
+    ring_err_ = err;
+  }
+
   void RingLoop() {
     int ep = epoll_create1(EPOLL_CLOEXEC);
     epoll_event ev{};
     ev.events = EPOLLIN;
     ev.data.fd = ring_buffer__epoll_fd(rb_);
-    epoll_ctl(ep, EPOLL_CTL_ADD, ev.data.fd, &ev);
+    if (ep < 0)
+      RingFailed("epoll_create1", errno);
+    else if (epoll_ctl(ep, EPOLL_CTL_ADD, ev.data.fd, &ev) < 0)
+      RingFailed("epoll_ctl", errno);
     ev.data.fd = stop_fd_;
-    epoll_ctl(ep, EPOLL_CTL_ADD, stop_fd_, &ev);
-    bool stop = false;
+    if (!ring_err_ && epoll_ctl(ep, EPOLL_CTL_ADD, stop_fd_, &ev) < 0) RingFailed("epoll_ctl", errno);
+    bool stop = ring_err_ != 0;
     while (!stop) {
       epoll_event got[2];
       // With batched wakeups (BPF wakes the thread only past a watermark) a timer drains
       // whatever is there, so a record waits at most drain_ms_.
       int n = epoll_wait(ep, got, 2, drain_ms_ > 0 ? drain_ms_ : -1);
-      if (n < 0 && errno != EINTR) break;
+      if (n < 0 && errno != EINTR) {
+        RingFailed("epoll_wait", errno);
+        n = 0;
+        stop = true;
+      }
       for (int i = 0; i < n; i++)
         if (got[i].data.fd == stop_fd_) stop = true;
-      ring_buffer__consume(rb_);  // on stop too: what is in the ring is delivered
+      int got_n = ring_buffer__consume(rb_);  // on stop too: what is in the ring is delivered
+      if (got_n < 0 && !ring_err_) {
+        RingFailed("ring_buffer__consume", -got_n);
+        stop = true;
+      }
       Flush();
     }
-    close(ep);
+    if (ep >= 0) close(ep);
     tsfn_.Release();
   }
 
@@ -550,6 +571,9 @@ class Capture : public Napi::ObjectWrap<Capture> {
     uint32_t queue = o.Has("queue") ? o.Get("queue").As<Napi::Number>().Uint32Value() : 16;
     drain_ms_ = o.Has("drainMs") ? o.Get("drainMs").As<Napi::Number>().Int32Value() : 0;
     uint32_t slots = o.Has("reuse") ? o.Get("reuse").As<Napi::Number>().Uint32Value() : 0;
+    ring_err_ = 0;
+    on_error_.Reset();
+    if (o.Has("onError") && o.Get("onError").IsFunction()) on_error_ = Napi::Persistent(o.Get("onError").As<Napi::Function>());
     reuse_ = slots > 0;
     if (reuse_) {
       // Room for a full batch plus the largest record (a 16 KiB chunk and its header).
@@ -599,6 +623,18 @@ class Capture : public Napi::ObjectWrap<Capture> {
     close(stop_fd_);
     stop_fd_ = -1;
     ring_running_ = false;
+    // A thread that ended on its own, not asked to: JavaScript hears why (a stop still resolves).
+    if (ring_err_ && !on_error_.IsEmpty()) {
+      Napi::Env env = Env();
+      Napi::HandleScope scope(env);
+      Napi::Error e = BridgeError(env, ring_err_op_, "ring buffer thread", ring_err_);
+      try {
+        on_error_.Call({e.Value()});
+      } catch (const Napi::Error &x) {
+        napi_fatal_exception(env, x.Value());
+      }
+    }
+    on_error_.Reset();
     if (stopped_) {
       stopped_->Resolve(Env().Undefined());
       delete stopped_;

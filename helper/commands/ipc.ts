@@ -99,7 +99,9 @@ export async function runIpc(opts: IpcOptions = {}): Promise<number> {
     session.error({ code: 'attach_failed', message: u.cause, fix: u.fix }, true);
     return finish('fatal_error', 1);
   }
-  session.start();
+  // The data path dying on its own (the ring thread) stops the session like any fatal error.
+  let failed = (): void => {};
+  session.start(() => failed());
   log(`capturing TLS plaintext; frames on stdout (protocol ${PROTOCOL_VERSION})`);
 
   return new Promise<number>((resolve) => {
@@ -117,7 +119,7 @@ export async function runIpc(opts: IpcOptions = {}): Promise<number> {
       input.off('end', onEnd);
       // The signal handlers stay until the end: a second SIGTERM during the stop must not kill
       // the helper before its bye (the session stops once).
-      void finish(reason, reason === 'stdout_closed' ? 1 : 0).then(resolve);
+      void finish(reason, reason === 'stdout_closed' || reason === 'fatal_error' ? 1 : 0).then(resolve);
     };
 
     const onFrame = (x: RawFrame | FrameError): void => {
@@ -153,6 +155,7 @@ export async function runIpc(opts: IpcOptions = {}): Promise<number> {
       stop('stdin_closed');
     };
     const onSignal = (): void => stop('signal');
+    failed = () => stop('fatal_error');
     input.on('data', onData);
     input.on('end', onEnd);
     input.on('error', onEnd);

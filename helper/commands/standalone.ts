@@ -103,7 +103,8 @@ export async function runStandalone(o: StandaloneOptions): Promise<number> {
     await end('fatal_error');
     throw e;
   }
-  session.start();
+  let failed = (): void => {};
+  session.start(() => failed());
   const named = [...o.pids, ...o.comms].join(', ');
   const who = o.targeted ? `processes ${named} (probes only in them)` : named ? `processes ${named} (filtered in the kernel)` : 'all processes';
   log(`capturing TLS plaintext of ${who}${o.output ? ` into ${o.output}` : ''} as ${o.format}${o.redact ? '' : ' (not redacted)'}${o.record ? `, frames into ${o.record}` : ''}; Ctrl-C to stop`);
@@ -118,10 +119,11 @@ export async function runStandalone(o: StandaloneOptions): Promise<number> {
     process.once('SIGTERM', done);
     process.once('SIGHUP', done);
     if (o.duration) setTimeout(() => resolve('shutdown'), o.duration * 1000).unref();
+    failed = () => resolve('fatal_error'); // the error is on stderr already
   });
   clearInterval(ticker);
   status.clear();
   const final = await end(reason);
   if (final) log(`stopped: ${summary(final)}`);
-  return 0;
+  return reason === 'fatal_error' ? 1 : 0;
 }

@@ -31,6 +31,11 @@ export interface RingOptions {
   reuse?: number;
   /** Also drain the ring this often, in ms (needed when BPF wakes the thread only past a watermark). */
   drainMs?: number;
+  /**
+   * Called on the event loop if the ring thread ends on its own (a failed epoll_wait, say):
+   * from then on no record arrives, and the error says which call failed and why.
+   */
+  onError?: (e: BridgeError) => void;
 }
 
 export interface RingStats {
@@ -194,7 +199,9 @@ export class BpfObject {
         });
       }
     };
-    wrap(() => this.native.startRing(map, safe, opts));
+    const { onError } = opts;
+    const native = onError ? { ...opts, onError: (e: unknown) => onError(toBridgeError(e) as BridgeError) } : opts;
+    wrap(() => this.native.startRing(map, safe, native));
   }
 
   /** Resolves once everything in the ring has been delivered and the thread has ended. */

@@ -91,6 +91,14 @@ export interface CaptureOptions {
  */
 export type ProbeMode = 'auto' | 'exported';
 
+/** How records are handed over (bridge.ts RingOptions says more). */
+export interface StartOptions {
+  batchBytes?: number;
+  queue?: number;
+  /** The ring thread ended on its own: no record comes any more (why, in the error). */
+  onError?: (e: BridgeError) => void;
+}
+
 export interface AttachResult {
   library: LibraryFile;
   plan: ProbePlan;
@@ -420,7 +428,7 @@ export class Capture {
   }
 
   /** Starts delivering records; `onRecords` runs on the event loop, once per batch. */
-  start(onRecords: (records: CaptureRecord[], batch: Buffer) => void, opts: { batchBytes?: number; queue?: number } = {}): void {
+  start(onRecords: (records: CaptureRecord[], batch: Buffer) => void, opts: StartOptions = {}): void {
     // Decoded records keep views into their batch: each batch is a buffer of its own.
     this.bpf.startRing('events', (batch) => onRecords(decodeBatch(batch), batch), { drainMs: DRAIN_MS, ...opts });
     this.running = true;
@@ -431,7 +439,7 @@ export class Capture {
    * in one of a few buffers the bridge fills again once `onBatch` returns: copy what must
    * outlive the call.
    */
-  startRaw(onBatch: (batch: Buffer) => void, opts: { batchBytes?: number; queue?: number } = {}): void {
+  startRaw(onBatch: (batch: Buffer) => void, opts: StartOptions = {}): void {
     this.bpf.startRing('events', onBatch, { reuse: 4, drainMs: DRAIN_MS, ...opts });
     this.running = true;
   }

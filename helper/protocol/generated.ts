@@ -483,7 +483,7 @@ export interface ErrorFrame {
    */
   type: 'error';
   /**
-   * Stable code: bad_frame_length, bad_msgpack, bad_frame, bad_config, unknown_library, config_failed, attach_failed, capture_failed, internal. Hosts must accept other values.
+   * Stable code: bad_frame_length, bad_msgpack, bad_frame, bad_config, unknown_library, config_failed, attach_failed, capture_failed, ring_failed (the thread reading the ring buffer stopped: fatal, bye follows), internal. Hosts must accept other values.
    */
   code: string;
   /**

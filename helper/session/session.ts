@@ -10,7 +10,7 @@ import * as fs from 'fs';
 import { Writable } from 'stream';
 import { Discovery } from '../discovery/discovery';
 import { LibraryFile, TlsKind } from '../discovery/libraries';
-import { attachRefused, explain, preflight, privilegeWarnings, UserError } from '../errors';
+import { attachRefused, BridgeError, explain, preflight, privilegeWarnings, UserError } from '../errors';
 import { AttachResult, Capture, KernelCounters } from '../kernel/capture';
 import { packageVersion } from '../package';
 import { FrameBuilder } from '../protocol/frames';
@@ -227,9 +227,16 @@ export class Session {
     }
   }
 
-  /** Turns the data path on: records become frames from here on. */
-  start(): void {
+  /**
+   * Turns the data path on: records become frames from here on. `onFailed` runs if the data
+   * path dies on its own (the ring thread failed): the error frame has gone out; stop next.
+   */
+  start(onFailed: () => void = () => {}): void {
     const capture = this.kernel();
+    const onError = (e: BridgeError): void => {
+      this.error({ code: 'ring_failed', message: `the thread that reads the ring buffer stopped (${e.op}: ${e.code}); nothing more can be captured`, fix: 'start the helper again; if it recurs, report this line' }, true);
+      onFailed();
+    };
     const builder = (this.builder = new FrameBuilder(capture.wallOffsetNs, this.send));
     const onRecord = (r: CaptureRecord): void => this.discovery?.onRecord(r);
     if (this.out.onFrame) {
@@ -241,10 +248,11 @@ export class Session {
             builder.push(r);
           }
         }),
+        { onError },
       );
     } else {
       // Frames only as bytes: segments are encoded from the ring's batches without objects.
-      capture.startRaw((batch) => builder.pushBatch(batch, this.out.writer, onRecord));
+      capture.startRaw((batch) => builder.pushBatch(batch, this.out.writer, onRecord), { onError });
     }
     if (this.opts.lossIntervalMs > 0) this.lossTimer = setInterval(() => this.losses.report(capture.counters()), this.opts.lossIntervalMs);
     this.setStatsInterval(this.state.stats_interval_ms);
