@@ -15,6 +15,8 @@ export interface ElfSymbol {
   /** Virtual address as linked. */
   addr: number;
   size: number;
+  /** The section that holds it (a BPF object's program sections: "uprobe", "tp_btf/…"). */
+  section: string;
 }
 
 interface Section {
@@ -66,10 +68,10 @@ export class ElfFile {
     const shentsize = ident.readUInt16LE(58);
     const shnum = ident.readUInt16LE(60);
     const shstrndx = ident.readUInt16LE(62);
-    if (phentsize < 56 || shentsize < 64 || shnum > 65535 || phnum > 65535) throw new ElfError(`${path}: bad ELF header`);
+    if ((phnum > 0 && phentsize < 56) || shentsize < 64 || shnum > 65535 || phnum > 65535) throw new ElfError(`${path}: bad ELF header`);
 
     this.segments = [];
-    const ph = this.read(phoff, phentsize * phnum);
+    const ph = this.read(phoff, phentsize * phnum); // none in a relocatable object (a BPF .o)
     for (let i = 0; i < phnum; i++) {
       const at = i * phentsize;
       if (ph.readUInt32LE(at) !== PT_LOAD) continue;
@@ -141,7 +143,7 @@ export class ElfFile {
           if ((kind !== STT_FUNC && kind !== STT_GNU_IFUNC) || shndx === 0) continue;
           const name = cstr(strs, syms.readUInt32LE(at));
           if (!want.has(name) || found.has(name)) continue;
-          found.set(name, { name, addr: Number(syms.readBigUInt64LE(at + 8)), size: Number(syms.readBigUInt64LE(at + 16)) });
+          found.set(name, { name, addr: Number(syms.readBigUInt64LE(at + 8)), size: Number(syms.readBigUInt64LE(at + 16)), section: this.sections[shndx]?.name ?? '' });
         }
       }
       if (found.size === want.size) break;

@@ -5,6 +5,7 @@ import { BpfObject, BPF_OBJECT_PATH, BridgeError, monotonicToWallOffset, RingSta
 import { fileVersion, LibraryFile } from '../discovery/libraries';
 import { GO_READ, GO_WRITE, planGoCached } from '../discovery/golang';
 import { exportedOffsets, planOpenSsl, ProbePlan } from '../discovery/openssl';
+import { TracingProgram, UprobeProgram } from './programs';
 import { CALL_CAP_MAX, CaptureRecord, COMM_LEN, decodeBatch, DEFAULT_CALL_CAP, DEFAULT_RING_BYTES, encodeConfig, RATE_CAP_MAX } from '../records/records';
 
 export { DEFAULT_CALL_CAP, DEFAULT_RING_BYTES, RATE_CAP_MAX };
@@ -26,7 +27,7 @@ export const OPENSSL_PROBES = [
  * the socket I/O inside the handshake), its role, and its end. Hit once or twice per
  * connection, not per call.
  */
-export const OPENSSL_CONN_PROBES: { func: string; prog: string; retprobe?: boolean }[] = [
+export const OPENSSL_CONN_PROBES: { func: string; prog: UprobeProgram; retprobe?: boolean }[] = [
   { func: 'SSL_set_fd', prog: 'ssl_set_fd' },
   { func: 'SSL_set_rfd', prog: 'ssl_set_fd' },
   { func: 'SSL_set_wfd', prog: 'ssl_set_fd' },
@@ -45,7 +46,7 @@ export const GNUTLS_PROBES = [
   { func: 'gnutls_record_recv', enter: 'gnutls_recv_enter', exit: 'gnutls_recv_exit' },
 ] as const;
 
-export const GNUTLS_CONN_PROBES: { func: string; prog: string; retprobe?: boolean }[] = [
+export const GNUTLS_CONN_PROBES: { func: string; prog: UprobeProgram; retprobe?: boolean }[] = [
   // gnutls_transport_set_ptr is left out: its argument is only an fd by convention.
   { func: 'gnutls_transport_set_int2', prog: 'ssl_set_fd' },
   // The role: gnutls_init's flags (GNUTLS_SERVER), applied to the session it returns.
@@ -146,8 +147,8 @@ const COUNTER_NAMES: (keyof KernelCounters)[] = [
 
 interface DataProbe {
   name: string;
-  enter: string;
-  exit: string;
+  enter: UprobeProgram;
+  exit: UprobeProgram;
   where: UprobeOptions;
 }
 
@@ -191,7 +192,7 @@ export class Capture {
     });
     try {
       this.configure(opts);
-      for (const prog of ['process_exit', 'process_exec', 'sys_enter']) this.bpf.attach(this.floor ? `floor_${prog}` : prog);
+      for (const prog of ['process_exit', 'process_exec', 'sys_enter'] as const) this.bpf.attach((this.floor ? `floor_${prog}` : prog) satisfies TracingProgram);
     } catch (e) {
       this.bpf.close();
       throw e;
@@ -292,7 +293,7 @@ export class Capture {
       failed: [],
     };
     const ids: number[] = [];
-    const add = (prog: string, offset: number): void => {
+    const add = (prog: UprobeProgram, offset: number): void => {
       ids.push(this.uprobe(prog, library.path, { offset, pid }));
     };
     try {
@@ -356,7 +357,7 @@ export class Capture {
   }
 
   /** One uprobe of `prog`, or of the do-nothing program at the same place (the floor). */
-  private uprobe(prog: string, file: string, opts: UprobeOptions): number {
+  private uprobe(prog: UprobeProgram, file: string, opts: UprobeOptions): number {
     return this.bpf.attachUprobe(this.floor ? 'floor_uprobe' : prog, file, opts);
   }
 
