@@ -1,7 +1,6 @@
 /* capture.h: the records bpf/capture.bpf.c writes to the ring buffer and the maps
- * user space fills. Shared by bpf/ and bridge/ (which exports the layout so that
- * helper/'s decoder is tested against this file). Fixed-width types, explicit
- * padding, payload last. */
+ * user space fills. Shared by bpf/ and bridge/; helper/records/layout.ts is generated
+ * from it (scripts/gen-layout.js). Fixed-width types, explicit padding, payload last. */
 #ifndef HTTPS_CAPTURE_H
 #define HTTPS_CAPTURE_H
 

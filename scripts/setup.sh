@@ -70,9 +70,10 @@ if [ ! -f "$addon" ] || [ -n "$(find bridge/src bridge/binding.gyp bpf/capture.h
   [ -f "$addon" ] || { say "building bridge/ failed"; exit 1; }
 fi
 
-# Types of the wire protocol, derived from schemas/ (rewritten only when they change), then
-# TypeScript.
+# Types of the wire protocol, derived from schemas/, and the record layout, derived from
+# bpf/capture.h (each rewritten only when it changes), then TypeScript.
 node scripts/gen-types.js >&2
+node scripts/gen-layout.js >&2
 node_modules/.bin/tsc -p . >&2
 
 # The bench's host: integrations/apidump's capture-stats, built offline from Debian's Go.

@@ -1,8 +1,10 @@
-// records.test.ts: helper/records/records.ts against bpf/capture.h (offsets from the built addon's layout(), enum values from the header text), and the batch decoder's round trips and errors.
+// records.test.ts: helper/records/records.ts against bpf/capture.h (offsets generated into layout.ts by the C compiler, checked against the header's own asserts; enum values from the header text), and the batch decoder's round trips and errors.
 import * as assert from 'assert';
 import * as fs from 'fs';
 import * as path from 'path';
-import { layout, Layout, PACKAGE_ROOT } from '../helper/kernel/bridge';
+import * as crypto from 'crypto';
+import { PACKAGE_ROOT } from '../helper/package';
+import { CAPTURE_H_SHA256 } from '../helper/records/layout';
 import {
   kernelComm,
   CaptureRecord,
@@ -76,27 +78,39 @@ function cEnum(header: string, name: string): Map<string, number> {
 }
 
 describe('records: layout of bpf/capture.h', function () {
-  let lay: Layout;
+  // lay: OFFSETS plus the header's enum values and #defines, read from the header text here,
+  // independently of scripts/gen-layout.js (which takes its numbers from the C compiler).
+  let lay: Record<string, number>;
+  let header: string;
 
   before(function () {
-    lay = layout();
+    header = fs.readFileSync(path.join(PACKAGE_ROOT, 'bpf', 'capture.h'), 'utf8');
+    lay = { ...OFFSETS };
+    for (const m of header.matchAll(/^enum (cap_\w+) \{/gm)) for (const [k, v] of cEnum(header, m[1]!)) lay[k] = v;
+    for (const m of header.matchAll(/^#define (CAP_\w+) (\d+)\s/gm)) lay[m[1]!] = Number(m[2]);
   });
 
-  it('every entry of OFFSETS equals the offsetof()/sizeof() the addon was compiled with', function () {
-    const keys = Object.keys(OFFSETS) as (keyof typeof OFFSETS)[];
-    assert.ok(keys.length > 20);
-    for (const k of keys) {
-      assert.strictEqual(typeof lay[k], 'number', `layout() has ${k}`);
-      assert.strictEqual(OFFSETS[k], lay[k], `OFFSETS['${k}']`);
+  it('layout.ts was generated from this capture.h (node scripts/gen-layout.js; setup.sh runs it)', function () {
+    const sha = crypto.createHash('sha256').update(header).digest('hex');
+    assert.strictEqual(CAPTURE_H_SHA256, sha, 'helper/records/layout.ts is stale: run node scripts/gen-layout.js');
+  });
+
+  it('OFFSETS has every struct of capture.h and every field but padding, sizes as the header asserts them', function () {
+    const text = header.replace(/\/\*[\s\S]*?\*\//g, '');
+    const structs = [...text.matchAll(/struct (cap_\w+) \{([^}]*)\};/g)];
+    assert.ok(structs.length >= 7, `${structs.length} structs in capture.h`);
+    for (const [, name, body] of structs) {
+      assert.strictEqual(typeof lay[name!], 'number', `OFFSETS has ${name}`);
+      for (const decl of body!.split(';').map((d) => d.trim()).filter(Boolean)) {
+        const field = /(\w+)(\[[^\]]*\])?$/.exec(decl)![1]!;
+        if (!/^pad\d*$/.test(field)) assert.strictEqual(typeof lay[`${name}.${field}`], 'number', `OFFSETS has ${name}.${field}`);
+      }
     }
-  });
-
-  it('every struct size and field offset of layout() is in OFFSETS', function () {
-    const structKeys = Object.keys(lay).filter((k) => /^cap_[a-z_]+(\.[a-z_]+)?$/.test(k));
-    // cap_hdr, cap_data, cap_exit, cap_config: at least their sizes and first fields
-    for (const s of ['cap_hdr', 'cap_data', 'cap_exit', 'cap_config']) assert.ok(structKeys.includes(s), `layout() has ${s}`);
-    const missing = structKeys.filter((k) => !(k in OFFSETS));
-    assert.deepStrictEqual(missing, []);
+    const asserted = [...header.matchAll(/_Static_assert\(sizeof\(struct (cap_\w+)\) == (\d+)/g)];
+    assert.ok(asserted.length >= 7);
+    for (const [, name, size] of asserted) assert.strictEqual(lay[name!], Number(size), `sizeof(struct ${name})`);
+    // Fields in declaration order at increasing offsets: no two share a place.
+    assert.ok(OFFSETS['cap_data.conn_id'] < OFFSETS['cap_data.ssl'] && OFFSETS['cap_data.sock'] + OFFSETS.cap_sock === OFFSETS.cap_data);
   });
 
   it('CHUNK_MAX, COMM_LEN and MAX_CHUNKS equal the header constants', function () {
@@ -106,7 +120,6 @@ describe('records: layout of bpf/capture.h', function () {
   });
 
   it('encodeData writes size, kind, flags, dir and func as capture.h defines them', function () {
-    const header = fs.readFileSync(path.join(PACKAGE_ROOT, 'bpf', 'capture.h'), 'utf8');
     const funcs = cEnum(header, 'cap_func');
     const dirs = cEnum(header, 'cap_dir');
     assert.strictEqual(funcs.size, 10);

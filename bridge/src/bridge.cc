@@ -700,83 +700,6 @@ class Capture : public Napi::ObjectWrap<Capture> {
   }
 };
 
-// layout(): sizes, offsets and values from capture.h, so helper/'s decoder is checked
-// against the header the BPF program was built with.
-Napi::Value Layout(const Napi::CallbackInfo &info) {
-  Napi::Env env = info.Env();
-  Napi::Object o = Napi::Object::New(env);
-  auto set = [&](const char *k, size_t v) { o.Set(k, Napi::Number::New(env, static_cast<double>(v))); };
-#define OFF(type, field) set(#type "." #field, offsetof(struct type, field))
-  set("cap_hdr", sizeof(struct cap_hdr));
-  OFF(cap_hdr, size);
-  OFF(cap_hdr, kind);
-  OFF(cap_hdr, flags);
-  OFF(cap_hdr, ts_ns);
-  OFF(cap_hdr, pid);
-  OFF(cap_hdr, tid);
-  set("cap_data", sizeof(struct cap_data));
-  OFF(cap_data, conn_id);
-  OFF(cap_data, ssl);
-  OFF(cap_data, seq);
-  OFF(cap_data, ack);
-  OFF(cap_data, call_len);
-  OFF(cap_data, chunk_off);
-  OFF(cap_data, data_len);
-  OFF(cap_data, dir);
-  OFF(cap_data, func);
-  OFF(cap_data, cap_len);
-  OFF(cap_data, comm);
-  OFF(cap_data, sock);
-  set("cap_sock", sizeof(struct cap_sock));
-  OFF(cap_sock, fd);
-  OFF(cap_sock, role);
-  OFF(cap_sock, family);
-  OFF(cap_sock, lport);
-  OFF(cap_sock, rport);
-  OFF(cap_sock, flags);
-  OFF(cap_sock, laddr);
-  OFF(cap_sock, raddr);
-  set("cap_conn", sizeof(struct cap_conn));
-  OFF(cap_conn, conn_id);
-  OFF(cap_conn, ssl);
-  OFF(cap_conn, off);
-  OFF(cap_conn, reason);
-  OFF(cap_conn, comm);
-  OFF(cap_conn, sock);
-  set("cap_exit", sizeof(struct cap_exit));
-  OFF(cap_exit, exit_code);
-  OFF(cap_exit, comm);
-  set("cap_proc", sizeof(struct cap_proc));
-  OFF(cap_proc, comm);
-  OFF(cap_proc, path);
-  set("cap_config", sizeof(struct cap_config));
-  OFF(cap_config, filter);
-  OFF(cap_config, flags);
-  OFF(cap_config, call_cap);
-  OFF(cap_config, rate_cap);
-#undef OFF
-  set("CAP_COMM_LEN", CAP_COMM_LEN);
-  set("CAP_CHUNK_MAX", CAP_CHUNK_MAX);
-  set("CAP_MAX_CHUNKS", CAP_MAX_CHUNKS);
-  set("CAP_EV_DATA", CAP_EV_DATA);
-  set("CAP_EV_EXIT", CAP_EV_EXIT);
-  set("CAP_EV_CONN_OPEN", CAP_EV_CONN_OPEN);
-  set("CAP_EV_CONN_CLOSE", CAP_EV_CONN_CLOSE);
-  set("CAP_EV_EXEC", CAP_EV_EXEC);
-  set("CAP_EV_LIB_OPEN", CAP_EV_LIB_OPEN);
-  set("CAP_PATH_LEN", CAP_PATH_LEN);
-  set("CAP_F_TRUNCATED", CAP_F_TRUNCATED);
-  set("CAP_F_RATE_LIMITED", CAP_F_RATE_LIMITED);
-  set("CAP_RATE_CAP_MAX", CAP_RATE_CAP_MAX);
-  set("CAP_FILTER_PID", CAP_FILTER_PID);
-  set("CAP_FILTER_COMM", CAP_FILTER_COMM);
-  set("CAP_CTR_MAX", CAP_CTR_MAX);
-  set("CAP_CTR_BYTES_LOST", CAP_CTR_BYTES_LOST);
-  set("CAP_CTR_EVENTS_LOST", CAP_CTR_EVENTS_LOST);
-  set("CAP_CTR_BYTES_RATE_LIMITED", CAP_CTR_BYTES_RATE_LIMITED);
-  return o;
-}
-
 // clock(): [CLOCK_REALTIME ns, CLOCK_MONOTONIC ns] read back to back, to turn the BPF
 // timestamps (monotonic) into wall-clock time.
 Napi::Value Clock(const Napi::CallbackInfo &info) {
@@ -805,7 +728,6 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   g_log_echo = dbg && *dbg && strcmp(dbg, "0") != 0;
   libbpf_set_print(LibbpfPrint);
   exports.Set("Capture", Capture::Init(env));
-  exports.Set("layout", Napi::Function::New(env, Layout));
   exports.Set("clock", Napi::Function::New(env, Clock));
   exports.Set("possibleCpus", Napi::Function::New(env, PossibleCpus));
   exports.Set("libbpfVersion", Napi::Function::New(env, LibbpfVersion));

@@ -44,9 +44,6 @@ export interface RingStats {
   bytes: number;
 }
 
-/** The layout of bpf/capture.h as the addon was compiled with it. */
-export type Layout = Record<string, number>;
-
 interface NativeCapture {
   attachUprobe(prog: string, file: string, opts: UprobeOptions): number;
   attach(prog: string): number;
@@ -67,7 +64,6 @@ interface Addon {
     objectPath: string,
     opts: { consts: Record<string, number | bigint>; maxEntries: Record<string, number> },
   ) => NativeCapture;
-  layout(): Layout;
   clock(): [bigint, bigint];
   possibleCpus(): number;
   libbpfVersion(): string;
@@ -107,11 +103,6 @@ function toBridgeError(e: unknown): unknown {
     return new BridgeError(x.message, x.code, x.errno, x.op, x.target, x.log);
   }
   return e;
-}
-
-/** Sizes, offsets and constants of bpf/capture.h, as compiled into the addon. */
-export function layout(): Layout {
-  return load().layout();
 }
 
 /** Nanoseconds to add to a BPF (CLOCK_MONOTONIC) timestamp to get Unix wall-clock time. */

@@ -6,6 +6,7 @@ import { fileVersion, LibraryFile } from '../discovery/libraries';
 import { GO_READ, GO_WRITE, planGoCached } from '../discovery/golang';
 import { exportedOffsets, planOpenSsl, ProbePlan } from '../discovery/openssl';
 import { TracingProgram, UprobeProgram } from './programs';
+import { cap_config_flags, cap_counter, cap_filter } from '../records/layout';
 import { CALL_CAP_MAX, CaptureRecord, COMM_LEN, decodeBatch, DEFAULT_CALL_CAP, DEFAULT_RING_BYTES, encodeConfig, RATE_CAP_MAX } from '../records/records';
 
 export { DEFAULT_CALL_CAP, DEFAULT_RING_BYTES, RATE_CAP_MAX };
@@ -39,7 +40,6 @@ export const OPENSSL_CONN_PROBES: { func: string; prog: UprobeProgram; retprobe?
   { func: 'SSL_free', prog: 'ssl_free' },
 ];
 
-const CFG_EXEC_EVENTS = 1;
 /** GnuTLS: its record functions, and the connection-life functions mapped onto the same programs. */
 export const GNUTLS_PROBES = [
   { func: 'gnutls_record_send', enter: 'gnutls_send_enter', exit: 'gnutls_send_exit' },
@@ -58,9 +58,6 @@ export const GNUTLS_CONN_PROBES: { func: string; prog: UprobeProgram; retprobe?:
   { func: 'gnutls_deinit', prog: 'ssl_free' },
 ];
 
-const FILTER_PORT = 4;
-const FILTER_PID = 1;
-const FILTER_COMM = 2;
 
 export interface CaptureOptions {
   /** Only these processes (and any process whose name is in `comms`). */
@@ -130,20 +127,21 @@ export interface KernelCounters {
   callsMissed: number;
 }
 
-const COUNTER_NAMES: (keyof KernelCounters)[] = [
-  'calls',
-  'bytesMoved',
-  'bytesCaptured',
-  'bytesTruncated',
-  'recordsLost',
-  'bytesLost',
-  'readFaults',
-  'bytesFaulted',
-  'eventsLost',
-  'bytesRateLimited',
-  'discoveryEventsLost',
-  'callsMissed',
-];
+/** Each counter's slot in the per-CPU array `counters` (enum cap_counter). */
+const COUNTER_SLOTS: Record<keyof KernelCounters, cap_counter> = {
+  calls: cap_counter.CAP_CTR_CALLS,
+  bytesMoved: cap_counter.CAP_CTR_BYTES_MOVED,
+  bytesCaptured: cap_counter.CAP_CTR_BYTES_CAPTURED,
+  bytesTruncated: cap_counter.CAP_CTR_BYTES_TRUNCATED,
+  recordsLost: cap_counter.CAP_CTR_RECORDS_LOST,
+  bytesLost: cap_counter.CAP_CTR_BYTES_LOST,
+  readFaults: cap_counter.CAP_CTR_READ_FAULTS,
+  bytesFaulted: cap_counter.CAP_CTR_BYTES_FAULTED,
+  eventsLost: cap_counter.CAP_CTR_EVENTS_LOST,
+  bytesRateLimited: cap_counter.CAP_CTR_BYTES_RATE_LIMITED,
+  discoveryEventsLost: cap_counter.CAP_CTR_DISCOVERY_LOST,
+  callsMissed: cap_counter.CAP_CTR_CALLS_MISSED,
+};
 
 interface DataProbe {
   name: string;
@@ -230,9 +228,9 @@ export class Capture {
       return k;
     };
     const wanted: [string, Buffer[], number][] = [
-      ['filter_ports', (opts.ports ?? []).map(u16), FILTER_PORT],
-      ['filter_pids', (opts.pids ?? []).map(u32), FILTER_PID],
-      ['filter_comms', (opts.comms ?? []).map(comm), FILTER_COMM],
+      ['filter_ports', (opts.ports ?? []).map(u16), cap_filter.CAP_FILTER_PORT],
+      ['filter_pids', (opts.pids ?? []).map(u32), cap_filter.CAP_FILTER_PID],
+      ['filter_comms', (opts.comms ?? []).map(comm), cap_filter.CAP_FILTER_COMM],
     ];
     // Calls go on while this changes, so at no moment may less be traced than what the old and
     // the new settings have in common: the new keys go in first, then the settings, then the
@@ -243,7 +241,7 @@ export class Capture {
       for (const k of keys) this.bpf.update(map, k, Buffer.from([1]));
       if (keys.length) filter |= bit;
     }
-    this.bpf.update('settings', Buffer.alloc(4), encodeConfig(filter, cap, opts.execEvents ? CFG_EXEC_EVENTS : 0, rate));
+    this.bpf.update('settings', Buffer.alloc(4), encodeConfig(filter, cap, opts.execEvents ? cap_config_flags.CAP_CFG_EXEC_EVENTS : 0, rate));
     for (const [map, keys] of wanted) {
       const keep = new Set(keys.map((k) => k.toString('hex')));
       for (const k of this.bpf.keys(map)) if (!keep.has(k.toString('hex'))) this.bpf.delete(map, k);
@@ -464,14 +462,14 @@ export class Capture {
 
   counters(): KernelCounters {
     const out = {} as KernelCounters;
-    COUNTER_NAMES.forEach((name, i) => {
+    for (const [name, slot] of Object.entries(COUNTER_SLOTS) as [keyof KernelCounters, cap_counter][]) {
       const key = Buffer.alloc(4);
-      key.writeUInt32LE(i);
+      key.writeUInt32LE(slot);
       const v = this.bpf.lookup('counters', key);
       let sum = 0n;
       for (let at = 0; v && at < v.length; at += 8) sum += v.readBigUInt64LE(at);
       out[name] = Number(sum);
-    });
+    }
     return out;
   }
 

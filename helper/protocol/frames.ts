@@ -5,7 +5,7 @@
 // and tests); pushBatch() takes a ring-buffer batch and encodes its segments straight into a
 // FrameWriter (the --ipc and recording path, segments.ts). Pure: no process or kernel.
 import { ConnCloseFrame, ConnOpenFrame, HelperFrame, SegmentFrame } from './generated';
-import { CaptureRecord, checkData, ConnRecord, DataRecord, decodeRecord, forEachRecord, Kind, OFFSETS as O, SockInfo } from '../records/records';
+import { CaptureRecord, checkData, ConnRecord, DataRecord, decodeRecord, Flag, forEachRecord, Kind, OFFSETS as O, SockInfo } from '../records/records';
 import { encodeSegment, newSegmentCache, SEGMENT_OVERHEAD, SegmentCache } from './segments';
 import { FrameWriter } from './wire';
 
@@ -137,7 +137,7 @@ export class FrameBuilder {
     }
     const d = batch[at + D_DIR]! & 1;
     const chunkOff = v.getUint32(at + D_CHUNK_OFF, true);
-    const truncated = (v.getUint16(at + HDR_FLAGS, true) & 1) !== 0 && chunkOff + dataLen >= v.getUint32(at + D_CAP_LEN, true);
+    const truncated = (v.getUint16(at + HDR_FLAGS, true) & Flag.Truncated) !== 0 && chunkOff + dataLen >= v.getUint32(at + D_CAP_LEN, true);
     const seq = v.getUint32(at + D_SEQ, true) + v.getUint32(at + D_SEQ + 4, true) * TWO32;
     const callLen = v.getUint32(at + D_CALL_LEN, true) + v.getUint32(at + D_CALL_LEN + 4, true) * TWO32;
     const lost = this.advance(c, d, seq, dataLen, truncated, chunkOff, callLen);

@@ -5,7 +5,7 @@
 // object of 21 fields per segment, which cost several times more CPU than the whole capture
 // (docs/performance.md). The bytes are exactly those FrameEncoder writes for segmentFrom()'s
 // object (test/frames.test.ts).
-import { comm as commOf, decodeSock, OFFSETS as O } from '../records/records';
+import { comm as commOf, decodeSock, Flag, OFFSETS as O } from '../records/records';
 
 // Field offsets as plain constants: the compiler folds them into the loads.
 const HDR_FLAGS = O['cap_hdr.flags'];
@@ -187,7 +187,7 @@ export function encodeSegment(
   const flags = rv.getUint16(at + HDR_FLAGS, true);
   const dataLen = rv.getUint32(at + D_DATA_LEN, true);
   const last = rv.getUint32(at + D_CHUNK_OFF, true) + dataLen >= rv.getUint32(at + D_CAP_LEN, true);
-  const rateLimited = (flags & 2) !== 0 && last;
+  const rateLimited = (flags & Flag.RateLimited) !== 0 && last;
 
   const start = pos;
   pos += 4; // the length prefix, written last
@@ -226,7 +226,7 @@ export function encodeSegment(
   pos += dataLen;
   out.set(K_EOS_FALSE_TRUNC, pos);
   pos += K_EOS_FALSE_TRUNC.length;
-  out[pos++] = (flags & 1) !== 0 && last ? 0xc3 : 0xc2;
+  out[pos++] = (flags & Flag.Truncated) !== 0 && last ? 0xc3 : 0xc2;
   if (rateLimited) {
     out.set(K_RATE_TRUE, pos);
     pos += K_RATE_TRUE.length;

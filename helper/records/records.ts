@@ -1,42 +1,50 @@
 // records.ts: decodes the ring-buffer records of bpf/capture.h from the batches the bridge
 // hands over. Pure code (no addon, no kernel): replay and tests feed it recorded batches.
-// The offsets here mirror capture.h; test/records.test.ts checks them against the layout the
-// addon was compiled with.
+// Every size, offset and value comes from layout.ts, which scripts/gen-layout.js generates
+// from capture.h with the C compiler's own offsetof/sizeof.
 import * as ipaddr from 'ipaddr.js';
+import * as L from './layout';
+import { cap_close, cap_dir, cap_flags, cap_func, cap_kind, cap_role, cap_sock_flags, OFFSETS } from './layout';
 
-export const COMM_LEN = 16;
-export const CHUNK_MAX = 16384;
-export const MAX_CHUNKS = 4096;
-export const PATH_LEN = 256;
+export { OFFSETS };
+export const COMM_LEN = L.CAP_COMM_LEN;
+export const CHUNK_MAX = L.CAP_CHUNK_MAX;
+export const MAX_CHUNKS = L.CAP_MAX_CHUNKS;
+export const PATH_LEN = L.CAP_PATH_LEN;
 /** Largest per-call cap the BPF program honours (CHUNK_MAX × MAX_CHUNKS = 64 MiB). */
 export const CALL_CAP_MAX = CHUNK_MAX * MAX_CHUNKS;
 /** The per-call cap unless told otherwise (--call-cap). */
 export const DEFAULT_CALL_CAP = 1 << 20;
 /** Most bytes per second per process the rate cap can be set to (capture.h CAP_RATE_CAP_MAX). */
-export const RATE_CAP_MAX = 0xffffffff;
+export const RATE_CAP_MAX = L.CAP_RATE_CAP_MAX;
 /** The ring buffer's size unless told otherwise (--ring-size). */
 export const DEFAULT_RING_BYTES = 32 << 20;
 
 export const enum Kind {
-  Data = 1,
-  Exit = 2,
-  ConnOpen = 3,
-  ConnClose = 4,
-  Exec = 5,
-  LibOpen = 6,
+  Data = cap_kind.CAP_EV_DATA,
+  Exit = cap_kind.CAP_EV_EXIT,
+  ConnOpen = cap_kind.CAP_EV_CONN_OPEN,
+  ConnClose = cap_kind.CAP_EV_CONN_CLOSE,
+  Exec = cap_kind.CAP_EV_EXEC,
+  LibOpen = cap_kind.CAP_EV_LIB_OPEN,
 }
 
 export const enum Flag {
-  Truncated = 1,
-  RateLimited = 2,
+  Truncated = cap_flags.CAP_F_TRUNCATED,
+  RateLimited = cap_flags.CAP_F_RATE_LIMITED,
 }
 
 export type Direction = 'egress' | 'ingress';
 export type Role = 'unknown' | 'client' | 'server';
 export type CloseReason = 'shutdown' | 'free' | 'close' | 'reused' | 'exit';
 
-const ROLES: Role[] = ['unknown', 'client', 'server'];
-const CLOSE_REASONS: Record<number, CloseReason> = { 1: 'shutdown', 2: 'free', 3: 'close', 4: 'reused' };
+const ROLES: Record<number, Role> = { [cap_role.CAP_ROLE_UNKNOWN]: 'unknown', [cap_role.CAP_ROLE_CLIENT]: 'client', [cap_role.CAP_ROLE_SERVER]: 'server' };
+const CLOSE_REASONS: Record<number, CloseReason> = {
+  [cap_close.CAP_CLOSE_SHUTDOWN]: 'shutdown',
+  [cap_close.CAP_CLOSE_FREE]: 'free',
+  [cap_close.CAP_CLOSE_FD]: 'close',
+  [cap_close.CAP_CLOSE_REUSED]: 'reused',
+};
 export type TlsFunction =
   | 'SSL_write'
   | 'SSL_read'
@@ -50,68 +58,18 @@ export type TlsFunction =
   | 'crypto/tls.(*Conn).Read';
 
 const FUNCS: Record<number, TlsFunction> = {
-  1: 'SSL_write',
-  2: 'SSL_read',
-  3: 'SSL_write_ex',
-  4: 'SSL_read_ex',
-  5: 'ssl_write_internal',
-  6: 'ssl_read_internal',
-  7: 'gnutls_record_send',
-  8: 'gnutls_record_recv',
-  9: 'crypto/tls.(*Conn).Write',
-  10: 'crypto/tls.(*Conn).Read',
+  [cap_func.CAP_FN_SSL_WRITE]: 'SSL_write',
+  [cap_func.CAP_FN_SSL_READ]: 'SSL_read',
+  [cap_func.CAP_FN_SSL_WRITE_EX]: 'SSL_write_ex',
+  [cap_func.CAP_FN_SSL_READ_EX]: 'SSL_read_ex',
+  [cap_func.CAP_FN_SSL_WRITE_INTERNAL]: 'ssl_write_internal',
+  [cap_func.CAP_FN_SSL_READ_INTERNAL]: 'ssl_read_internal',
+  [cap_func.CAP_FN_GNUTLS_RECORD_SEND]: 'gnutls_record_send',
+  [cap_func.CAP_FN_GNUTLS_RECORD_RECV]: 'gnutls_record_recv',
+  [cap_func.CAP_FN_GO_TLS_WRITE]: 'crypto/tls.(*Conn).Write',
+  [cap_func.CAP_FN_GO_TLS_READ]: 'crypto/tls.(*Conn).Read',
 };
 
-/** Byte offsets of the fields, as in capture.h. */
-export const OFFSETS = {
-  'cap_hdr': 24,
-  'cap_hdr.size': 0,
-  'cap_hdr.kind': 4,
-  'cap_hdr.flags': 6,
-  'cap_hdr.ts_ns': 8,
-  'cap_hdr.pid': 16,
-  'cap_hdr.tid': 20,
-  'cap_data': 144,
-  'cap_data.conn_id': 24,
-  'cap_data.ssl': 32,
-  'cap_data.seq': 40,
-  'cap_data.ack': 48,
-  'cap_data.call_len': 56,
-  'cap_data.chunk_off': 64,
-  'cap_data.data_len': 68,
-  'cap_data.dir': 72,
-  'cap_data.func': 73,
-  'cap_data.cap_len': 76,
-  'cap_data.comm': 80,
-  'cap_data.sock': 96,
-  'cap_sock': 48,
-  'cap_sock.fd': 0,
-  'cap_sock.role': 4,
-  'cap_sock.family': 5,
-  'cap_sock.lport': 6,
-  'cap_sock.rport': 8,
-  'cap_sock.flags': 10,
-  'cap_sock.laddr': 16,
-  'cap_sock.raddr': 32,
-  'cap_conn': 128,
-  'cap_conn.conn_id': 24,
-  'cap_conn.ssl': 32,
-  'cap_conn.off': 40,
-  'cap_conn.reason': 56,
-  'cap_conn.comm': 64,
-  'cap_conn.sock': 80,
-  'cap_exit': 48,
-  'cap_exit.exit_code': 24,
-  'cap_exit.comm': 32,
-  'cap_proc': 296,
-  'cap_proc.comm': 24,
-  'cap_proc.path': 40,
-  'cap_config': 24,
-  'cap_config.filter': 0,
-  'cap_config.flags': 4,
-  'cap_config.call_cap': 8,
-  'cap_config.rate_cap': 16,
-} as const;
 
 const O = OFFSETS;
 
@@ -130,7 +88,7 @@ export interface SockInfo {
 }
 
 const AF_INET = 2;
-const SOCK_MID_STREAM = 1;
+const SOCK_MID_STREAM = cap_sock_flags.CAP_SOCK_MID_STREAM;
 const AF_INET6 = 10;
 
 function ip6(b: Buffer): string {
@@ -293,7 +251,7 @@ export function decodeRecord(r: Buffer): CaptureRecord | undefined {
       comm: comm(r, O['cap_data.comm']),
       connId: r.readBigUInt64LE(O['cap_data.conn_id']),
       ssl: r.readBigUInt64LE(O['cap_data.ssl']),
-      dir: r.readUInt8(O['cap_data.dir']) === 0 ? 'egress' : 'ingress',
+      dir: r.readUInt8(O['cap_data.dir']) === cap_dir.CAP_DIR_EGRESS ? 'egress' : 'ingress',
       func,
       seq: Number(r.readBigUInt64LE(O['cap_data.seq'])),
       ack: Number(r.readBigUInt64LE(O['cap_data.ack'])),
@@ -357,7 +315,7 @@ export function encodeConfig(filter: number, callCap: number, flags = 0, rateCap
 export function encodeSock(s: SockInfo): Buffer {
   const b = Buffer.alloc(O.cap_sock);
   b.writeInt32LE(s.fd, O['cap_sock.fd']);
-  b.writeUInt8(Math.max(0, ROLES.indexOf(s.role)), O['cap_sock.role']);
+  b.writeUInt8(Number(Object.keys(ROLES).find((k) => ROLES[Number(k)] === s.role) ?? cap_role.CAP_ROLE_UNKNOWN), O['cap_sock.role']);
   const family = s.family === 'ipv4' ? AF_INET : s.family === 'ipv6' ? AF_INET6 : 0;
   b.writeUInt8(family, O['cap_sock.family']);
   b.writeUInt16LE(s.localPort, O['cap_sock.lport']);
@@ -392,7 +350,7 @@ export function encodeData(r: Omit<DataRecord, 'kind' | 'rateLimited'> & { rateL
   b.writeBigUInt64LE(BigInt(r.callLen), O['cap_data.call_len']);
   b.writeUInt32LE(r.chunkOff, O['cap_data.chunk_off']);
   b.writeUInt32LE(r.data.length, O['cap_data.data_len']);
-  b.writeUInt8(r.dir === 'egress' ? 0 : 1, O['cap_data.dir']);
+  b.writeUInt8(r.dir === 'egress' ? cap_dir.CAP_DIR_EGRESS : cap_dir.CAP_DIR_INGRESS, O['cap_data.dir']);
   const func = Number(Object.keys(FUNCS).find((k) => FUNCS[Number(k)] === r.func));
   b.writeUInt8(func, O['cap_data.func']);
   b.writeUInt32LE(r.capLen, O['cap_data.cap_len']);
