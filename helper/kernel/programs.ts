@@ -1,6 +1,6 @@
 // programs.ts: every program of bpf/capture.bpf.c the helper attaches, by name, and how.
 // Attaching takes one of these types, so a name missing here does not compile, and
-// test/programs.test.ts checks without a kernel that each one is in the built object, in a
+// test/unit/programs.test.ts checks without a kernel that each one is in the built object, in a
 // section of its kind: a renamed program fails there, not at attach time on a user's machine.
 
 /** Uprobe and uretprobe programs (SEC("uprobe"), SEC("uretprobe")), attached to file offsets. */

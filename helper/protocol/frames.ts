@@ -27,7 +27,7 @@ function socketFields(s: SockInfo): Pick<SegmentFrame, 'fd' | 'local_ip' | 'loca
 
 /**
  * A decoded data record as a segment frame object. segments.ts writes the same frame's
- * bytes without building it (test/frames.test.ts holds the two to the same bytes).
+ * bytes without building it (test/unit/frames.test.ts holds the two to the same bytes).
  * `lostBefore` is every byte of this direction missing before data[0] (ring buffer, faults).
  */
 export function segmentFrom(r: DataRecord, wallOffsetNs: bigint, lostBefore: number, midStream: boolean): SegmentFrame {

@@ -4,7 +4,7 @@
 // plaintext. Written by hand because a generic encoder (msgpackr) must build and walk an
 // object of 21 fields per segment, which cost several times more CPU than the whole capture
 // (docs/performance.md). The bytes are exactly those FrameEncoder writes for segmentFrom()'s
-// object (test/frames.test.ts).
+// object (test/unit/frames.test.ts).
 import { comm as commOf, decodeSock, Flag, OFFSETS as O } from '../records/records';
 
 // Field offsets as plain constants: the compiler folds them into the loads.
