@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 // make-fixtures.js: records real programs through the --ipc helper into fixtures/<name>.frames,
-// with what the live host saw beside them (fixtures/<name>.expected.json): the HTTP/1 exchanges
+// with what the live host saw beside them (fixtures/<name>.expected.json): the HTTP exchanges
 // it rebuilt, and every connection at frame level (bytes and digest per direction, the HTTP/2
 // preface), after checking those against what the programs sent. Needs root and a build.
 // Regenerates every fixture: node scripts/make-fixtures.js; only some: node scripts/make-fixtures.js NAME...
@@ -9,8 +9,8 @@ const fs = require('fs');
 const path = require('path');
 const root = path.resolve(__dirname, '..');
 const dist = path.join(root, 'dist');
-const { HelperHost } = require(path.join(dist, 'helper', 'host.js'));
-const { connectionSummaries, exchangeSummary, replayFrames } = require(path.join(dist, 'helper', 'replay.js'));
+const { HelperHost } = require(path.join(dist, 'helper', 'host', 'host.js'));
+const { connectionSummaries, exchangeSummary, replayFrames } = require(path.join(dist, 'helper', 'commands', 'replay.js'));
 const S = require(path.join(dist, 'test', 'lib', 'servers.js'));
 
 const out = path.join(root, 'fixtures');
@@ -102,7 +102,7 @@ async function main() {
       },
       (ex, r) => ex.filter((e) => e.role === 'client' && e.pid === r.pid).length === 2 && ex.filter((e) => e.role === 'server' && e.comm === 'nginx').length === 2,
     );
-    // curl --http2 → nginx (http2 on its listen line): frame level only, the host parses HTTP/1.
+    // curl --http2 → nginx (http2 on its listen line): one stream, both ends.
     const ng2 = await S.startNginx({ dir: path.join(dir, 'nginx-h2'), files: { 'h2.txt': S.pattern(2500, 13) }, cert, http2: true });
     await record(
       'curl-http2-nginx',

@@ -51,21 +51,25 @@ export function frameToJson(f: RawFrame): string {
   });
 }
 
-/** An exchange in the form the fixtures keep beside each recording (expected.json): digests, not bodies. */
+/**
+ * An exchange in the form the fixtures keep beside each recording (expected.json): digests, not
+ * bodies. HTTP/2 ones also say so, with their stream, authority and trailers (HTTP/1 has raw).
+ */
 export function exchangeSummary(e: Exchange): Record<string, unknown> {
   const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
   const msg = (m: Exchange['request'] | Exchange['response']): Record<string, unknown> => ({
     headers: m.headers,
+    ...(m.trailers.length ? { trailers: m.trailers } : {}),
     body_length: m.body.length,
     body_sha256: sha(m.body),
-    raw_length: m.raw.length,
-    raw_sha256: sha(m.raw),
+    ...(m.raw ? { raw_length: m.raw.length, raw_sha256: sha(m.raw) } : {}),
   });
   return {
     pid: e.pid,
     comm: e.comm,
     role: e.role,
-    request: { method: e.request.method, url: e.request.url, ...msg(e.request) },
+    ...(e.protocol === 'HTTP/2' ? { protocol: e.protocol, stream_id: e.streamId } : {}),
+    request: { method: e.request.method, url: e.request.url, ...(e.protocol === 'HTTP/2' ? { authority: e.request.authority } : {}), ...msg(e.request) },
     response: { status: e.response.statusCode, ...msg(e.response) },
   };
 }

@@ -1,39 +1,73 @@
 // host.ts: a host of the helper in TypeScript, playing apidump's role: spawns `https-capture
 // --ipc`, checks hello, decodes (and optionally validates) frames, reassembles each
-// connection's two directions by seq, and hands complete HTTP/1.x exchanges to listeners.
+// connection's two directions by seq, and hands complete HTTP exchanges to listeners: HTTP/1.x
+// and HTTP/2 streams through the same callback, in the same shape (docs/apidump.md).
 import { ChildProcess, spawn } from 'child_process';
 import * as path from 'path';
-import { Session, SessionEvent } from '../http/exchanges';
+import { HttpExchange, Session, SessionEvent } from '../http/exchanges';
+import { headerValue } from '../http/body';
+import { HttpProtocol } from '../http/messages';
 import { ByeFrame, ConfigFrame, ConnCloseFrame, ConnOpenFrame, ErrorFrame, HelloFrame, HelperFrame, LossFrame, ProcessFrame, SegmentFrame, StatsFrame } from '../protocol/generated';
 import { PROTOCOL_VERSION } from '../protocol/hello';
 import { FrameDecoder, FrameEncoder, FrameError, MAX_CONTROL_FRAME_BYTES, RawFrame } from '../protocol/wire';
 
 export interface HttpMessage {
-  /** The message's bytes exactly as they crossed the TLS call (head and body). */
-  raw: Buffer;
+  /**
+   * HTTP/1.x: the message's bytes exactly as they crossed the TLS calls (head and body).
+   * HTTP/2: absent: a stream's frames are interleaved with the other streams' on the
+   * connection, and its header blocks are HPACK-coded against the connection's table.
+   */
+  raw?: Buffer;
+  /**
+   * Regular header fields in the order sent, names as sent (HTTP/2: lower case). HTTP/2
+   * pseudo-headers are not in this list: they are method, url, authority, scheme, statusCode.
+   */
   headers: [string, string][];
-  /** Body after transfer decoding (chunked removed); content encodings are left as they are. */
+  /** Trailer fields: HTTP/1.1 chunked trailers, HTTP/2 a HEADERS block after the DATA. */
+  trailers: [string, string][];
+  /** Body after transfer decoding (chunked removed, DATA frames joined); content codings are left as they are. */
   body: Buffer;
+  /** 1.0, 1.1 or 2.0. */
   versionMajor: number;
   versionMinor: number;
-  /** Unix ns of the first segment of the message. */
+  /** Unix ns of the first and of the last segment that carried the message. */
   tsNs: bigint;
+  endNs: bigint;
 }
 export interface HttpRequest extends HttpMessage {
   method: string;
+  /** The request-target as sent (HTTP/1) or :path (HTTP/2): "/a?b=1". */
   url: string;
+  /** :authority (HTTP/2) or the Host header (HTTP/1); '' when the request names neither. */
+  authority: string;
+  /** :scheme (HTTP/2); "https" for HTTP/1 (it crossed TLS). */
+  scheme: string;
 }
 export interface HttpResponse extends HttpMessage {
   statusCode: number;
+  /** The reason phrase (HTTP/1); '' for HTTP/2, which has none. */
   statusMessage: string;
 }
 
 export interface Exchange {
+  /** 'HTTP/1.0', 'HTTP/1.1' (the request line's version) or 'HTTP/2'. */
+  protocol: HttpProtocol;
+  /** HTTP/2: the stream's id (odd: opened by the client; even: pushed by the server). HTTP/1: absent. */
+  streamId?: number;
+  /** The connection: unique per pid within a capture; the exchanges of one connection share it. */
   connId: bigint;
   pid: number;
+  /** The thread that first used the connection. */
+  tid: number;
   comm: string;
   /** 'client': the process sent the request; 'server': it received it. */
   role: 'client' | 'server';
+  /** The socket, seen from the process (-1 and 0.0.0.0:0 when the helper could not map it). */
+  fd: number;
+  localIp: string;
+  localPort: number;
+  remoteIp: string;
+  remotePort: number;
   request: HttpRequest;
   response: HttpResponse;
 }
@@ -47,10 +81,68 @@ export interface Gap {
   bytes: bigint;
 }
 
+const VERSIONS: Record<HttpProtocol, [number, number]> = { 'HTTP/1.0': [1, 0], 'HTTP/1.1': [1, 1], 'HTTP/2': [2, 0] };
+
 /**
- * Rebuilds complete HTTP/1.x exchanges of every connection from frames, through the same
- * analysis as the human outputs (exchanges.ts, http1.ts): an exchange is handed out only when
- * both its request and its response were captured whole. Pure: no process.
+ * The host's shape of an exchange of the shared analysis (exchanges.ts), or undefined when it
+ * is not whole: a request and a response both captured to their end, nothing missing inside.
+ */
+export function hostExchange(x: HttpExchange): Exchange | undefined {
+  const req = x.request;
+  const res = x.response;
+  if (!req || !res || !req.complete || !res.complete) return undefined;
+  const h2 = x.protocol === 'HTTP/2';
+  if (!h2 && (!req.raw || !res.raw)) return undefined;
+  const [qMaj, qMin] = VERSIONS[x.protocol];
+  const [sMaj, sMin] = h2 ? VERSIONS['HTTP/2'] : VERSIONS[res.version ?? 'HTTP/1.1'];
+  const c = x.conn;
+  return {
+    protocol: x.protocol,
+    ...(h2 && x.streamId !== undefined ? { streamId: x.streamId } : {}),
+    connId: c.connId,
+    pid: c.pid,
+    tid: c.tid,
+    comm: c.comm,
+    role: c.role === 'server' ? 'server' : 'client',
+    fd: c.fd,
+    localIp: c.localIp,
+    localPort: c.localPort,
+    remoteIp: c.remoteIp,
+    remotePort: c.remotePort,
+    request: {
+      ...(req.raw ? { raw: req.raw } : {}),
+      headers: req.headers,
+      trailers: req.trailers,
+      body: req.body,
+      versionMajor: qMaj,
+      versionMinor: qMin,
+      tsNs: req.firstNs,
+      endNs: req.lastNs,
+      method: req.method,
+      url: req.target,
+      authority: req.authority ?? headerValue(req.headers, 'host') ?? '',
+      scheme: req.scheme ?? 'https',
+    },
+    response: {
+      ...(res.raw ? { raw: res.raw } : {}),
+      headers: res.headers,
+      trailers: res.trailers,
+      body: res.body,
+      versionMajor: sMaj,
+      versionMinor: sMin,
+      tsNs: res.firstNs,
+      endNs: res.lastNs,
+      statusCode: res.status,
+      statusMessage: res.statusText,
+    },
+  };
+}
+
+/**
+ * Rebuilds complete HTTP/1.x exchanges and HTTP/2 streams of every connection from frames,
+ * through the same analysis as the human outputs (exchanges.ts, http1.ts, http2.ts): an
+ * exchange is handed out only when both its request and its response were captured whole.
+ * Pure: no process.
  */
 export class ExchangeAssembler {
   private readonly session: Session;
@@ -75,28 +167,8 @@ export class ExchangeAssembler {
 
   private event(e: SessionEvent): void {
     if (e.type !== 'exchange') return;
-    const x = e.exchange;
-    const req = x.request;
-    const res = x.response;
-    if (x.protocol === 'HTTP/2' || !req || !res || !req.complete || !res.complete || !req.raw || !res.raw) return;
-    const [maj, min] = x.protocol === 'HTTP/1.0' ? [1, 0] : [1, 1];
-    this.onExchange({
-      connId: x.conn.connId,
-      pid: x.conn.pid,
-      comm: x.conn.comm,
-      role: x.conn.role === 'server' ? 'server' : 'client',
-      request: { raw: req.raw, headers: req.headers, body: req.body, versionMajor: maj, versionMinor: min, tsNs: req.firstNs, method: req.method, url: req.target },
-      response: {
-        raw: res.raw,
-        headers: res.headers,
-        body: res.body,
-        versionMajor: 1,
-        versionMinor: res.version === 'HTTP/1.0' ? 0 : 1,
-        tsNs: res.firstNs,
-        statusCode: res.status,
-        statusMessage: res.statusText,
-      },
-    });
+    const x = hostExchange(e.exchange);
+    if (x) this.onExchange(x);
   }
 }
 

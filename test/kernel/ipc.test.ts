@@ -74,13 +74,13 @@ describe('--ipc helper (kernel, real programs)', function () {
     assert.ok(pyEx.response.body.equals(body), 'the echoed body');
     const curlEx = mine(b.pid, 'client')!;
     assert.strictEqual(curlEx.comm, 'curl');
-    assert.match(curlEx.request.raw.toString(), /^GET \/bytes\/5000\?seed=9 HTTP\/1\.1\r\nHost: 127\.0\.0\.1:\d+\r\n[^]*X-Test: ipc\r\n\r\n$/);
+    assert.match(curlEx.request.raw!.toString(), /^GET \/bytes\/5000\?seed=9 HTTP\/1\.1\r\nHost: 127\.0\.0\.1:\d+\r\n[^]*X-Test: ipc\r\n\r\n$/);
     assert.ok(curlEx.response.body.equals(pattern(5000, 9)));
     assert.ok(curlEx.response.body.equals(b.stdout), 'what curl printed');
     // The server's side of the same exchanges: the same bytes, seen the other way.
     const server = exchanges.filter((e) => e.pid === py.pid && e.role === 'server');
-    assert.ok(server.some((e) => e.request.raw.equals(curlEx.request.raw) && e.response.raw.equals(curlEx.response.raw)), 'server side of the curl exchange');
-    assert.ok(server.some((e) => e.request.raw.equals(pyEx.request.raw) && e.response.raw.equals(pyEx.response.raw)), 'server side of the python exchange');
+    assert.ok(server.some((e) => e.request.raw!.equals(curlEx.request.raw!) && e.response.raw!.equals(curlEx.response.raw!)), 'server side of the curl exchange');
+    assert.ok(server.some((e) => e.request.raw!.equals(pyEx.request.raw!) && e.response.raw!.equals(pyEx.response.raw!)), 'server side of the python exchange');
 
     // Segments: each at most 16 KiB; ordering per connection: conn_open first, conn_close (eos) on exit.
     const segs = frames.filter((f) => f.type === 'segment');

@@ -95,7 +95,7 @@ const connFrames = fc.array(
 // --- renderers: each takes frames as a host gets them and must render them without throwing.
 // A new renderer (another output format) is one more line here.
 const RENDERERS: Record<string, (frames: RawFrame[]) => unknown> = {
-  'host: HTTP/1 exchanges (ExchangeAssembler)': (frames) => {
+  'host: HTTP/1 and HTTP/2 exchanges (ExchangeAssembler)': (frames) => {
     const out: Exchange[] = [];
     const a = new ExchangeAssembler((e) => out.push(e));
     for (const f of frames) a.push(f);
