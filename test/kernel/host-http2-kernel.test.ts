@@ -8,11 +8,11 @@ import * as assert from 'assert';
 import { createHash } from 'crypto';
 import * as fs from 'fs';
 import * as path from 'path';
-import { Exchange, HelperHost } from '../helper/host/host';
-import { requireKernel } from './lib/kernel';
-import { CertPair, freePort, makeCert, NginxServer, pattern, run, Server, startNginx, startServer, stopAll, testLibFile, tmpDir, waitFor } from './lib/servers';
+import { Exchange, HelperHost } from '../../helper/host/host';
+import { requireKernel } from '../lib/kernel';
+import { CertPair, freePort, makeCert, NginxServer, pattern, run, Server, startNginx, startServer, stopAll, testLibFile, tmpDir, waitFor } from '../lib/servers';
+import { IPC_CHILD } from '../lib/paths';
 
-const CHILD = path.resolve(__dirname, 'lib', 'ipc-child.js');
 const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
 /** The bodies of test/lib/h2_peer.js: n bytes of a-z (its responses) or A-Z (its POSTs). */
 const az = (n: number, base = 97): Buffer => Buffer.from(Array.from({ length: n }, (_x, i) => base + (i % 26)));
@@ -61,7 +61,7 @@ describe('host: HTTP/2 exchanges from a real capture (kernel, real programs)', f
     fs.writeFileSync(path.join(dir, 'upload.bin'), upload);
     host = new HelperHost({
       command: process.execPath,
-      args: [CHILD, JSON.stringify({ validate: true, comms: ['curl', 'nginx', 'node'], ports: [nginx.port, node.port] })],
+      args: [IPC_CHILD, JSON.stringify({ validate: true, comms: ['curl', 'nginx', 'node'], ports: [nginx.port, node.port] })],
       validate: true,
     });
     host.on('exchange', (e) => exchanges.push(e));

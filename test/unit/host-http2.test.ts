@@ -5,14 +5,14 @@
 // the same fields as an HTTP/1 exchange, and nothing handed out that was not captured whole.
 import * as assert from 'assert';
 import * as path from 'path';
-import { Exchange, ExchangeAssembler, Gap } from '../helper/host/host';
-import { replayExchanges } from '../helper/commands/replay';
-import { frameHeader } from '../helper/http/http2';
-import { RawFrame } from '../helper/protocol/wire';
-import { pattern } from './lib/servers';
-import { conversation, h2request, recordHttp2, Step } from './lib/traffic';
+import { Exchange, ExchangeAssembler, Gap } from '../../helper/host/host';
+import { replayExchanges } from '../../helper/commands/replay';
+import { frameHeader } from '../../helper/http/http2';
+import { RawFrame } from '../../helper/protocol/wire';
+import { pattern } from '../lib/servers';
+import { conversation, h2request, recordHttp2, Step } from '../lib/traffic';
+import { FIXTURES } from '../lib/paths';
 
-const FIXTURES = path.resolve(__dirname, '..', '..', 'fixtures');
 
 function assemble(frames: RawFrame[]): { exchanges: Exchange[]; gaps: Gap[] } {
   const exchanges: Exchange[] = [];
