@@ -88,8 +88,8 @@ describe('output formats on the fixtures (no root)', function () {
       const file = path.join(tmp, `${name}.pcapng`);
       fs.writeFileSync(file, render('pcapng', frames));
       const want = ours(frames);
-      // Both ends of one connection (curl and nginx) are one TCP conversation in the file:
-      // tshark takes the second copy of each segment for a retransmission and counts it once.
+      // Both ends of one connection (curl and nginx) are written once, as one TCP stream: tshark
+      // sees each exchange once where our analysis (per end) sees it twice.
       const bothEnds = frames.some((f) => f.type === 'conn_open' && f.role === 'server') && frames.some((f) => f.type === 'conn_open' && f.role === 'client');
       const got = tsharkCounts(file, frames);
       if (bothEnds) {

@@ -6,6 +6,12 @@
 // process (comm, pid, role, conn id) is in the first packet's comment, gaps in the comment of
 // the packet after them, and the direction in epb_flags.
 //
+// Both ends of one connection captured (curl and nginx on one host: the same 4-tuple mirrored,
+// from two processes or two conn ids) are written as one TCP stream: the second end joins the
+// first's connection, each byte range is written once (by whichever end saw it first), so a
+// gap on one end only is filled from the other and a gap stays only where both ends missed the
+// bytes; the second end's process is in the comment of the next packet written and in the FIN's.
+//
 // Written by hand: npm has no maintained pcapng writer (`pcap` binds libpcap for live capture,
 // `pcap-parser` only reads classic pcap), and the format needs only three block types here
 // (section header, interface description, enhanced packet; pcapng spec, IETF draft
@@ -170,11 +176,57 @@ interface Conn {
   next: [number, number];
   label: string;
   labelled: boolean;
+  /** Byte ranges [start, end) written per direction (sorted, merged): each byte once. */
+  written: [[number, number][], [number, number][]];
+  /** The tuple key while the connection may still take its other end. */
+  tuple?: string;
+  /** Ends (pid:conn_id) still open; the FIN is written when the last one closes. */
+  open: Set<string>;
+  /** Per direction, the highest end offset an end reported at its close. */
+  endAt: [number, number];
+  closeWhy: string[];
+  paired: boolean;
+}
+
+/** One captured end of a connection: its Conn, and whether its egress is the Conn's dir 1. */
+interface End {
+  c: Conn;
+  flip: boolean;
+}
+
+/** The parts of [a, b) not in `have` (sorted, merged), and `have` with [a, b) added. */
+export function uncovered(have: [number, number][], a: number, b: number): [number, number][] {
+  const out: [number, number][] = [];
+  let at = a;
+  for (const [s, e] of have) {
+    if (e <= at) continue;
+    if (s >= b) break;
+    if (s > at) out.push([at, s]);
+    at = Math.max(at, e);
+    if (at >= b) break;
+  }
+  if (at < b) out.push([at, b]);
+  return out;
+}
+
+function addRange(have: [number, number][], a: number, b: number): void {
+  if (b <= a) return;
+  have.push([a, b]);
+  have.sort((x, y) => x[0] - y[0]);
+  const merged: [number, number][] = [];
+  for (const r of have) {
+    const last = merged[merged.length - 1];
+    if (last && r[0] <= last[1]) last[1] = Math.max(last[1], r[1]);
+    else merged.push([r[0], r[1]]);
+  }
+  have.splice(0, have.length, ...merged);
 }
 
 export class PcapngRenderer implements Renderer {
   private readonly masked: MaskedFrames;
-  private readonly conns = new Map<string, Conn>();
+  private readonly conns = new Map<string, End>();
+  /** Connections by their 4-tuple as seen from the first end, waiting for the mirrored end. */
+  private readonly byTuple = new Map<string, Conn>();
   private ipId = 1;
   /** The newest capture timestamp: connections still open at the end close then. */
   private lastNs = 0n;
@@ -193,8 +245,14 @@ export class PcapngRenderer implements Renderer {
 
   end(): void {
     this.masked.end();
-    for (const c of this.conns.values()) this.fin(c, this.lastNs, 'the capture ended');
+    const done = new Set<Conn>();
+    for (const { c } of this.conns.values()) {
+      if (done.has(c)) continue;
+      done.add(c);
+      this.fin(c, this.lastNs, [...c.closeWhy, 'the capture ended'].join('; '));
+    }
     this.conns.clear();
+    this.byTuple.clear();
   }
 
   private write(ts: bigint, c: Conn, fromPeer: boolean, seq: number, ack: number, flags: number, payload: Buffer, comment?: string): void {
@@ -208,10 +266,10 @@ export class PcapngRenderer implements Renderer {
     this.out.write(packetBlock(ts, tcpPacket(src, dst, c.v6, seq, ack, flags, payload, this.ipId++), notes.join('; ') || undefined, fromPeer));
   }
 
-  private conn(f: RawFrame): Conn {
+  private conn(f: RawFrame): End {
     const key = `${f.pid}:${f.conn_id}`;
-    let c = this.conns.get(key);
-    if (c) return c;
+    const known = this.conns.get(key);
+    if (known) return known;
     let localIp = String(f.local_ip);
     let remoteIp = String(f.remote_ip);
     let localPort = f.local_port as number;
@@ -227,17 +285,45 @@ export class PcapngRenderer implements Renderer {
       remotePort = role === 'server' ? 10000 + n : 443;
     }
     const v6 = localIp.includes(':') || remoteIp.includes(':');
+    const label = `${f.comm}[${f.pid}] ${role} conn ${f.conn_id}`;
+    // The other end of a connection already here: its tuple mirrored. Offsets agree only when
+    // both ends saw the connection from its first byte (not joined mid-stream).
+    const joinable = !unknown && f.mid_stream !== true;
+    const v6key = (ip: string): string => (v6 ? ipaddr.process(ip).toString() : ip);
+    const tupleOf = (aIp: string, aPort: number, bIp: string, bPort: number): string => `${v6key(aIp)}|${aPort}|${v6key(bIp)}|${bPort}`;
+    const other = joinable ? this.byTuple.get(tupleOf(remoteIp, remotePort, localIp, localPort)) : undefined;
+    if (other) {
+      this.byTuple.delete(other.tuple!);
+      other.tuple = undefined;
+      other.paired = true;
+      other.open.add(key);
+      other.label = `also captured at ${label}`;
+      other.labelled = false;
+      const end = { c: other, flip: true };
+      this.conns.set(key, end);
+      return end;
+    }
     const mine: Endpoint = { ip: ipBytes(localIp, v6), port: localPort, mac: Buffer.from([2, 0, 0, 0, 0, 1]) };
     const peer: Endpoint = { ip: ipBytes(remoteIp, v6), port: remotePort, mac: Buffer.from([2, 0, 0, 0, 0, 2]) };
-    c = {
+    const c: Conn = {
       ends: [mine, peer],
       isn: [isnOf(mine, peer), isnOf(peer, mine)],
       v6,
       next: [0, 0],
-      label: `${f.comm}[${f.pid}] ${role} conn ${f.conn_id}${unknown ? ' (socket unknown: addresses and ports made up)' : ''}`,
+      label: `${label}${unknown ? ' (socket unknown: addresses and ports made up)' : ''}`,
       labelled: false,
+      written: [[], []],
+      open: new Set([key]),
+      endAt: [0, 0],
+      closeWhy: [],
+      paired: false,
     };
-    this.conns.set(key, c);
+    if (joinable) {
+      c.tuple = tupleOf(localIp, localPort, remoteIp, remotePort);
+      this.byTuple.set(c.tuple, c);
+    }
+    const end = { c, flip: false };
+    this.conns.set(key, end);
     const ts = f.ts_ns as bigint;
     if (f.mid_stream === true) {
       c.label += ' (joined mid-stream: no handshake, offsets count from the first byte seen)';
@@ -249,36 +335,54 @@ export class PcapngRenderer implements Renderer {
       this.write(ts - 1000n, c, !clientIsPeer, c.isn[si]! - 1, c.isn[ci]!, TCP.SYN | TCP.ACK, Buffer.alloc(0));
       this.write(ts, c, clientIsPeer, c.isn[ci]!, c.isn[si]!, TCP.ACK, Buffer.alloc(0));
     }
-    return c;
+    return end;
   }
 
   private frame(f: RawFrame): void {
     if (typeof f.ts_ns === 'bigint' && f.ts_ns > this.lastNs) this.lastNs = f.ts_ns;
     if (f.type === 'conn_open') this.conn(f);
     else if (f.type === 'segment') {
-      const c = this.conn(f);
-      const dir = f.dir as 0 | 1;
+      const { c, flip } = this.conn(f);
+      const dir = ((f.dir as number) ^ (flip ? 1 : 0)) as 0 | 1;
       const seq = Number(f.seq as bigint);
       const data = f.data as Buffer;
       const other = dir === 0 ? 1 : 0;
-      const notes: string[] = [];
-      if (seq > c.next[dir]) notes.push(`${seq - c.next[dir]} bytes not captured before this (${(f.lost_before as number) > 0 ? 'lost' : 'past the per-call or rate cap'})`);
-      if (f.truncated === true) notes.push(`the rest of this ${f.len_total}-byte call was not captured (${f.rate_limited ? '--rate-cap' : '--call-cap'})`);
-      c.next[dir] = Math.max(c.next[dir], seq + data.length);
+      const truncated = f.truncated === true ? `the rest of this ${f.len_total}-byte call was not captured (${f.rate_limited ? '--rate-cap' : '--call-cap'})` : undefined;
+      // Only the bytes no end has written yet (all of them when one end is captured).
+      const parts = data.length ? uncovered(c.written[dir], seq, seq + data.length) : [[seq, seq] as [number, number]];
+      if (data.length && parts.length === 0) return; // the other end wrote these bytes already
       const ack = c.isn[other] + Math.max(Number(f.ack as bigint), c.next[other]);
-      for (let at = 0; at < data.length || (at === 0 && data.length === 0 && notes.length); at += MAX_PAYLOAD) {
-        this.write(f.ts_ns as bigint, c, dir === 1, c.isn[dir] + seq + at, ack, TCP.ACK | TCP.PSH, data.subarray(at, at + MAX_PAYLOAD), at === 0 ? notes.join('; ') : undefined);
-        if (data.length === 0) break;
+      for (const [a, b] of parts) {
+        const notes: string[] = [];
+        const by = c.paired ? ` by ${f.comm}[${f.pid}]` : '';
+        if (a > c.next[dir]) notes.push(`${a - c.next[dir]} bytes not captured${by} before this (${(f.lost_before as number) > 0 ? 'lost' : 'past the per-call or rate cap'})`);
+        else if (a < c.next[dir] && c.paired) notes.push(`${b - a} bytes the other end did not capture, taken from ${f.comm}[${f.pid}]`);
+        if (truncated && b === seq + data.length) notes.push(truncated);
+        c.next[dir] = Math.max(c.next[dir], b);
+        addRange(c.written[dir], a, b);
+        const chunk = data.subarray(a - seq, b - seq);
+        for (let at = 0; at < chunk.length || (at === 0 && chunk.length === 0 && notes.length); at += MAX_PAYLOAD) {
+          this.write(f.ts_ns as bigint, c, dir === 1, c.isn[dir] + a + at, ack, TCP.ACK | TCP.PSH, chunk.subarray(at, at + MAX_PAYLOAD), at === 0 ? notes.join('; ') : undefined);
+          if (chunk.length === 0) break;
+        }
       }
     } else if (f.type === 'conn_close') {
       const key = `${f.pid}:${f.conn_id}`;
-      const c = this.conns.get(key);
-      if (!c) return;
+      const end = this.conns.get(key);
+      if (!end) return;
       this.conns.delete(key);
+      const { c, flip } = end;
+      c.open.delete(key);
       const ends = [Number(f.egress_end as bigint), Number(f.ingress_end as bigint)];
-      const missing = [0, 1].map((d) => ends[d]! - c.next[d as 0 | 1]);
-      c.next = [Math.max(c.next[0], ends[0]!), Math.max(c.next[1], ends[1]!)];
-      const why = missing.some((m) => m > 0) ? `closed (${f.reason}); ${missing[0]} bytes sent and ${missing[1]} received at the end were not captured` : `closed (${f.reason})`;
+      if (flip) ends.reverse();
+      c.endAt = [Math.max(c.endAt[0], ends[0]!), Math.max(c.endAt[1], ends[1]!)];
+      c.closeWhy.push(c.paired ? `${f.comm}[${f.pid}] closed (${f.reason})` : `closed (${f.reason})`);
+      if (c.open.size > 0) return; // the other end is still open
+      if (c.tuple) this.byTuple.delete(c.tuple);
+      const missing = [0, 1].map((d) => c.endAt[d]! - c.next[d as 0 | 1]);
+      c.next = [Math.max(c.next[0], c.endAt[0]), Math.max(c.next[1], c.endAt[1])];
+      // From the side of the first end (dir 0: sent by it).
+      const why = missing.some((m) => m > 0) ? `${c.closeWhy.join('; ')}; ${missing[0]} bytes sent and ${missing[1]} received at the end were not captured` : c.closeWhy.join('; ');
       this.fin(c, f.ts_ns as bigint, why);
     }
   }

@@ -1,0 +1,143 @@
+// pcapng-dedupe.test.ts (no root): both captured ends of one connection (the 4-tuple mirrored,
+// two processes) become one TCP stream in the pcapng: each byte once, the second end's process
+// in the comments, a gap on one end filled from the other, a gap on both ends still a gap, and
+// one end alone written as before. Read back with tshark.
+import * as assert from 'assert';
+import { execFileSync } from 'child_process';
+import * as fs from 'fs';
+import * as os from 'os';
+import * as path from 'path';
+import { createRenderer } from '../helper/formats';
+import { uncovered } from '../helper/formats/pcapng';
+import { RawFrame } from '../helper/protocol/wire';
+import { conversation, Step } from './lib/traffic';
+
+const REQ = 'GET /x HTTP/1.1\r\nHost: a\r\n\r\n';
+const RES = 'HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello';
+
+function pcapng(frames: RawFrame[]): Buffer {
+  const parts: Buffer[] = [];
+  const r = createRenderer('pcapng', { write: (s) => void parts.push(Buffer.isBuffer(s) ? s : Buffer.from(s)) }, { redact: true, color: false, printLimit: 0, version: 'test' });
+  for (const f of frames) r.push(f);
+  r.end();
+  return Buffer.concat(parts);
+}
+
+/** The client's steps as curl[10] saw them, the server's as nginx[20] did (directions mirrored), in time order. */
+function bothEnds(client: Step[], server: Step[]): RawFrame[] {
+  const t0 = 1_764_000_000_000_000_000n;
+  const c = conversation(client, { pid: 10, comm: 'curl', role: 'client', local: ['127.0.0.1', 40000], remote: ['127.0.0.1', 8443], t0 });
+  const s = conversation(server, { pid: 20, comm: 'nginx', role: 'server', local: ['127.0.0.1', 8443], remote: ['127.0.0.1', 40000], t0: t0 + 500_000n });
+  return [...c, ...s].sort((a, b) => (a.ts_ns as bigint) < (b.ts_ns as bigint) ? -1 : (a.ts_ns as bigint) > (b.ts_ns as bigint) ? 1 : 0);
+}
+
+interface Pkt {
+  src: number;
+  seq: number;
+  len: number;
+  comment: string;
+  flags: string;
+}
+
+let tmp: string;
+function tshark(frames: RawFrame[], extra: string[] = []): Pkt[] {
+  const file = path.join(tmp, 'd.pcapng');
+  fs.writeFileSync(file, pcapng(frames));
+  const out = execFileSync('tshark', ['-r', file, '-o', 'tcp.relative_sequence_numbers:TRUE', ...extra, '-T', 'fields', '-E', 'separator=\t', '-e', 'tcp.srcport', '-e', 'tcp.seq', '-e', 'tcp.len', '-e', 'frame.comment', '-e', 'tcp.analysis.flags', '-e', '_ws.expert.message'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] });
+  return out.split('\n').filter(Boolean).map((l) => l.split('\t')).map((r) => ({ src: Number(r[0]), seq: Number(r[1]), len: Number(r[2]), comment: r[3] ?? '', flags: [r[4], r[5]].filter(Boolean).join(' ') }));
+}
+
+/** Payload bytes per direction ([client→server, server→client]), each packet's range once. */
+function bytes(p: Pkt[]): [number, number] {
+  return [p.filter((x) => x.src === 40000).reduce((n, x) => n + x.len, 0), p.filter((x) => x.src === 8443).reduce((n, x) => n + x.len, 0)];
+}
+
+describe('pcapng: both captured ends of a connection are one TCP stream (no root)', () => {
+  before(function () {
+    try {
+      execFileSync('tshark', ['--version'], { stdio: 'ignore' });
+    } catch {
+      if (process.env.CI === 'true') throw new Error('tshark is missing under CI=true: scripts/setup.sh --test installs it (Debian package tshark)');
+      process.stderr.write('\n  !!! SKIPPING pcapng dedupe tests: tshark is not installed (DEBIAN_FRONTEND=noninteractive apt-get install -y tshark)\n\n');
+      this.skip();
+    }
+    tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'pcapng-dedupe-'));
+  });
+
+  it('uncovered(): the parts of a range not yet written', () => {
+    assert.deepStrictEqual(uncovered([], 0, 10), [[0, 10]]);
+    assert.deepStrictEqual(uncovered([[0, 10]], 0, 10), []);
+    assert.deepStrictEqual(uncovered([[2, 4], [6, 8]], 0, 10), [[0, 2], [4, 6], [8, 10]]);
+    assert.deepStrictEqual(uncovered([[0, 5]], 3, 9), [[5, 9]]);
+  });
+
+  it('each byte once, one handshake, no retransmission or duplicate ACK; both processes named', () => {
+    // The server reads the request in two calls, the client the response in two.
+    const p = tshark(bothEnds([{ dir: 0, data: REQ }, { dir: 1, data: RES.slice(0, 10) }, { dir: 1, data: RES.slice(10) }], [{ dir: 1, data: REQ.slice(0, 7) }, { dir: 1, data: REQ.slice(7) }, { dir: 0, data: RES }]));
+    assert.deepStrictEqual(bytes(p), [REQ.length, RES.length]);
+    assert.deepStrictEqual(p.filter((x) => x.flags !== ''), [], 'no TCP analysis flags');
+    assert.strictEqual(p.filter((x) => /synthetic handshake/.test(x.comment)).length, 1);
+    const comments = p.map((x) => x.comment).join('\n');
+    assert.match(comments, /^curl\[10\] client conn 1; synthetic handshake$/m);
+    assert.match(comments, /also captured at nginx\[20\] server conn 1/);
+    assert.strictEqual(p.filter((x) => /FIN/.test(x.flags)).length, 0);
+    const file = path.join(tmp, 'd.pcapng');
+    const http = execFileSync('tshark', ['-r', file, '-d', 'tcp.port==8443,http', '-Y', 'http', '-T', 'fields', '-e', 'http.request.uri', '-e', 'http.response.code'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] });
+    assert.deepStrictEqual(http.trim().split('\n'), ['/x\t', '\t200']);
+  });
+
+  it('a gap on one end only: the other end has the bytes, so the stream has none', () => {
+    // curl lost the first 10 bytes of its request (as sent); nginx read them all.
+    const p = tshark(bothEnds([{ dir: 0, skip: 10 }, { dir: 0, data: REQ.slice(10) }, { dir: 1, data: RES }], [{ dir: 1, data: REQ }, { dir: 0, skip: 5 }, { dir: 0, data: RES.slice(5) }]));
+    assert.deepStrictEqual(bytes(p), [REQ.length, RES.length], 'every byte, once');
+    const comments = p.map((x) => x.comment).join('\n');
+    assert.match(comments, /10 bytes not captured by curl\[10\] before this \(lost\)/);
+    assert.match(comments, /10 bytes the other end did not capture, taken from nginx\[20\]/);
+    // nginx lost 5 bytes of its response that curl had read: nothing is said missing there.
+    assert.ok(!/5 bytes not captured/.test(comments), comments);
+    assert.ok(!p.some((x) => /retransmission|Duplicate ACK/i.test(x.flags)), JSON.stringify(p));
+  });
+
+  it('a gap on both ends stays a gap of exactly its size (previous segment not captured)', () => {
+    const p = tshark(bothEnds([{ dir: 0, data: REQ }, { dir: 1, skip: 8 }, { dir: 1, data: RES.slice(8) }], [{ dir: 1, data: REQ }, { dir: 0, skip: 8 }, { dir: 0, data: RES.slice(8) }]));
+    assert.deepStrictEqual(bytes(p), [REQ.length, RES.length - 8]);
+    const resp = p.filter((x) => x.src === 8443 && x.len > 0);
+    assert.strictEqual(resp.length, 1);
+    assert.strictEqual(resp[0]!.seq, 1 + 8, 'the response starts 8 bytes in');
+    assert.match(resp[0]!.comment, /^8 bytes not captured by nginx\[20\] before this \(lost\)$/);
+    assert.match(resp[0]!.flags, /previous segment not captured/i);
+    assert.ok(!p.some((x) => /retransmission|Duplicate ACK/i.test(x.flags)), JSON.stringify(p));
+  });
+
+  it('bytes at the close that neither end captured are counted once, after both ends closed', () => {
+    const frames = bothEnds([{ dir: 0, data: REQ }, { dir: 1, data: RES }, { dir: 1, skip: 4 }], [{ dir: 1, data: REQ }, { dir: 0, data: RES }, { dir: 0, skip: 4 }]);
+    const p = tshark(frames);
+    const fin = p.filter((x) => /closed/.test(x.comment));
+    assert.strictEqual(fin.length, 1, 'one FIN exchange for the connection');
+    assert.match(fin[0]!.comment, /curl\[10\] closed \(close\); nginx\[20\] closed \(close\); 0 bytes sent and 4 received at the end were not captured/);
+  });
+
+  it('one end alone: written as before (its handshake, its gaps, no "other end" notes)', () => {
+    const c = conversation([{ dir: 0, data: REQ }, { dir: 1, skip: 8 }, { dir: 1, data: RES.slice(8) }], { pid: 10, comm: 'curl', role: 'client' });
+    const p = tshark(c);
+    assert.deepStrictEqual(bytes(p), [REQ.length, RES.length - 8]);
+    const comments = p.map((x) => x.comment).filter(Boolean);
+    assert.deepStrictEqual(comments, ['curl[10] client conn 1; synthetic handshake', '8 bytes not captured before this (lost)', 'closed (close)']);
+  });
+
+  it('two connections of one client on one server each pair with their own other end', () => {
+    const t0 = 1_764_000_000_000_000_000n;
+    const frames: RawFrame[] = [];
+    for (const [i, port] of [[1, 40001], [2, 40002]] as const) {
+      frames.push(...conversation([{ dir: 0, data: REQ }, { dir: 1, data: RES }], { pid: 10, comm: 'curl', connId: BigInt(i), role: 'client', local: ['127.0.0.1', port], remote: ['127.0.0.1', 8443], t0: t0 + BigInt(i) * 10_000_000n }));
+      frames.push(...conversation([{ dir: 1, data: REQ }, { dir: 0, data: RES }], { pid: 20, comm: 'nginx', connId: BigInt(i + 100), role: 'server', local: ['127.0.0.1', 8443], remote: ['127.0.0.1', port], t0: t0 + BigInt(i) * 10_000_000n + 500_000n }));
+    }
+    frames.sort((a, b) => ((a.ts_ns as bigint) < (b.ts_ns as bigint) ? -1 : 1));
+    const file = path.join(tmp, 'd.pcapng');
+    fs.writeFileSync(file, pcapng(frames));
+    const rows = execFileSync('tshark', ['-r', file, '-T', 'fields', '-e', 'tcp.stream', '-e', 'tcp.len', '-e', 'tcp.analysis.flags'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim().split('\n').map((l) => l.split('\t'));
+    assert.deepStrictEqual([...new Set(rows.map((r) => r[0]))], ['0', '1']);
+    for (const s of ['0', '1']) assert.strictEqual(rows.filter((r) => r[0] === s).reduce((n, r) => n + Number(r[1]), 0), REQ.length + RES.length);
+    assert.deepStrictEqual(rows.filter((r) => r[2]), []);
+  });
+});
