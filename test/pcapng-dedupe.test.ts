@@ -23,12 +23,21 @@ function pcapng(frames: RawFrame[]): Buffer {
   return Buffer.concat(parts);
 }
 
-/** The client's steps as curl[10] saw them, the server's as nginx[20] did (directions mirrored), in time order. */
-function bothEnds(client: Step[], server: Step[]): RawFrame[] {
+/**
+ * The client's steps as curl[10] saw them, the server's as nginx[20] did (directions mirrored).
+ * `order` gives the segments' order in time, one letter per segment ('c' curl, 's' nginx), as
+ * cause and effect allow (a byte is read after it is sent); the opens come first, the closes last.
+ */
+function bothEnds(client: Step[], server: Step[], order: string): RawFrame[] {
   const t0 = 1_764_000_000_000_000_000n;
   const c = conversation(client, { pid: 10, comm: 'curl', role: 'client', local: ['127.0.0.1', 40000], remote: ['127.0.0.1', 8443], t0 });
-  const s = conversation(server, { pid: 20, comm: 'nginx', role: 'server', local: ['127.0.0.1', 8443], remote: ['127.0.0.1', 40000], t0: t0 + 500_000n });
-  return [...c, ...s].sort((a, b) => (a.ts_ns as bigint) < (b.ts_ns as bigint) ? -1 : (a.ts_ns as bigint) > (b.ts_ns as bigint) ? 1 : 0);
+  const s = conversation(server, { pid: 20, comm: 'nginx', role: 'server', local: ['127.0.0.1', 8443], remote: ['127.0.0.1', 40000], t0 });
+  const segs = { c: c.filter((f) => f.type === 'segment'), s: s.filter((f) => f.type === 'segment') };
+  assert.strictEqual(order.length, segs.c.length + segs.s.length, 'one letter per segment');
+  const out = [c[0]!, s[0]!];
+  for (const who of order) out.push(segs[who as 'c' | 's'].shift()!);
+  out.push(c[c.length - 1]!, s[s.length - 1]!);
+  return out.map((f, i) => ({ ...f, ts_ns: t0 + BigInt(i) * 1_000_000n }));
 }
 
 interface Pkt {
@@ -40,11 +49,24 @@ interface Pkt {
 }
 
 let tmp: string;
+/**
+ * The packets as tshark reads them; `flags`: the expert messages (note or worse) of a packet
+ * that has TCP analysis flags (retransmission, duplicate ACK, previous segment not captured,
+ * out-of-order ...), empty for the others (chat items such as SYN, FIN and the HTTP request
+ * line, and the closing notes of a FIN, are not analysis flags).
+ */
 function tshark(frames: RawFrame[], extra: string[] = []): Pkt[] {
   const file = path.join(tmp, 'd.pcapng');
   fs.writeFileSync(file, pcapng(frames));
-  const out = execFileSync('tshark', ['-r', file, '-o', 'tcp.relative_sequence_numbers:TRUE', ...extra, '-T', 'fields', '-E', 'separator=\t', '-e', 'tcp.srcport', '-e', 'tcp.seq', '-e', 'tcp.len', '-e', 'frame.comment', '-e', 'tcp.analysis.flags', '-e', '_ws.expert.message'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] });
-  return out.split('\n').filter(Boolean).map((l) => l.split('\t')).map((r) => ({ src: Number(r[0]), seq: Number(r[1]), len: Number(r[2]), comment: r[3] ?? '', flags: [r[4], r[5]].filter(Boolean).join(' ') }));
+  const run = (args: string[]): string => execFileSync('tshark', ['-r', file, '-o', 'tcp.relative_sequence_numbers:TRUE', ...extra, ...args], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] });
+  const flagged = new Set(run(['-Y', 'tcp.analysis.flags', '-T', 'fields', '-e', 'frame.number']).split('\n').filter(Boolean));
+  const out = run(['-T', 'fields', '-E', 'separator=\t', '-E', 'occurrence=a', '-E', 'aggregator=\u001f', '-e', 'frame.number', '-e', 'tcp.srcport', '-e', 'tcp.seq', '-e', 'tcp.len', '-e', 'frame.comment', '-e', '_ws.expert.message', '-e', '_ws.expert.severity']);
+  return out.split('\n').filter(Boolean).map((l) => l.split('\t')).map((r) => {
+    const msgs = (r[5] ?? '').split('\u001f');
+    const sev = (r[6] ?? '').split('\u001f').map(Number);
+    const flags = flagged.has(r[0]!) ? msgs.filter((_, i) => sev[i]! >= 0x400000).join(' ') : '';
+    return { src: Number(r[1]), seq: Number(r[2]), len: Number(r[3]), comment: r[4] ?? '', flags };
+  });
 }
 
 /** Payload bytes per direction ([client→server, server→client]), each packet's range once. */
@@ -73,7 +95,7 @@ describe('pcapng: both captured ends of a connection are one TCP stream (no root
 
   it('each byte once, one handshake, no retransmission or duplicate ACK; both processes named', () => {
     // The server reads the request in two calls, the client the response in two.
-    const p = tshark(bothEnds([{ dir: 0, data: REQ }, { dir: 1, data: RES.slice(0, 10) }, { dir: 1, data: RES.slice(10) }], [{ dir: 1, data: REQ.slice(0, 7) }, { dir: 1, data: REQ.slice(7) }, { dir: 0, data: RES }]));
+    const p = tshark(bothEnds([{ dir: 0, data: REQ }, { dir: 1, data: RES.slice(0, 10) }, { dir: 1, data: RES.slice(10) }], [{ dir: 1, data: REQ.slice(0, 7) }, { dir: 1, data: REQ.slice(7) }, { dir: 0, data: RES }], 'cssscc'));
     assert.deepStrictEqual(bytes(p), [REQ.length, RES.length]);
     assert.deepStrictEqual(p.filter((x) => x.flags !== ''), [], 'no TCP analysis flags');
     assert.strictEqual(p.filter((x) => /synthetic handshake/.test(x.comment)).length, 1);
@@ -87,30 +109,39 @@ describe('pcapng: both captured ends of a connection are one TCP stream (no root
   });
 
   it('a gap on one end only: the other end has the bytes, so the stream has none', () => {
-    // curl lost the first 10 bytes of its request (as sent); nginx read them all.
-    const p = tshark(bothEnds([{ dir: 0, skip: 10 }, { dir: 0, data: REQ.slice(10) }, { dir: 1, data: RES }], [{ dir: 1, data: REQ }, { dir: 0, skip: 5 }, { dir: 0, data: RES.slice(5) }]));
+    // curl lost the first 10 bytes of its request (as sent); nginx read them all. nginx lost 5
+    // bytes of its response (as written); curl read them all. Each sender's bytes come first.
+    const client: Step[] = [{ dir: 0, skip: 10 }, { dir: 0, data: REQ.slice(10) }, { dir: 1, data: RES }];
+    const server: Step[] = [{ dir: 1, data: REQ }, { dir: 0, skip: 5 }, { dir: 0, data: RES.slice(5) }];
+    const p = tshark(bothEnds(client, server, 'cssc'));
     assert.deepStrictEqual(bytes(p), [REQ.length, RES.length], 'every byte, once');
     const comments = p.map((x) => x.comment).join('\n');
-    assert.match(comments, /10 bytes not captured by curl\[10\] before this \(lost\)/);
-    assert.match(comments, /10 bytes the other end did not capture, taken from nginx\[20\]/);
-    // nginx lost 5 bytes of its response that curl had read: nothing is said missing there.
-    assert.ok(!/5 bytes not captured/.test(comments), comments);
-    assert.ok(!p.some((x) => /retransmission|Duplicate ACK/i.test(x.flags)), JSON.stringify(p));
+    // The missing bytes are written first, from the end that has them, saying whose they are.
+    assert.match(comments, /10 bytes not captured by curl\[10\] \(lost\), taken from nginx\[20\]/);
+    assert.match(comments, /5 bytes not captured by nginx\[20\] \(lost\), taken from curl\[10\]/);
+    assert.ok(!/before this/.test(comments), comments);
+    assert.deepStrictEqual(p.filter((x) => x.flags !== ''), [], 'no TCP analysis flags (no gap, no retransmission, no out-of-order)');
+    const req = p.filter((x) => x.src === 40000 && x.len > 0);
+    assert.deepStrictEqual(req.map((x) => [x.seq, x.len]), [[1, 10], [11, REQ.length - 10]], 'in byte order');
+    // In any order of the two ends (here nginx's read before curl's send): each byte once, no flags.
+    const q = tshark(bothEnds(client, server, 'scsc'));
+    assert.deepStrictEqual(bytes(q), [REQ.length, RES.length]);
+    assert.deepStrictEqual(q.filter((x) => x.flags !== ''), []);
   });
 
   it('a gap on both ends stays a gap of exactly its size (previous segment not captured)', () => {
-    const p = tshark(bothEnds([{ dir: 0, data: REQ }, { dir: 1, skip: 8 }, { dir: 1, data: RES.slice(8) }], [{ dir: 1, data: REQ }, { dir: 0, skip: 8 }, { dir: 0, data: RES.slice(8) }]));
+    const p = tshark(bothEnds([{ dir: 0, data: REQ }, { dir: 1, skip: 8 }, { dir: 1, data: RES.slice(8) }], [{ dir: 1, data: REQ }, { dir: 0, skip: 8 }, { dir: 0, data: RES.slice(8) }], 'cssc'));
     assert.deepStrictEqual(bytes(p), [REQ.length, RES.length - 8]);
     const resp = p.filter((x) => x.src === 8443 && x.len > 0);
     assert.strictEqual(resp.length, 1);
     assert.strictEqual(resp[0]!.seq, 1 + 8, 'the response starts 8 bytes in');
-    assert.match(resp[0]!.comment, /^8 bytes not captured by nginx\[20\] before this \(lost\)$/);
-    assert.match(resp[0]!.flags, /previous segment not captured/i);
+    assert.match(resp[0]!.comment, /^8 bytes captured by neither nginx\[20\] nor curl\[10\] before this \(lost\)$/);
+    assert.match(resp[0]!.flags, /previous segment(\(s\))? not captured/i); // tshark 4.0: "Previous segment(s) not captured"
     assert.ok(!p.some((x) => /retransmission|Duplicate ACK/i.test(x.flags)), JSON.stringify(p));
   });
 
   it('bytes at the close that neither end captured are counted once, after both ends closed', () => {
-    const frames = bothEnds([{ dir: 0, data: REQ }, { dir: 1, data: RES }, { dir: 1, skip: 4 }], [{ dir: 1, data: REQ }, { dir: 0, data: RES }, { dir: 0, skip: 4 }]);
+    const frames = bothEnds([{ dir: 0, data: REQ }, { dir: 1, data: RES }, { dir: 1, skip: 4 }], [{ dir: 1, data: REQ }, { dir: 0, data: RES }, { dir: 0, skip: 4 }], 'cssc');
     const p = tshark(frames);
     const fin = p.filter((x) => /closed/.test(x.comment));
     assert.strictEqual(fin.length, 1, 'one FIN exchange for the connection');

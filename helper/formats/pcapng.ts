@@ -168,33 +168,53 @@ function isnOf(src: Endpoint, dst: Endpoint): number {
   return h;
 }
 
+/** One captured end of a connection (a process's pid:conn_id). */
+interface End {
+  c: Conn;
+  /** Its egress is the Conn's dir 1 (it is the second end, seeing the tuple mirrored). */
+  flip: boolean;
+  /** `comm[pid]`, kept from its first frame: conn_close frames carry no comm. */
+  name: string;
+  open: boolean;
+  /** Per Conn direction, the offset this end has reported up to (data or gap). */
+  prog: [number, number];
+  /** Per Conn direction, the byte ranges this end did not capture, and why. */
+  holes: [[number, number, string][], [number, number, string][]];
+}
+
+/** Bytes received from one end, not yet written: a gap before them may still be filled by the other end. */
+interface Pending {
+  a: number;
+  b: number;
+  data: Buffer;
+  ts: bigint;
+  by: End;
+  /** The end's own ack (bytes it saw the other way), used while the connection has one end. */
+  ack: number;
+  reason: string;
+  truncated?: string;
+}
+
 interface Conn {
-  /** [0]: the process's side (egress source), [1]: its peer. */
+  /** [0]: the first end's side (egress source), [1]: its peer. */
   ends: [Endpoint, Endpoint];
   isn: [number, number];
   v6: boolean;
+  /** Per direction, the offset written up to (data, or a gap no end can fill any more). */
   next: [number, number];
   label: string;
   labelled: boolean;
-  /** Byte ranges [start, end) written per direction (sorted, merged): each byte once. */
-  written: [[number, number][], [number, number][]];
+  /** Per direction, byte ranges [start, end) written or pending (sorted, merged): each byte once. */
+  seen: [[number, number][], [number, number][]];
+  pending: [Pending[], Pending[]];
   /** The tuple key while the connection may still take its other end. */
   tuple?: string;
-  /** Ends (pid:conn_id) still open; the FIN is written when the last one closes. */
-  open: Set<string>;
-  /** Per direction, the highest end offset an end reported at its close. */
-  endAt: [number, number];
+  captured: End[];
   closeWhy: string[];
   paired: boolean;
 }
 
-/** One captured end of a connection: its Conn, and whether its egress is the Conn's dir 1. */
-interface End {
-  c: Conn;
-  flip: boolean;
-}
-
-/** The parts of [a, b) not in `have` (sorted, merged), and `have` with [a, b) added. */
+/** The parts of [a, b) not in `have` (sorted, merged). */
 export function uncovered(have: [number, number][], a: number, b: number): [number, number][] {
   const out: [number, number][] = [];
   let at = a;
@@ -249,6 +269,7 @@ export class PcapngRenderer implements Renderer {
     for (const { c } of this.conns.values()) {
       if (done.has(c)) continue;
       done.add(c);
+      this.flush(c, true);
       this.fin(c, this.lastNs, [...c.closeWhy, 'the capture ended'].join('; '));
     }
     this.conns.clear();
@@ -285,7 +306,8 @@ export class PcapngRenderer implements Renderer {
       remotePort = role === 'server' ? 10000 + n : 443;
     }
     const v6 = localIp.includes(':') || remoteIp.includes(':');
-    const label = `${f.comm}[${f.pid}] ${role} conn ${f.conn_id}`;
+    const name = `${f.comm}[${f.pid}]`;
+    const label = `${name} ${role} conn ${f.conn_id}`;
     // The other end of a connection already here: its tuple mirrored. Offsets agree only when
     // both ends saw the connection from its first byte (not joined mid-stream).
     const joinable = !unknown && f.mid_stream !== true;
@@ -296,10 +318,10 @@ export class PcapngRenderer implements Renderer {
       this.byTuple.delete(other.tuple!);
       other.tuple = undefined;
       other.paired = true;
-      other.open.add(key);
       other.label = `also captured at ${label}`;
       other.labelled = false;
-      const end = { c: other, flip: true };
+      const end: End = { c: other, flip: true, name, open: true, prog: [0, 0], holes: [[], []] };
+      other.captured.push(end);
       this.conns.set(key, end);
       return end;
     }
@@ -312,9 +334,9 @@ export class PcapngRenderer implements Renderer {
       next: [0, 0],
       label: `${label}${unknown ? ' (socket unknown: addresses and ports made up)' : ''}`,
       labelled: false,
-      written: [[], []],
-      open: new Set([key]),
-      endAt: [0, 0],
+      seen: [[], []],
+      pending: [[], []],
+      captured: [],
       closeWhy: [],
       paired: false,
     };
@@ -322,7 +344,8 @@ export class PcapngRenderer implements Renderer {
       c.tuple = tupleOf(localIp, localPort, remoteIp, remotePort);
       this.byTuple.set(c.tuple, c);
     }
-    const end = { c, flip: false };
+    const end: End = { c, flip: false, name, open: true, prog: [0, 0], holes: [[], []] };
+    c.captured.push(end);
     this.conns.set(key, end);
     const ts = f.ts_ns as bigint;
     if (f.mid_stream === true) {
@@ -342,48 +365,102 @@ export class PcapngRenderer implements Renderer {
     if (typeof f.ts_ns === 'bigint' && f.ts_ns > this.lastNs) this.lastNs = f.ts_ns;
     if (f.type === 'conn_open') this.conn(f);
     else if (f.type === 'segment') {
-      const { c, flip } = this.conn(f);
-      const dir = ((f.dir as number) ^ (flip ? 1 : 0)) as 0 | 1;
+      const e = this.conn(f);
+      const { c } = e;
+      const dir = ((f.dir as number) ^ (e.flip ? 1 : 0)) as 0 | 1;
       const seq = Number(f.seq as bigint);
       const data = f.data as Buffer;
-      const other = dir === 0 ? 1 : 0;
+      const reason = (f.lost_before as number) > 0 ? 'lost' : 'past the per-call or rate cap';
+      if (seq > e.prog[dir]) e.holes[dir].push([e.prog[dir], seq, reason]);
+      e.prog[dir] = Math.max(e.prog[dir], seq + data.length);
       const truncated = f.truncated === true ? `the rest of this ${f.len_total}-byte call was not captured (${f.rate_limited ? '--rate-cap' : '--call-cap'})` : undefined;
-      // Only the bytes no end has written yet (all of them when one end is captured).
-      const parts = data.length ? uncovered(c.written[dir], seq, seq + data.length) : [[seq, seq] as [number, number]];
-      if (data.length && parts.length === 0) return; // the other end wrote these bytes already
-      const ack = c.isn[other] + Math.max(Number(f.ack as bigint), c.next[other]);
-      for (const [a, b] of parts) {
-        const notes: string[] = [];
-        const by = c.paired ? ` by ${f.comm}[${f.pid}]` : '';
-        if (a > c.next[dir]) notes.push(`${a - c.next[dir]} bytes not captured${by} before this (${(f.lost_before as number) > 0 ? 'lost' : 'past the per-call or rate cap'})`);
-        else if (a < c.next[dir] && c.paired) notes.push(`${b - a} bytes the other end did not capture, taken from ${f.comm}[${f.pid}]`);
-        if (truncated && b === seq + data.length) notes.push(truncated);
-        c.next[dir] = Math.max(c.next[dir], b);
-        addRange(c.written[dir], a, b);
-        const chunk = data.subarray(a - seq, b - seq);
-        for (let at = 0; at < chunk.length || (at === 0 && chunk.length === 0 && notes.length); at += MAX_PAYLOAD) {
-          this.write(f.ts_ns as bigint, c, dir === 1, c.isn[dir] + a + at, ack, TCP.ACK | TCP.PSH, chunk.subarray(at, at + MAX_PAYLOAD), at === 0 ? notes.join('; ') : undefined);
-          if (chunk.length === 0) break;
+      const base = { ts: f.ts_ns as bigint, by: e, ack: Number(f.ack as bigint), reason };
+      if (data.length === 0) {
+        // Nothing to write but what it says (a gap, a cut call): only if no byte is past it yet.
+        if (seq >= c.next[dir] && (seq > c.next[dir] || truncated) && uncovered(c.seen[dir], seq, seq + 1).length) c.pending[dir].push({ ...base, a: seq, b: seq, data, truncated });
+      } else {
+        // Only the bytes no end has given yet (all of them when one end is captured).
+        for (const [a, b] of uncovered(c.seen[dir], seq, seq + data.length)) {
+          addRange(c.seen[dir], a, b);
+          c.pending[dir].push({ ...base, a, b, data: data.subarray(a - seq, b - seq), truncated: b === seq + data.length ? truncated : undefined });
         }
       }
+      this.flush(c, false);
     } else if (f.type === 'conn_close') {
       const key = `${f.pid}:${f.conn_id}`;
-      const end = this.conns.get(key);
-      if (!end) return;
+      const e = this.conns.get(key);
+      if (!e) return;
       this.conns.delete(key);
-      const { c, flip } = end;
-      c.open.delete(key);
+      const { c } = e;
+      e.open = false;
       const ends = [Number(f.egress_end as bigint), Number(f.ingress_end as bigint)];
-      if (flip) ends.reverse();
-      c.endAt = [Math.max(c.endAt[0], ends[0]!), Math.max(c.endAt[1], ends[1]!)];
-      c.closeWhy.push(c.paired ? `${f.comm}[${f.pid}] closed (${f.reason})` : `closed (${f.reason})`);
-      if (c.open.size > 0) return; // the other end is still open
+      if (e.flip) ends.reverse();
+      for (const d of [0, 1] as const) {
+        if (ends[d]! > e.prog[d]) e.holes[d].push([e.prog[d], ends[d]!, 'at the end']);
+        e.prog[d] = Math.max(e.prog[d], ends[d]!);
+      }
+      c.closeWhy.push(c.paired ? `${e.name} closed (${f.reason})` : `closed (${f.reason})`);
+      this.flush(c, false);
+      if (c.captured.some((x) => x.open)) return; // the other end is still open
       if (c.tuple) this.byTuple.delete(c.tuple);
-      const missing = [0, 1].map((d) => c.endAt[d]! - c.next[d as 0 | 1]);
-      c.next = [Math.max(c.next[0], c.endAt[0]), Math.max(c.next[1], c.endAt[1])];
-      // From the side of the first end (dir 0: sent by it).
+      // What the ends counted past the last byte written: from the first end's side (dir 0: sent by it).
+      const endAt = [0, 1].map((d) => Math.max(...c.captured.map((x) => x.prog[d]!)));
+      const missing = [0, 1].map((d) => endAt[d]! - c.next[d as 0 | 1]);
+      c.next = [Math.max(c.next[0], endAt[0]!), Math.max(c.next[1], endAt[1]!)];
       const why = missing.some((m) => m > 0) ? `${c.closeWhy.join('; ')}; ${missing[0]} bytes sent and ${missing[1]} received at the end were not captured` : c.closeWhy.join('; ');
       this.fin(c, f.ts_ns as bigint, why);
+    }
+  }
+
+  /**
+   * Writes what is pending, in byte order per direction. Bytes after a gap wait while an end of
+   * the connection that is still open has not yet reported that far: it may have the gap's
+   * bytes, which then go first, so the stream stays in order (no retransmission, no
+   * out-of-order). With one end captured nothing waits.
+   */
+  private flush(c: Conn, force: boolean): void {
+    for (const d of [0, 1] as const) {
+      const q = c.pending[d];
+      q.sort((x, y) => x.a - y.a);
+      while (q.length) {
+        const p = q[0]!;
+        if (p.a > c.next[d] && !force && c.captured.some((x) => x.open && x.prog[d] < p.a)) break;
+        q.shift();
+        this.writePending(c, d, p);
+      }
+    }
+  }
+
+  private writePending(c: Conn, d: 0 | 1, p: Pending): void {
+    const notes: string[] = [];
+    const others = c.captured.filter((x) => x !== p.by);
+    if (p.a > c.next[d]) {
+      const n = p.a - c.next[d];
+      notes.push(c.paired ? `${n} bytes captured by neither ${p.by.name} nor ${others.map((x) => x.name).join(' nor ')} before this (${p.reason})` : `${n} bytes not captured before this (${p.reason})`);
+    }
+    // Bytes an end missed and this one has: said once, where they are written.
+    for (const x of others) {
+      let n = 0;
+      const why = new Set<string>();
+      for (const [s, e, r] of x.holes[d]) {
+        const k = Math.min(e, p.b) - Math.max(s, p.a);
+        if (k > 0) {
+          n += k;
+          why.add(r);
+        }
+      }
+      if (n > 0) notes.push(`${n} bytes not captured by ${x.name} (${[...why].join(', ')}), taken from ${p.by.name}`);
+    }
+    if (p.truncated) notes.push(p.truncated);
+    c.next[d] = Math.max(c.next[d], p.b);
+    const o = d === 0 ? 1 : 0;
+    // One end: its own ack (it may have seen bytes the other way that come later). Both ends:
+    // what the file has the other way, so no packet acks bytes not (yet) in it.
+    const ack = c.isn[o] + (c.paired ? c.next[o] : Math.max(p.ack, c.next[o]));
+    for (let at = 0; at < p.data.length || at === 0; at += MAX_PAYLOAD) {
+      if (p.data.length === 0 && notes.length === 0) break;
+      this.write(p.ts, c, d === 1, c.isn[d] + p.a + at, ack, TCP.ACK | TCP.PSH, p.data.subarray(at, at + MAX_PAYLOAD), at === 0 ? notes.join('; ') : undefined);
+      if (p.data.length === 0) break;
     }
   }
 
