@@ -85,6 +85,7 @@ describe('pcapng: both captured ends of a connection are one TCP stream (no root
     }
     tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'pcapng-dedupe-'));
   });
+  after(() => tmp && fs.rmSync(tmp, { recursive: true, force: true }));
 
   it('uncovered(): the parts of a range not yet written', () => {
     assert.deepStrictEqual(uncovered([], 0, 10), [[0, 10]]);
