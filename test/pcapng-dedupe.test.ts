@@ -141,6 +141,26 @@ describe('pcapng: both captured ends of a connection are one TCP stream (no root
     assert.ok(!p.some((x) => /retransmission|Duplicate ACK/i.test(x.flags)), JSON.stringify(p));
   });
 
+  it('an end that stops reporting holds the bytes after a gap for at most 1 s of capture time', () => {
+    // nginx's conn is open but it never reads; curl lost 10 bytes, then sends the rest; curl's
+    // later traffic (1.5 s on) lets the held bytes go, as a gap, without waiting for the end.
+    const t0 = 1_764_000_000_000_000_000n;
+    const c = conversation([{ dir: 0, skip: 10 }, { dir: 0, data: REQ.slice(10) }], { pid: 10, comm: 'curl', role: 'client', local: ['127.0.0.1', 40000], remote: ['127.0.0.1', 8443], t0, noClose: true });
+    const s = conversation([], { pid: 20, comm: 'nginx', role: 'server', local: ['127.0.0.1', 8443], remote: ['127.0.0.1', 40000], t0, noClose: true });
+    const other = conversation([{ dir: 0, data: REQ }], { pid: 10, comm: 'curl', connId: 9n, role: 'client', local: ['127.0.0.1', 40009], remote: ['127.0.0.1', 8443], t0: t0 + 1_500_000_000n });
+    const parts: Buffer[] = [];
+    const r = createRenderer('pcapng', { write: (b) => void parts.push(Buffer.isBuffer(b) ? b : Buffer.from(b)) }, { redact: true, color: false, printLimit: 0, version: 'test' });
+    for (const f of [c[0]!, s[0]!, ...c.slice(1)]) r.push(f);
+    const before = Buffer.concat(parts).length;
+    for (const f of other) r.push(f);
+    const file = path.join(tmp, 'hold.pcapng');
+    fs.writeFileSync(file, Buffer.concat(parts)); // without end(): what was written while the capture runs
+    assert.ok(Buffer.concat(parts).length > before);
+    const rows = execFileSync('tshark', ['-r', file, '-o', 'tcp.relative_sequence_numbers:TRUE', '-Y', 'tcp.srcport == 40000 && tcp.len > 0', '-T', 'fields', '-e', 'tcp.seq', '-e', 'tcp.len', '-e', 'frame.comment'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim().split('\n');
+    assert.deepStrictEqual(rows, [`11\t${REQ.length - 10}\talso captured at nginx[20] server conn 1; 10 bytes captured by neither curl[10] nor nginx[20] before this (lost)`]);
+    r.end();
+  });
+
   it('bytes at the close that neither end captured are counted once, after both ends closed', () => {
     const frames = bothEnds([{ dir: 0, data: REQ }, { dir: 1, data: RES }, { dir: 1, skip: 4 }], [{ dir: 1, data: REQ }, { dir: 0, data: RES }, { dir: 0, skip: 4 }], 'cssc');
     const p = tshark(frames);

@@ -23,6 +23,13 @@ import { MaskedFrames, Renderer, RenderOptions, Sink } from './output';
 const LINKTYPE_ETHERNET = 1;
 const TCP = { FIN: 0x01, SYN: 0x02, PSH: 0x08, ACK: 0x10 };
 const MAX_PAYLOAD = 65535 - 20 - 20;
+/**
+ * How long (capture time) and how much bytes after a gap wait for the other end of the
+ * connection: an end that stops reporting (its process filtered out, its calls no longer seen)
+ * must not hold the stream, nor memory, until the capture ends.
+ */
+const HOLD_NS = 1_000_000_000n;
+const HOLD_BYTES = 8 << 20;
 
 function pad4(n: number): number {
   return (4 - (n % 4)) % 4;
@@ -247,6 +254,8 @@ export class PcapngRenderer implements Renderer {
   private readonly conns = new Map<string, End>();
   /** Connections by their 4-tuple as seen from the first end, waiting for the mirrored end. */
   private readonly byTuple = new Map<string, Conn>();
+  /** Connections with bytes waiting behind a gap: flushed on every frame, so time lets them go. */
+  private readonly waiting = new Set<Conn>();
   private ipId = 1;
   /** The newest capture timestamp: connections still open at the end close then. */
   private lastNs = 0n;
@@ -274,6 +283,7 @@ export class PcapngRenderer implements Renderer {
     }
     this.conns.clear();
     this.byTuple.clear();
+    this.waiting.clear();
   }
 
   private write(ts: bigint, c: Conn, fromPeer: boolean, seq: number, ack: number, flags: number, payload: Buffer, comment?: string): void {
@@ -363,6 +373,7 @@ export class PcapngRenderer implements Renderer {
 
   private frame(f: RawFrame): void {
     if (typeof f.ts_ns === 'bigint' && f.ts_ns > this.lastNs) this.lastNs = f.ts_ns;
+    for (const c of this.waiting) this.flush(c, false);
     if (f.type === 'conn_open') this.conn(f);
     else if (f.type === 'segment') {
       const e = this.conn(f);
@@ -416,19 +427,25 @@ export class PcapngRenderer implements Renderer {
    * Writes what is pending, in byte order per direction. Bytes after a gap wait while an end of
    * the connection that is still open has not yet reported that far: it may have the gap's
    * bytes, which then go first, so the stream stays in order (no retransmission, no
-   * out-of-order). With one end captured nothing waits.
+   * out-of-order). With one end captured nothing waits; nothing waits longer than HOLD_NS of
+   * capture time or past HOLD_BYTES (a filler that comes later is then out of order, as tshark says).
    */
   private flush(c: Conn, force: boolean): void {
     for (const d of [0, 1] as const) {
       const q = c.pending[d];
       q.sort((x, y) => x.a - y.a);
+      let held = q.reduce((n, p) => n + p.data.length, 0);
       while (q.length) {
         const p = q[0]!;
-        if (p.a > c.next[d] && !force && c.captured.some((x) => x.open && x.prog[d] < p.a)) break;
+        const mayWait = !force && this.lastNs - p.ts < HOLD_NS && held < HOLD_BYTES;
+        if (p.a > c.next[d] && mayWait && c.captured.some((x) => x.open && x.prog[d] < p.a)) break;
+        held -= p.data.length;
         q.shift();
         this.writePending(c, d, p);
       }
     }
+    if (c.pending[0].length || c.pending[1].length) this.waiting.add(c);
+    else this.waiting.delete(c);
   }
 
   private writePending(c: Conn, d: 0 | 1, p: Pending): void {
