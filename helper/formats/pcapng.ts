@@ -6,6 +6,12 @@
 // process (comm, pid, role, conn id) is in the first packet's comment, gaps in the comment of
 // the packet after them, and the direction in epb_flags.
 //
+// Both ends of one connection captured (curl and nginx on one host: the same 4-tuple mirrored,
+// from two processes or two conn ids) are written as one TCP stream: the second end joins the
+// first's connection, each byte range is written once (by whichever end saw it first), so a
+// gap on one end only is filled from the other and a gap stays only where both ends missed the
+// bytes; the second end's process is in the comment of the next packet written and in the FIN's.
+//
 // Written by hand: npm has no maintained pcapng writer (`pcap` binds libpcap for live capture,
 // `pcap-parser` only reads classic pcap), and the format needs only three block types here
 // (section header, interface description, enhanced packet; pcapng spec, IETF draft
@@ -17,6 +23,13 @@ import { MaskedFrames, Renderer, RenderOptions, Sink } from './output';
 const LINKTYPE_ETHERNET = 1;
 const TCP = { FIN: 0x01, SYN: 0x02, PSH: 0x08, ACK: 0x10 };
 const MAX_PAYLOAD = 65535 - 20 - 20;
+/**
+ * How long (capture time) and how much bytes after a gap wait for the other end of the
+ * connection: an end that stops reporting (its process filtered out, its calls no longer seen)
+ * must not hold the stream, nor memory, until the capture ends.
+ */
+const HOLD_NS = 1_000_000_000n;
+const HOLD_BYTES = 8 << 20;
 
 function pad4(n: number): number {
   return (4 - (n % 4)) % 4;
@@ -162,19 +175,87 @@ function isnOf(src: Endpoint, dst: Endpoint): number {
   return h;
 }
 
+/** One captured end of a connection (a process's pid:conn_id). */
+interface End {
+  c: Conn;
+  /** Its egress is the Conn's dir 1 (it is the second end, seeing the tuple mirrored). */
+  flip: boolean;
+  /** `comm[pid]`, kept from its first frame: conn_close frames carry no comm. */
+  name: string;
+  open: boolean;
+  /** Per Conn direction, the offset this end has reported up to (data or gap). */
+  prog: [number, number];
+  /** Per Conn direction, the byte ranges this end did not capture, and why. */
+  holes: [[number, number, string][], [number, number, string][]];
+}
+
+/** Bytes received from one end, not yet written: a gap before them may still be filled by the other end. */
+interface Pending {
+  a: number;
+  b: number;
+  data: Buffer;
+  ts: bigint;
+  by: End;
+  /** The end's own ack (bytes it saw the other way), used while the connection has one end. */
+  ack: number;
+  reason: string;
+  truncated?: string;
+}
+
 interface Conn {
-  /** [0]: the process's side (egress source), [1]: its peer. */
+  /** [0]: the first end's side (egress source), [1]: its peer. */
   ends: [Endpoint, Endpoint];
   isn: [number, number];
   v6: boolean;
+  /** Per direction, the offset written up to (data, or a gap no end can fill any more). */
   next: [number, number];
   label: string;
   labelled: boolean;
+  /** Per direction, byte ranges [start, end) written or pending (sorted, merged): each byte once. */
+  seen: [[number, number][], [number, number][]];
+  pending: [Pending[], Pending[]];
+  /** The tuple key while the connection may still take its other end. */
+  tuple?: string;
+  captured: End[];
+  closeWhy: string[];
+  paired: boolean;
+}
+
+/** The parts of [a, b) not in `have` (sorted, merged). */
+export function uncovered(have: [number, number][], a: number, b: number): [number, number][] {
+  const out: [number, number][] = [];
+  let at = a;
+  for (const [s, e] of have) {
+    if (e <= at) continue;
+    if (s >= b) break;
+    if (s > at) out.push([at, s]);
+    at = Math.max(at, e);
+    if (at >= b) break;
+  }
+  if (at < b) out.push([at, b]);
+  return out;
+}
+
+function addRange(have: [number, number][], a: number, b: number): void {
+  if (b <= a) return;
+  have.push([a, b]);
+  have.sort((x, y) => x[0] - y[0]);
+  const merged: [number, number][] = [];
+  for (const r of have) {
+    const last = merged[merged.length - 1];
+    if (last && r[0] <= last[1]) last[1] = Math.max(last[1], r[1]);
+    else merged.push([r[0], r[1]]);
+  }
+  have.splice(0, have.length, ...merged);
 }
 
 export class PcapngRenderer implements Renderer {
   private readonly masked: MaskedFrames;
-  private readonly conns = new Map<string, Conn>();
+  private readonly conns = new Map<string, End>();
+  /** Connections by their 4-tuple as seen from the first end, waiting for the mirrored end. */
+  private readonly byTuple = new Map<string, Conn>();
+  /** Connections with bytes waiting behind a gap: flushed on every frame, so time lets them go. */
+  private readonly waiting = new Set<Conn>();
   private ipId = 1;
   /** The newest capture timestamp: connections still open at the end close then. */
   private lastNs = 0n;
@@ -193,8 +274,16 @@ export class PcapngRenderer implements Renderer {
 
   end(): void {
     this.masked.end();
-    for (const c of this.conns.values()) this.fin(c, this.lastNs, 'the capture ended');
+    const done = new Set<Conn>();
+    for (const { c } of this.conns.values()) {
+      if (done.has(c)) continue;
+      done.add(c);
+      this.flush(c, true);
+      this.fin(c, this.lastNs, [...c.closeWhy, 'the capture ended'].join('; '));
+    }
     this.conns.clear();
+    this.byTuple.clear();
+    this.waiting.clear();
   }
 
   private write(ts: bigint, c: Conn, fromPeer: boolean, seq: number, ack: number, flags: number, payload: Buffer, comment?: string): void {
@@ -208,10 +297,10 @@ export class PcapngRenderer implements Renderer {
     this.out.write(packetBlock(ts, tcpPacket(src, dst, c.v6, seq, ack, flags, payload, this.ipId++), notes.join('; ') || undefined, fromPeer));
   }
 
-  private conn(f: RawFrame): Conn {
+  private conn(f: RawFrame): End {
     const key = `${f.pid}:${f.conn_id}`;
-    let c = this.conns.get(key);
-    if (c) return c;
+    const known = this.conns.get(key);
+    if (known) return known;
     let localIp = String(f.local_ip);
     let remoteIp = String(f.remote_ip);
     let localPort = f.local_port as number;
@@ -227,17 +316,47 @@ export class PcapngRenderer implements Renderer {
       remotePort = role === 'server' ? 10000 + n : 443;
     }
     const v6 = localIp.includes(':') || remoteIp.includes(':');
+    const name = `${f.comm}[${f.pid}]`;
+    const label = `${name} ${role} conn ${f.conn_id}`;
+    // The other end of a connection already here: its tuple mirrored. Offsets agree only when
+    // both ends saw the connection from its first byte (not joined mid-stream).
+    const joinable = !unknown && f.mid_stream !== true;
+    const v6key = (ip: string): string => (v6 ? ipaddr.process(ip).toString() : ip);
+    const tupleOf = (aIp: string, aPort: number, bIp: string, bPort: number): string => `${v6key(aIp)}|${aPort}|${v6key(bIp)}|${bPort}`;
+    const other = joinable ? this.byTuple.get(tupleOf(remoteIp, remotePort, localIp, localPort)) : undefined;
+    if (other) {
+      this.byTuple.delete(other.tuple!);
+      other.tuple = undefined;
+      other.paired = true;
+      other.label = `also captured at ${label}`;
+      other.labelled = false;
+      const end: End = { c: other, flip: true, name, open: true, prog: [0, 0], holes: [[], []] };
+      other.captured.push(end);
+      this.conns.set(key, end);
+      return end;
+    }
     const mine: Endpoint = { ip: ipBytes(localIp, v6), port: localPort, mac: Buffer.from([2, 0, 0, 0, 0, 1]) };
     const peer: Endpoint = { ip: ipBytes(remoteIp, v6), port: remotePort, mac: Buffer.from([2, 0, 0, 0, 0, 2]) };
-    c = {
+    const c: Conn = {
       ends: [mine, peer],
       isn: [isnOf(mine, peer), isnOf(peer, mine)],
       v6,
       next: [0, 0],
-      label: `${f.comm}[${f.pid}] ${role} conn ${f.conn_id}${unknown ? ' (socket unknown: addresses and ports made up)' : ''}`,
+      label: `${label}${unknown ? ' (socket unknown: addresses and ports made up)' : ''}`,
       labelled: false,
+      seen: [[], []],
+      pending: [[], []],
+      captured: [],
+      closeWhy: [],
+      paired: false,
     };
-    this.conns.set(key, c);
+    if (joinable) {
+      c.tuple = tupleOf(localIp, localPort, remoteIp, remotePort);
+      this.byTuple.set(c.tuple, c);
+    }
+    const end: End = { c, flip: false, name, open: true, prog: [0, 0], holes: [[], []] };
+    c.captured.push(end);
+    this.conns.set(key, end);
     const ts = f.ts_ns as bigint;
     if (f.mid_stream === true) {
       c.label += ' (joined mid-stream: no handshake, offsets count from the first byte seen)';
@@ -249,37 +368,116 @@ export class PcapngRenderer implements Renderer {
       this.write(ts - 1000n, c, !clientIsPeer, c.isn[si]! - 1, c.isn[ci]!, TCP.SYN | TCP.ACK, Buffer.alloc(0));
       this.write(ts, c, clientIsPeer, c.isn[ci]!, c.isn[si]!, TCP.ACK, Buffer.alloc(0));
     }
-    return c;
+    return end;
   }
 
   private frame(f: RawFrame): void {
     if (typeof f.ts_ns === 'bigint' && f.ts_ns > this.lastNs) this.lastNs = f.ts_ns;
+    for (const c of this.waiting) this.flush(c, false);
     if (f.type === 'conn_open') this.conn(f);
     else if (f.type === 'segment') {
-      const c = this.conn(f);
-      const dir = f.dir as 0 | 1;
+      const e = this.conn(f);
+      const { c } = e;
+      const dir = ((f.dir as number) ^ (e.flip ? 1 : 0)) as 0 | 1;
       const seq = Number(f.seq as bigint);
       const data = f.data as Buffer;
-      const other = dir === 0 ? 1 : 0;
-      const notes: string[] = [];
-      if (seq > c.next[dir]) notes.push(`${seq - c.next[dir]} bytes not captured before this (${(f.lost_before as number) > 0 ? 'lost' : 'past the per-call or rate cap'})`);
-      if (f.truncated === true) notes.push(`the rest of this ${f.len_total}-byte call was not captured (${f.rate_limited ? '--rate-cap' : '--call-cap'})`);
-      c.next[dir] = Math.max(c.next[dir], seq + data.length);
-      const ack = c.isn[other] + Math.max(Number(f.ack as bigint), c.next[other]);
-      for (let at = 0; at < data.length || (at === 0 && data.length === 0 && notes.length); at += MAX_PAYLOAD) {
-        this.write(f.ts_ns as bigint, c, dir === 1, c.isn[dir] + seq + at, ack, TCP.ACK | TCP.PSH, data.subarray(at, at + MAX_PAYLOAD), at === 0 ? notes.join('; ') : undefined);
-        if (data.length === 0) break;
+      const reason = (f.lost_before as number) > 0 ? 'lost' : 'past the per-call or rate cap';
+      if (seq > e.prog[dir]) e.holes[dir].push([e.prog[dir], seq, reason]);
+      e.prog[dir] = Math.max(e.prog[dir], seq + data.length);
+      const truncated = f.truncated === true ? `the rest of this ${f.len_total}-byte call was not captured (${f.rate_limited ? '--rate-cap' : '--call-cap'})` : undefined;
+      const base = { ts: f.ts_ns as bigint, by: e, ack: Number(f.ack as bigint), reason };
+      if (data.length === 0) {
+        // Nothing to write but what it says (a gap, a cut call): only if no byte is past it yet.
+        if (seq >= c.next[dir] && (seq > c.next[dir] || truncated) && uncovered(c.seen[dir], seq, seq + 1).length) c.pending[dir].push({ ...base, a: seq, b: seq, data, truncated });
+      } else {
+        // Only the bytes no end has given yet (all of them when one end is captured).
+        for (const [a, b] of uncovered(c.seen[dir], seq, seq + data.length)) {
+          addRange(c.seen[dir], a, b);
+          c.pending[dir].push({ ...base, a, b, data: data.subarray(a - seq, b - seq), truncated: b === seq + data.length ? truncated : undefined });
+        }
       }
+      this.flush(c, false);
     } else if (f.type === 'conn_close') {
       const key = `${f.pid}:${f.conn_id}`;
-      const c = this.conns.get(key);
-      if (!c) return;
+      const e = this.conns.get(key);
+      if (!e) return;
       this.conns.delete(key);
+      const { c } = e;
+      e.open = false;
       const ends = [Number(f.egress_end as bigint), Number(f.ingress_end as bigint)];
-      const missing = [0, 1].map((d) => ends[d]! - c.next[d as 0 | 1]);
-      c.next = [Math.max(c.next[0], ends[0]!), Math.max(c.next[1], ends[1]!)];
-      const why = missing.some((m) => m > 0) ? `closed (${f.reason}); ${missing[0]} bytes sent and ${missing[1]} received at the end were not captured` : `closed (${f.reason})`;
+      if (e.flip) ends.reverse();
+      for (const d of [0, 1] as const) {
+        if (ends[d]! > e.prog[d]) e.holes[d].push([e.prog[d], ends[d]!, 'at the end']);
+        e.prog[d] = Math.max(e.prog[d], ends[d]!);
+      }
+      c.closeWhy.push(c.paired ? `${e.name} closed (${f.reason})` : `closed (${f.reason})`);
+      this.flush(c, false);
+      if (c.captured.some((x) => x.open)) return; // the other end is still open
+      if (c.tuple) this.byTuple.delete(c.tuple);
+      // What the ends counted past the last byte written: from the first end's side (dir 0: sent by it).
+      const endAt = [0, 1].map((d) => Math.max(...c.captured.map((x) => x.prog[d]!)));
+      const missing = [0, 1].map((d) => endAt[d]! - c.next[d as 0 | 1]);
+      c.next = [Math.max(c.next[0], endAt[0]!), Math.max(c.next[1], endAt[1]!)];
+      const why = missing.some((m) => m > 0) ? `${c.closeWhy.join('; ')}; ${missing[0]} bytes sent and ${missing[1]} received at the end were not captured` : c.closeWhy.join('; ');
       this.fin(c, f.ts_ns as bigint, why);
+    }
+  }
+
+  /**
+   * Writes what is pending, in byte order per direction. Bytes after a gap wait while an end of
+   * the connection that is still open has not yet reported that far: it may have the gap's
+   * bytes, which then go first, so the stream stays in order (no retransmission, no
+   * out-of-order). With one end captured nothing waits; nothing waits longer than HOLD_NS of
+   * capture time or past HOLD_BYTES (a filler that comes later is then out of order, as tshark says).
+   */
+  private flush(c: Conn, force: boolean): void {
+    for (const d of [0, 1] as const) {
+      const q = c.pending[d];
+      q.sort((x, y) => x.a - y.a);
+      let held = q.reduce((n, p) => n + p.data.length, 0);
+      while (q.length) {
+        const p = q[0]!;
+        const mayWait = !force && this.lastNs - p.ts < HOLD_NS && held < HOLD_BYTES;
+        if (p.a > c.next[d] && mayWait && c.captured.some((x) => x.open && x.prog[d] < p.a)) break;
+        held -= p.data.length;
+        q.shift();
+        this.writePending(c, d, p);
+      }
+    }
+    if (c.pending[0].length || c.pending[1].length) this.waiting.add(c);
+    else this.waiting.delete(c);
+  }
+
+  private writePending(c: Conn, d: 0 | 1, p: Pending): void {
+    const notes: string[] = [];
+    const others = c.captured.filter((x) => x !== p.by);
+    if (p.a > c.next[d]) {
+      const n = p.a - c.next[d];
+      notes.push(c.paired ? `${n} bytes captured by neither ${p.by.name} nor ${others.map((x) => x.name).join(' nor ')} before this (${p.reason})` : `${n} bytes not captured before this (${p.reason})`);
+    }
+    // Bytes an end missed and this one has: said once, where they are written.
+    for (const x of others) {
+      let n = 0;
+      const why = new Set<string>();
+      for (const [s, e, r] of x.holes[d]) {
+        const k = Math.min(e, p.b) - Math.max(s, p.a);
+        if (k > 0) {
+          n += k;
+          why.add(r);
+        }
+      }
+      if (n > 0) notes.push(`${n} bytes not captured by ${x.name} (${[...why].join(', ')}), taken from ${p.by.name}`);
+    }
+    if (p.truncated) notes.push(p.truncated);
+    c.next[d] = Math.max(c.next[d], p.b);
+    const o = d === 0 ? 1 : 0;
+    // One end: its own ack (it may have seen bytes the other way that come later). Both ends:
+    // what the file has the other way, so no packet acks bytes not (yet) in it.
+    const ack = c.isn[o] + (c.paired ? c.next[o] : Math.max(p.ack, c.next[o]));
+    for (let at = 0; at < p.data.length || at === 0; at += MAX_PAYLOAD) {
+      if (p.data.length === 0 && notes.length === 0) break;
+      this.write(p.ts, c, d === 1, c.isn[d] + p.a + at, ack, TCP.ACK | TCP.PSH, p.data.subarray(at, at + MAX_PAYLOAD), at === 0 ? notes.join('; ') : undefined);
+      if (p.data.length === 0) break;
     }
   }
 

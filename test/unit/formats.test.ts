@@ -88,8 +88,8 @@ describe('output formats on the fixtures (no root)', function () {
       const file = path.join(tmp, `${name}.pcapng`);
       fs.writeFileSync(file, render('pcapng', frames));
       const want = ours(frames);
-      // Both ends of one connection (curl and nginx) are one TCP conversation in the file:
-      // tshark takes the second copy of each segment for a retransmission and counts it once.
+      // Both ends of one connection (curl and nginx) are written once, as one TCP stream: tshark
+      // sees each exchange once where our analysis (per end) sees it twice.
       const bothEnds = frames.some((f) => f.type === 'conn_open' && f.role === 'server') && frames.some((f) => f.type === 'conn_open' && f.role === 'client');
       const got = tsharkCounts(file, frames);
       if (bothEnds) {
@@ -100,6 +100,9 @@ describe('output formats on the fixtures (no root)', function () {
       for (const f of frames.filter((x) => x.type === 'conn_open')) assert.ok(comments.includes(`${f.comm}[${f.pid}] ${f.role} conn ${f.conn_id}`), comments);
       const bad = execFileSync('tshark', ['-r', file, '-o', 'tcp.check_checksum:TRUE', '-Y', 'tcp.checksum.status == 0 || ip.checksum.status == 0'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] });
       assert.strictEqual(bad, '', 'checksums are right');
+      // One TCP stream per connection, in byte order: no retransmission, duplicate ACK, gap or out-of-order.
+      const flagged = execFileSync('tshark', ['-r', file, '-Y', 'tcp.analysis.flags', '-T', 'fields', '-e', 'frame.number', '-e', '_ws.expert.message'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] });
+      assert.strictEqual(flagged, '', 'no TCP analysis flags');
     });
   }
 });
