@@ -7,10 +7,10 @@ import { execFileSync } from 'child_process';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { createRenderer } from '../helper/formats';
-import { uncovered } from '../helper/formats/pcapng';
-import { RawFrame } from '../helper/protocol/wire';
-import { conversation, Step } from './lib/traffic';
+import { createRenderer } from '../../helper/formats';
+import { uncovered } from '../../helper/formats/pcapng';
+import { RawFrame } from '../../helper/protocol/wire';
+import { conversation, Step } from '../lib/traffic';
 
 const REQ = 'GET /x HTTP/1.1\r\nHost: a\r\n\r\n';
 const RES = 'HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello';

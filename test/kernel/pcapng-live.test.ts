@@ -7,12 +7,12 @@ import * as assert from 'assert';
 import { execFileSync, spawn } from 'child_process';
 import * as fs from 'fs';
 import * as path from 'path';
-import { tsharkCountsOn } from './lib/tshark';
-import { requireKernel } from './lib/kernel';
-import { replayFrames } from '../helper/commands/replay';
-import { NginxServer, pattern, run, startNginx, stopAll, tmpDir, waitFor } from './lib/servers';
+import { tsharkCountsOn } from '../lib/tshark';
+import { requireKernel } from '../lib/kernel';
+import { replayFrames } from '../../helper/commands/replay';
+import { NginxServer, pattern, run, startNginx, stopAll, tmpDir, waitFor } from '../lib/servers';
+import { CLI } from '../lib/paths';
 
-const CLI = path.resolve(__dirname, '..', 'helper', 'cli.js');
 
 function haveTshark(): boolean {
   try {
