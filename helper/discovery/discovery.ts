@@ -231,8 +231,8 @@ export class Discovery {
     } catch {
       return;
     }
+    // Our own executable too: /usr/bin/node is probed for the other node processes, now and later.
     for (const pid of pids) {
-      if (pid === this.selfPid) continue;
       const exe = tlsExecutableAt(`/proc/${pid}/exe`, this.judged, this.judge);
       if (exe) this.attachFile(exe);
       else this.reportUnknown(pid);
