@@ -779,6 +779,13 @@ int BPF_KPROBE(ssl_write_internal_enter, void *ssl, const void *buf, size_t num,
 	return call_enter(ssl, buf, written, CAP_FN_SSL_WRITE_INTERNAL);
 }
 
+// From OpenSSL 3.3: ssl_write_internal(s, buf, num, flags, written), the count pointer 5th.
+SEC("uprobe")
+int BPF_KPROBE(ssl_write_internal_flags_enter, void *ssl, const void *buf, size_t num, __u64 flags, size_t *written)
+{
+	return call_enter(ssl, buf, written, CAP_FN_SSL_WRITE_INTERNAL);
+}
+
 SEC("uretprobe")
 int BPF_KRETPROBE(ssl_write_internal_exit)
 {

@@ -12,7 +12,7 @@ import * as chokidar from 'chokidar';
 import * as fs from 'fs';
 import * as path from 'path';
 import { AttachResult, Capture, ProbeMode } from '../kernel/capture';
-import { fileVersion, findTlsLibraries, LibraryFile, libraryKind, mappedFiles, mappedLibraries, statKey, TlsKind, tlsExecutableAt, tlsExecutables } from './libraries';
+import { fileVersion, findTlsLibraries, LibraryFile, libraryKind, mappedFiles, mappedLibraries, statKey, TlsKind, tlsExecutableAt, tlsExecutables, tlsKindIn, unknownTlsIn } from './libraries';
 import { CaptureRecord, kernelComm } from '../records/records';
 
 export interface DiscoveryReport {
@@ -21,6 +21,12 @@ export interface DiscoveryReport {
   detached(lib: LibraryFile, why: string, pid: number): void;
   /** Something people should know about a file with probes (deleted or replaced on disk). */
   note?(lib: LibraryFile, message: string): void;
+  /**
+   * A process runs an executable with TLS code inside that no planner can probe (a static,
+   * stripped OpenSSL; a TLS library the helper does not know): reported once per file, with
+   * the first process seen running it.
+   */
+  unsupported?(exe: { path: string; dev: number; ino: number }, reason: string, pid: number): void;
 }
 
 export interface DiscoveryOptions {
@@ -60,6 +66,25 @@ export class Discovery {
   private readonly judged = new Set<string>();
   /** Files that could not be probed, with their size and mtime then: tried again once changed. */
   private readonly failedAs = new Map<string, string>();
+  /** Executables with TLS code no planner knows (device:inode → why), and those reported. */
+  private readonly unknownTls = new Map<string, string>();
+  private readonly unknownReported = new Set<string>();
+
+  /**
+   * Judges an executable for TLS code, as tlsKindIn does, and, when it has none the planners
+   * know, looks for TLS in its data (libraries.ts unknownTlsIn): read once per file, as part of
+   * the judgement every executable gets anyway (a few ms; the labels are searched in its data
+   * segments only).
+   */
+  private readonly judge = (p: string): TlsKind | null | undefined => {
+    const kind = tlsKindIn(p);
+    if (kind === null) {
+      const why = unknownTlsIn(p);
+      const st = why ? stat(p) : undefined;
+      if (why && st) this.unknownTls.set(key(st.dev, st.ino), why);
+    }
+    return kind;
+  };
 
   constructor(
     private readonly capture: Capture,
@@ -88,7 +113,7 @@ export class Discovery {
       for (const pid of this.pidsByComm()) this.addTarget(pid);
     } else {
       for (const lib of findTlsLibraries(this.opts.extra ?? [])) this.attachFile(lib);
-      for (const exe of tlsExecutables(this.judged)) this.attachFile(exe);
+      this.scanExecutables();
     }
     if (this.opts.pollMs) {
       this.timer = setInterval(() => this.poll(), this.opts.pollMs);
@@ -123,7 +148,7 @@ export class Discovery {
         this.attachFile({ path: m.path, ...st, source: 'maps', kind: libraryKind(m.path) });
       }
     }
-    if (!this.targeted) for (const exe of tlsExecutables(this.judged)) this.attachFile(exe);
+    if (!this.targeted) this.scanExecutables();
     if (this.targeted) {
       for (const pid of this.pidsByComm()) if (!this.targets.has(pid)) this.addTarget(pid);
       for (const pid of [...this.targets.keys()]) if (!fs.existsSync(`/proc/${pid}`)) this.dropTarget(pid, 'target process is gone');
@@ -193,8 +218,46 @@ export class Discovery {
    */
   private executed(pid: number, file: string): void {
     if (pid === this.selfPid) return;
-    const exe = tlsExecutableAt(`/proc/${pid}/exe`, this.judged) ?? (path.isAbsolute(file) ? tlsExecutableAt(file, this.judged) : undefined);
+    const exe = tlsExecutableAt(`/proc/${pid}/exe`, this.judged, this.judge) ?? (path.isAbsolute(file) ? tlsExecutableAt(file, this.judged, this.judge) : undefined);
     if (exe) this.attachFile(exe);
+    else this.reportUnknown(pid, path.isAbsolute(file) ? file : undefined);
+  }
+
+  /** Executables of running processes: probes for those with TLS code inside, a report for those with TLS code no planner knows. */
+  private scanExecutables(): void {
+    let pids: number[];
+    try {
+      pids = fs.readdirSync('/proc').filter((d) => /^\d+$/.test(d)).map(Number);
+    } catch {
+      return;
+    }
+    // Our own executable too: /usr/bin/node is probed for the other node processes, now and later.
+    for (const pid of pids) {
+      const exe = tlsExecutableAt(`/proc/${pid}/exe`, this.judged, this.judge);
+      if (exe) this.attachFile(exe);
+      else this.reportUnknown(pid);
+    }
+  }
+
+  /**
+   * Says once per file that process `pid` runs TLS code no planner knows, if its executable
+   * (or `file`, the path it executed, when it is already gone) was judged so.
+   */
+  private reportUnknown(pid: number, file?: string): void {
+    if (this.unknownTls.size === 0 || pid === this.selfPid) return;
+    let exe: string | undefined;
+    try {
+      exe = fs.readlinkSync(`/proc/${pid}/exe`);
+    } catch {
+      exe = file;
+    }
+    const st = (exe && stat(`/proc/${pid}/exe`)) || (exe ? stat(exe) : undefined);
+    if (!exe || !st) return;
+    const k = key(st.dev, st.ino);
+    const why = this.unknownTls.get(k);
+    if (!why || this.unknownReported.has(k)) return;
+    this.unknownReported.add(k);
+    this.report.unsupported?.({ path: exe, ...st }, why, pid);
   }
 
   /** A watched library path changed: if it is another file now, that file gets probes too. */
@@ -266,7 +329,9 @@ export class Discovery {
     if (!this.targets.has(pid)) this.targets.set(pid, new Set());
     if (fresh) for (const lib of this.common) this.attachFor(pid, lib);
     // Its executable, if it has TLS code inside (node's OpenSSL, Go's crypto/tls).
-    for (const exe of tlsExecutables(new Set(), [pid])) this.attachFor(pid, exe);
+    const exes = tlsExecutables(new Set(), [pid], this.judge);
+    for (const exe of exes) this.attachFor(pid, exe);
+    if (!exes.length) this.reportUnknown(pid);
     let maps = '';
     try {
       maps = fs.readFileSync(`/proc/${pid}/maps`, 'utf8');

@@ -177,6 +177,11 @@ export class ElfFile {
     return this.read(addr - seg.vaddr + seg.offset, length);
   }
 
+  /** File ranges of the loaded segments that are not code (read-only data, data). */
+  dataRanges(): { offset: number; size: number }[] {
+    return this.segments.filter((s) => !s.exec).map((s) => ({ offset: s.offset, size: s.filesz }));
+  }
+
   /** True if the address is in a PLT section (a stub that jumps to another library). */
   inPlt(addr: number): boolean {
     return this.sections.some((s) => s.name.startsWith('.plt') && addr >= s.addr && addr < s.addr + s.size);

@@ -235,3 +235,48 @@ export function tlsExecutables(seen: Set<string>, pids?: number[], judge: (path:
   }
   return out;
 }
+
+/**
+ * Strings every TLS implementation carries, because the protocol defines them as key-schedule
+ * labels: TLS 1.3's HKDF labels (RFC 8446 section 7.1) and TLS 1.2's PRF labels (RFC 5246). A
+ * file with a full set of either has TLS code inside, whoever wrote it.
+ */
+const TLS13_LABELS = ['c hs traffic', 's hs traffic', 'c ap traffic', 's ap traffic'];
+const TLS12_LABELS = ['master secret', 'key expansion', 'client finished', 'server finished'];
+/** Most bytes of data read from one file to look for them (a huge executable is judged by its first 64 MiB of data). */
+const LABEL_SCAN_BYTES = 64 << 20;
+
+/**
+ * Why an executable has TLS code the helper does not know, or undefined if it has none it can
+ * see: the TLS 1.3 or TLS 1.2 key-schedule labels in its loaded data (not its code), while
+ * it has none of the symbols the planners look for (the caller asks only after tlsKindIn said
+ * null). Read once per file by the caller; a packed or compressed executable hides its labels.
+ */
+export function unknownTlsIn(path: string): string | undefined {
+  let elf: ElfFile | undefined;
+  try {
+    elf = ElfFile.open(path);
+    const wanted = [...TLS13_LABELS, ...TLS12_LABELS].map((l) => Buffer.from(l, 'latin1'));
+    const found = new Set<string>();
+    const overlap = Math.max(...wanted.map((w) => w.length)) - 1;
+    let budget = LABEL_SCAN_BYTES;
+    const chunk = 4 << 20;
+    for (const r of elf.dataRanges()) {
+      for (let at = 0; at < r.size && budget > 0 && found.size < wanted.length; at += chunk) {
+        const len = Math.min(chunk + overlap, r.size - at, budget + overlap);
+        const b = elf.read(r.offset + at, len);
+        budget -= Math.min(chunk, len);
+        for (const w of wanted) if (b.indexOf(w) >= 0) found.add(w.toString('latin1'));
+      }
+    }
+    const tls13 = TLS13_LABELS.every((l) => found.has(l));
+    const tls12 = TLS12_LABELS.every((l) => found.has(l));
+    if (!tls13 && !tls12) return undefined;
+    const labels = (tls13 ? TLS13_LABELS : TLS12_LABELS).map((l) => `"${l}"`).join(', ');
+    return `TLS code the helper does not know (its data has the TLS ${tls13 ? '1.3' : '1.2'} key-schedule labels ${labels}, and it has no OpenSSL, GnuTLS or Go crypto/tls symbols: a static or stripped build): its TLS traffic is not captured`;
+  } catch {
+    return undefined; // not ELF, gone, or unreadable: nothing to say
+  } finally {
+    elf?.close();
+  }
+}

@@ -11,15 +11,30 @@
 // The internal functions are not exported, so they are found as the common target of the
 // first direct call in both wrappers. When that shape is not there (another architecture,
 // another library version), the exported functions are probed instead.
-import { Decoder, DecoderOptions, FlowControl, Instruction } from 'iced-x86';
+//
+// Shapes measured (README, "OpenSSL versions"): 1.1.1 and 3.0 as above. From 3.3 (3.5 in
+// Debian 13) ssl_write_internal takes a flags argument before the count pointer
+// (s, buf, num, flags, written), SSL_write_ex only jumps to the new SSL_write_ex2 through the
+// PLT, and SSL_write_ex2 holds the call: so the write pair is SSL_write/SSL_write_ex2 there, and
+// which argument carries the count pointer is read from SSL_write itself (the register it
+// loads with the address of its local before the call). Debian 13's build also starts the
+// internal functions with `endbr64`, which the kernel single-steps; the probe goes on the
+// instruction after it, which every call still passes with the return address on top of the
+// stack, so the return probe works the same.
+import { Code, Decoder, DecoderOptions, FlowControl, Instruction, Mnemonic, OpKind, Register } from 'iced-x86';
 import { ElfError, ElfFile, EM_X86_64 } from './elf';
 
 export type ProbePlan = (
   | {
       kind: 'internal';
-      /** File offsets of ssl_write_internal and ssl_read_internal. */
+      /** File offsets of ssl_write_internal and ssl_read_internal (past a leading endbr64). */
       write: number;
       read: number;
+      /**
+       * Which argument of ssl_write_internal is the count pointer: 4 (1.1.1 to 3.2) or 5
+       * (3.3 and later, after the flags).
+       */
+      writeCountArg: 4 | 5;
     }
   | { kind: 'exported'; reason: string }
   | { kind: 'go'; reason: string }
@@ -31,20 +46,56 @@ export type ProbePlan = (
   offsets: Map<string, number>;
 };
 
-/** The first direct call in a function's body (decoding stops at a return or a trap). */
-function firstCall(elf: ElfFile, addr: number, size: number): number | undefined {
+/** The first direct call in a function's body, and the argument carrying a pointer to the stack then. */
+function firstCall(elf: ElfFile, addr: number, size: number): { target: number; stackArg?: 4 | 5 } | undefined {
   const code = elf.code(addr, Math.min(size || 128, 256));
   const decoder = new Decoder(64, code, DecoderOptions.None);
   const instr = new Instruction();
+  // The last value loaded into rcx (4th argument) and r8 (5th): whether it is an address in
+  // the caller's frame (`mov reg, rsp` or `lea reg, [rsp+d]`), the count the wrapper returns.
+  const toStack = new Map<Register, boolean>();
   try {
     decoder.ip = BigInt(addr);
     while (decoder.canDecode) {
       decoder.decodeOut(instr);
       const flow = instr.flowControl;
-      if (flow === FlowControl.Call) return Number(instr.nearBranch64);
+      if (flow === FlowControl.Call) {
+        const stackArg = toStack.get(Register.R8) ? 5 : toStack.get(Register.RCX) ? 4 : undefined;
+        return { target: Number(instr.nearBranch64), stackArg };
+      }
       if (flow === FlowControl.Return || flow === FlowControl.Interrupt || flow === FlowControl.Exception) return undefined;
+      if (instr.opCount > 0 && instr.op0Kind === OpKind.Register) {
+        const full = fullRegister(instr.op0Register);
+        if (full === Register.RCX || full === Register.R8) {
+          const fromRsp =
+            (instr.mnemonic === Mnemonic.Mov && instr.op1Kind === OpKind.Register && instr.op1Register === Register.RSP) ||
+            (instr.mnemonic === Mnemonic.Lea && instr.memoryBase === Register.RSP);
+          toStack.set(full, fromRsp);
+        }
+      }
     }
     return undefined;
+  } finally {
+    instr.free();
+    decoder.free();
+  }
+}
+
+/** rcx for ecx/cx/cl, r8 for r8d/r8w/r8b; others as they are (only these two matter here). */
+function fullRegister(r: Register): Register {
+  if (r === Register.ECX || r === Register.CX || r === Register.CL) return Register.RCX;
+  if (r === Register.R8D || r === Register.R8W || r === Register.R8L) return Register.R8;
+  return r;
+}
+
+/** Where to probe a function: past a leading endbr64, which the kernel would single-step. */
+function probeAddress(elf: ElfFile, addr: number): number {
+  const decoder = new Decoder(64, elf.code(addr, 16), DecoderOptions.None);
+  const instr = new Instruction();
+  try {
+    decoder.ip = BigInt(addr);
+    decoder.decodeOut(instr);
+    return instr.code === Code.Endbr64 ? addr + instr.length : addr;
   } finally {
     instr.free();
     decoder.free();
@@ -64,30 +115,39 @@ export function planOpenSsl(path: string, exported: string[] = []): ProbePlan {
     return { kind: 'exported', reason: e instanceof Error ? e.message : String(e), offsets };
   }
   try {
-    const syms = elf.functions([...new Set(['SSL_write', 'SSL_write_ex', 'SSL_read', 'SSL_read_ex', ...exported])]);
+    const syms = elf.functions([...new Set(['SSL_write', 'SSL_write_ex', 'SSL_write_ex2', 'SSL_read', 'SSL_read_ex', ...exported])]);
     for (const name of exported) {
       const s = syms.get(name);
       const off = s && elf.execOffset(s.addr);
       if (off !== undefined) offsets.set(name, off);
     }
     if (elf.machine !== EM_X86_64) return { kind: 'exported', reason: `machine ${elf.machine} is not x86-64`, offsets };
-    const target = (a: string, b: string): number | string => {
+    // The internal function both wrappers call first, and which of its arguments the int
+    // wrapper (`a`) points at its local count.
+    const target = (a: string, b: string): { off: number; countArg?: 4 | 5 } | string => {
       const sa = syms.get(a);
       const sb = syms.get(b);
       if (!sa || !sb) return `${!sa ? a : b} is not in the symbol table`;
-      const ta = firstCall(elf, sa.addr, sa.size);
-      const tb = firstCall(elf, sb.addr, sb.size);
-      if (ta === undefined || ta !== tb) return `${a} and ${b} do not call one common function`;
-      if (elf.inPlt(ta)) return `${a} calls a PLT stub first`;
-      const off = elf.execOffset(ta);
-      return off === undefined ? `the target of ${a} is outside executable code` : off;
+      const ca = firstCall(elf, sa.addr, sa.size);
+      const cb = firstCall(elf, sb.addr, sb.size);
+      if (!ca || !cb || ca.target !== cb.target) return `${a} and ${b} do not call one common function`;
+      if (elf.inPlt(ca.target)) return `${a} calls a PLT stub first`;
+      const off = elf.execOffset(probeAddress(elf, ca.target));
+      return off === undefined ? `the target of ${a} is outside executable code` : { off, countArg: ca.stackArg };
     };
-    const write = target('SSL_write', 'SSL_write_ex');
+    // From 3.3, SSL_write_ex is a jump to SSL_write_ex2, which holds the call.
+    let write = target('SSL_write', 'SSL_write_ex');
+    if (typeof write === 'string' && syms.has('SSL_write_ex2')) {
+      const viaEx2 = target('SSL_write', 'SSL_write_ex2');
+      write = typeof viaEx2 === 'string' ? `${write}, nor SSL_write_ex2 (${viaEx2})` : viaEx2;
+    }
     const read = target('SSL_read', 'SSL_read_ex');
     if (typeof write === 'string') return { kind: 'exported', reason: write, offsets };
     if (typeof read === 'string') return { kind: 'exported', reason: read, offsets };
-    if (write === read) return { kind: 'exported', reason: 'the internal functions are inlined in this build (SSL_write and SSL_read first call one shared helper)', offsets };
-    return { kind: 'internal', write, read, offsets };
+    if (write.off === read.off) return { kind: 'exported', reason: 'the internal functions are inlined in this build (SSL_write and SSL_read first call one shared helper)', offsets };
+    if (write.countArg === undefined) return { kind: 'exported', reason: 'SSL_write passes its count pointer to the internal function in no argument known here', offsets };
+    if (read.countArg !== 4) return { kind: 'exported', reason: `SSL_read passes its count pointer in argument ${read.countArg ?? 'unknown'}, not the 4th`, offsets };
+    return { kind: 'internal', write: write.off, read: read.off, writeCountArg: write.countArg, offsets };
   } catch (e) {
     if (e instanceof ElfError) return { kind: 'exported', reason: e.message, offsets };
     throw e;

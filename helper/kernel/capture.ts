@@ -257,7 +257,7 @@ export class Capture {
     const data: DataProbe[] =
       plan.kind === 'internal'
         ? [
-            { name: 'ssl_write_internal', enter: 'ssl_write_internal_enter', exit: 'ssl_write_internal_exit', where: { offset: plan.write } },
+            { name: 'ssl_write_internal', enter: plan.writeCountArg === 5 ? 'ssl_write_internal_flags_enter' : 'ssl_write_internal_enter', exit: 'ssl_write_internal_exit', where: { offset: plan.write } },
             { name: 'ssl_read_internal', enter: 'ssl_read_internal_enter', exit: 'ssl_read_internal_exit', where: { offset: plan.read } },
           ]
         : OPENSSL_PROBES.map((p) => ({ name: p.func, enter: p.enter, exit: p.exit, where: at(plan, p.func) }));

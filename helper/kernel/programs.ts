@@ -7,7 +7,7 @@
 export const UPROBE_PROGRAMS = [
   'ssl_write_enter', 'ssl_write_exit', 'ssl_read_enter', 'ssl_read_exit',
   'ssl_write_ex_enter', 'ssl_write_ex_exit', 'ssl_read_ex_enter', 'ssl_read_ex_exit',
-  'ssl_write_internal_enter', 'ssl_write_internal_exit', 'ssl_read_internal_enter', 'ssl_read_internal_exit',
+  'ssl_write_internal_enter', 'ssl_write_internal_flags_enter', 'ssl_write_internal_exit', 'ssl_read_internal_enter', 'ssl_read_internal_exit',
   'ssl_set_fd', 'ssl_set_connect_state', 'ssl_set_accept_state', 'ssl_do_handshake_enter', 'ssl_do_handshake_exit',
   'ssl_shutdown', 'ssl_free',
   'gnutls_send_enter', 'gnutls_send_exit', 'gnutls_recv_enter', 'gnutls_recv_exit', 'gnutls_init_enter', 'gnutls_init_exit',

@@ -385,7 +385,7 @@ export interface ConnCloseFrame {
   eos: true;
 }
 /**
- * The helper attached probes to a TLS library, detached them, or failed to.
+ * The helper attached probes to a TLS library, detached them, or failed to; or a process runs TLS code the helper cannot probe (state unsupported).
  */
 export interface ProcessFrame {
   /**
@@ -393,7 +393,7 @@ export interface ProcessFrame {
    */
   type: 'process';
   /**
-   * The process the probes are planted in; -1 for every process that maps the library.
+   * The process the probes are planted in; -1 for every process that maps the library. With state unsupported: the first process seen running the executable.
    */
   pid: number;
   /**
@@ -401,13 +401,13 @@ export interface ProcessFrame {
    */
   library: string;
   /**
-   * Kind of TLS code probed: "openssl" (libssl, or an executable with OpenSSL inside such as node), "gnutls" (libgnutls) or "go" (a Go executable's crypto/tls).
+   * Kind of TLS code probed: "openssl" (libssl, or an executable with OpenSSL inside such as node), "gnutls" (libgnutls) or "go" (a Go executable's crypto/tls); "unknown" with state unsupported.
    */
   kind: string;
   /**
-   * What happened.
+   * What happened. unsupported: process pid runs the executable `library`, which has TLS code inside that no planner knows (a static, stripped build); its TLS traffic is not captured, and reason says how that was told. Sent once per executable file.
    */
-  state: 'attached' | 'detached' | 'failed';
+  state: 'attached' | 'detached' | 'failed' | 'unsupported';
   /**
    * Functions probed (attached) or released (detached); empty when failed.
    */

@@ -9,7 +9,7 @@
 import * as fs from 'fs';
 import { Writable } from 'stream';
 import { Discovery } from '../discovery/discovery';
-import { LibraryFile, TlsKind } from '../discovery/libraries';
+import { TlsKind } from '../discovery/libraries';
 import { attachRefused, BridgeError, explain, preflight, privilegeWarnings, UserError } from '../errors';
 import { AttachResult, Capture, KernelCounters } from '../kernel/capture';
 import { packageVersion } from '../package';
@@ -349,10 +349,11 @@ export class Session {
   }
 
   /** One process frame per attachment, failure and detachment, and a log line with the same words. */
-  private processFrame(lib: Pick<LibraryFile, 'path' | 'kind'>, pid: number, state: ProcessFrame['state'], functions: string[], reason: string): void {
+  private processFrame(lib: { path: string; kind: string }, pid: number, state: ProcessFrame['state'], functions: string[], reason: string): void {
     const where = pid < 0 ? '' : ` in process ${pid}`;
     if (state === 'attached') this.opts.log(`attached to ${lib.path}${where}: ${functions.join(', ')} (${reason})`);
     else if (state === 'failed') this.opts.log(`could not attach to ${lib.path}${where}: ${reason}`);
+    else if (state === 'unsupported') this.opts.log(`process ${pid} runs ${lib.path}: ${reason}`);
     else this.opts.log(`detached from ${lib.path}${where}: ${reason}`);
     this.send({ type: 'process', pid, library: lib.path, kind: lib.kind, state, functions, reason, ts_ns: nowNs() });
   }
@@ -368,6 +369,7 @@ export class Session {
       },
       detached: (lib, why, pid) => this.processFrame(lib, pid, 'detached', [], why),
       note: (_lib, message) => this.opts.log(message),
+      unsupported: (exe, reason, pid) => this.processFrame({ path: exe.path, kind: 'unknown' }, pid, 'unsupported', [], reason),
     });
     this.discovery.start();
   }

@@ -137,11 +137,13 @@ type Stats struct {
 
 // Process is a process frame: probes attached to a library, detached, or
 // failed. Pid is -1 for probes that fire in every process mapping Library.
+// State "unsupported" (Kind "unknown"): process Pid runs the executable
+// Library, whose TLS code the helper cannot probe; Reason says why.
 type Process struct {
 	Pid       int64    `msgpack:"pid"`
 	Library   string   `msgpack:"library"`
 	Kind      string   `msgpack:"kind"`
-	State     string   `msgpack:"state"` // attached, detached, failed
+	State     string   `msgpack:"state"` // attached, detached, failed, unsupported
 	Functions []string `msgpack:"functions"`
 	Reason    string   `msgpack:"reason"`
 	TsNs      uint64   `msgpack:"ts_ns"`
