@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# fetch-openssl.sh: other OpenSSL versions for the tests (test/openssl-versions.test.ts), from
+# fetch-openssl.sh: other OpenSSL versions for the tests (test/kernel/openssl-versions.test.ts), from
 # Debian's archive, unpacked into a cache outside the repository and never installed:
 #   <cache>/1.1.1/  libssl1.1 + openssl of Debian 11 (bullseye): OpenSSL 1.1.1
 #   <cache>/3.5/    libssl3t64 + openssl of Debian 13 (trixie): OpenSSL 3.5, with trixie's

@@ -46,11 +46,11 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-# OpenSSL 1.1.1 and 3.5 for test/openssl-versions.test.ts: Debian 11's and 13's packages,
+# OpenSSL 1.1.1 and 3.5 for test/kernel/openssl-versions.test.ts: Debian 11's and 13's packages,
 # unpacked into a cache outside the repository, never installed (scripts/fetch-openssl.sh).
 if [ "$mode" = --test ] || [ "$mode" = --bench ]; then
   if [ "$(id -u)" = 0 ]; then
-    bash scripts/fetch-openssl.sh || say "could not fetch OpenSSL 1.1.1 and 3.5 for the tests: test/openssl-versions.test.ts will fail until scripts/fetch-openssl.sh works"
+    bash scripts/fetch-openssl.sh || say "could not fetch OpenSSL 1.1.1 and 3.5 for the tests: test/kernel/openssl-versions.test.ts will fail until scripts/fetch-openssl.sh works"
   else
     say "not root: OpenSSL 1.1.1 and 3.5 for the tests are not fetched; run sudo bash scripts/fetch-openssl.sh"
   fi

@@ -8,10 +8,10 @@
 import * as assert from 'assert';
 import * as fs from 'fs';
 import * as path from 'path';
-import { planOpenSsl } from '../helper/discovery/openssl';
-import { DataRecord } from '../helper/records/records';
-import { Recorder, requireKernel } from './lib/kernel';
-import { CertPair, freePort, makeCert, pattern, run, RunResult, Server, startServer, stopAll, tmpDir, waitFor } from './lib/servers';
+import { planOpenSsl } from '../../helper/discovery/openssl';
+import { DataRecord } from '../../helper/records/records';
+import { Recorder, requireKernel } from '../lib/kernel';
+import { CertPair, freePort, makeCert, pattern, run, RunResult, Server, startServer, stopAll, tmpDir, waitFor } from '../lib/servers';
 
 const CACHE = `${process.env.HTTPS_CAPTURE_CACHE ?? '/var/cache/https-capture'}/openssl`;
 const LIBDIR = 'usr/lib/x86_64-linux-gnu';

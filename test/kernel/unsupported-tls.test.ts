@@ -7,19 +7,18 @@ import * as assert from 'assert';
 import { ChildProcess, spawn } from 'child_process';
 import * as fs from 'fs';
 import * as path from 'path';
-import { HelperHost } from '../helper/host/host';
-import { IpcOptions } from '../helper/commands/ipc';
-import { tlsKindIn, unknownTlsIn } from '../helper/discovery/libraries';
-import { RawFrame } from '../helper/protocol/wire';
-import { requireKernel } from './lib/kernel';
-import { CertPair, curl, makeCert, run, Server, startSServer, stopAll, tmpDir, waitFor } from './lib/servers';
+import { HelperHost } from '../../helper/host/host';
+import { IpcOptions } from '../../helper/commands/ipc';
+import { tlsKindIn, unknownTlsIn } from '../../helper/discovery/libraries';
+import { RawFrame } from '../../helper/protocol/wire';
+import { requireKernel } from '../lib/kernel';
+import { CertPair, curl, makeCert, run, Server, startSServer, stopAll, tmpDir, waitFor } from '../lib/servers';
+import { CLI, IPC_CHILD, ROOT } from '../lib/paths';
 
-const CHILD = path.resolve(__dirname, 'lib', 'ipc-child.js');
-const CLI = path.resolve(__dirname, '..', 'helper', 'cli.js');
-const SOURCE = path.resolve(__dirname, '..', '..', 'test', 'lib', 'static_tls.c');
+const SOURCE = path.join(ROOT, 'test', 'lib', 'static_tls.c');
 
 function startHelper(opts: IpcOptions): HelperHost {
-  return new HelperHost({ command: process.execPath, args: [CHILD, JSON.stringify({ validate: true, ...opts })], validate: true });
+  return new HelperHost({ command: process.execPath, args: [IPC_CHILD, JSON.stringify({ validate: true, ...opts })], validate: true });
 }
 
 const unsupported = (frames: RawFrame[]): RawFrame[] => frames.filter((f) => f.type === 'process' && f.state === 'unsupported');
