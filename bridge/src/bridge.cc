@@ -539,6 +539,8 @@ class Capture : public Napi::ObjectWrap<Capture> {
       int n = epoll_wait(ep, got, 2, drain_ms_ > 0 ? drain_ms_ : -1);
       if (n < 0 && errno != EINTR) {
         RingFailed("epoll_wait", errno);
+        // EBADF/EINVAL: `ep` was closed under us and its number may be another file's now.
+        if (errno == EBADF || errno == EINVAL) ep = -1;
         n = 0;
         stop = true;
       }

@@ -42,7 +42,6 @@ function render(format: Format, frames: RawFrame[], o: Partial<RenderOptions> = 
 
 const PIPELINE = `
 import socket, ssl, sys
-import { CLI, ROOT } from '../lib/paths';
 port = int(sys.argv[1])
 ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE
 s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port)), server_hostname="localhost")
