@@ -135,3 +135,33 @@ export function h2request(
     if (body) s.end(body);
   });
 }
+
+/** Asks for `path`, which the server pushes /pushed.css for: resolves once both streams ended. */
+export async function h2requestWithPush(client: http2.ClientHttp2Session, path: string): Promise<void> {
+  const pushed = new Promise<void>((ok) => client.once('stream', (s) => s.on('data', () => undefined).on('end', ok)));
+  await h2request(client, { ':path': path });
+  await pushed;
+}
+
+/** Opens a stream for `path` the server never answers, and resets it (CANCEL) after `ms`. */
+export function h2cancel(client: http2.ClientHttp2Session, path: string, ms = 50): Promise<void> {
+  return new Promise<void>((ok) => {
+    const s = client.request({ ':path': path });
+    s.on('error', () => undefined);
+    setTimeout(() => {
+      s.close(http2.constants.NGHTTP2_CANCEL);
+      s.on('close', () => ok());
+    }, ms);
+  });
+}
+
+/** Server side of h2requestWithPush: pushes /pushed.css, then answers. */
+export function pushCss(stream: http2.ServerHttp2Stream, res: http2.Http2ServerResponse): void {
+  stream.pushStream({ ':path': '/pushed.css' }, (err, push) => {
+    if (!err) {
+      push.respond({ ':status': 200, 'content-type': 'text/css' });
+      push.end('body{}');
+    }
+    res.end('with push');
+  });
+}

@@ -10,7 +10,7 @@ import { replayExchanges } from '../../helper/commands/replay';
 import { frameHeader } from '../../helper/http/http2';
 import { RawFrame } from '../../helper/protocol/wire';
 import { pattern } from '../lib/servers';
-import { conversation, h2request, recordHttp2, Step } from '../lib/traffic';
+import { conversation, h2cancel, h2request, h2requestWithPush, pushCss, recordHttp2, Step } from '../lib/traffic';
 import { FIXTURES } from '../lib/paths';
 
 
@@ -93,13 +93,7 @@ describe('host: HTTP/2 exchanges of node http2 traffic (no root)', function () {
             res.addTrailers({ 'x-request-bytes': String(body.length), 'x-got-trailer': String(req.trailers['x-client'] ?? 'none') });
             res.end(body);
           } else if (req.url === '/pushy') {
-            stream.pushStream({ ':path': '/pushed.css' }, (err, push) => {
-              if (!err) {
-                push.respond({ ':status': 200, 'content-type': 'text/css' });
-                push.end('body{}');
-              }
-              res.end('with push');
-            });
+            pushCss(stream, res);
           } else if (req.url === '/slow') {
             // never answered: the client resets the stream
           } else res.end(`page ${req.url}`);
@@ -116,17 +110,8 @@ describe('host: HTTP/2 exchanges of node http2 traffic (no root)', function () {
           s.on('error', fail);
           s.end(upload);
         });
-        const pushed = new Promise<void>((ok) => client.once('stream', (s) => s.on('data', () => undefined).on('end', ok)));
-        await h2request(client, { ':path': '/pushy' });
-        await pushed;
-        await new Promise<void>((ok) => {
-          const s = client.request({ ':path': '/slow' });
-          s.on('error', () => undefined);
-          setTimeout(() => {
-            s.close(0x8); // CANCEL
-            s.on('close', () => ok());
-          }, 50);
-        });
+        await h2requestWithPush(client, '/pushy');
+        await h2cancel(client, '/slow');
         await h2request(client, { ':path': '/last' });
       },
     );

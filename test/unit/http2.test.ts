@@ -8,7 +8,7 @@ import { HttpExchange, Session, SessionEvent } from '../../helper/http/exchanges
 import { MaskedFrames } from '../../helper/formats/output';
 import { literalPositions, looksLikeFrames } from '../../helper/http/http2';
 import { RawFrame } from '../../helper/protocol/wire';
-import { conversation, h2request, recordHttp2, Step } from '../lib/traffic';
+import { conversation, h2cancel, h2request, h2requestWithPush, pushCss, recordHttp2, Step } from '../lib/traffic';
 
 function analyse(frames: RawFrame[]): SessionEvent[] {
   const events: SessionEvent[] = [];
@@ -50,13 +50,7 @@ describe('HTTP/2 exchanges (no root, node http2 traffic)', function () {
             res.addTrailers({ 'grpc-status': '5', 'grpc-message': 'not%20found' });
             res.end(grpcFrame(Buffer.from('reply')));
           } else if (req.url === '/pushy') {
-            stream.pushStream({ ':path': '/pushed.css' }, (err, push) => {
-              if (!err) {
-                push.respond({ ':status': 200, 'content-type': 'text/css' });
-                push.end('body{}');
-              }
-              res.end('with push');
-            });
+            pushCss(stream, res);
           } else if (req.url === '/slow') {
             // never answered: the client resets the stream
           } else res.end('?');
@@ -66,17 +60,8 @@ describe('HTTP/2 exchanges (no root, node http2 traffic)', function () {
         await h2request(client, { ':path': '/big', authorization: 'Bearer tok-123456', cookie: 'a=1; b=2' });
         await h2request(client, { ':method': 'POST', ':path': '/echo', 'content-type': 'text/plain' }, Buffer.from('ping'));
         await h2request(client, { ':method': 'POST', ':path': '/pkg.Greeter/Hello', 'content-type': 'application/grpc', te: 'trailers' }, grpcFrame(Buffer.from('hi')));
-        const pushed = new Promise<void>((ok) => client.once('stream', (s) => s.on('data', () => undefined).on('end', ok)));
-        await h2request(client, { ':path': '/pushy' });
-        await pushed;
-        await new Promise<void>((ok) => {
-          const s = client.request({ ':path': '/slow' });
-          s.on('error', () => undefined);
-          setTimeout(() => {
-            s.close(0x8); // CANCEL
-            s.on('close', () => ok());
-          }, 50);
-        });
+        await h2requestWithPush(client, '/pushy');
+        await h2cancel(client, '/slow');
         await h2request(client, { ':path': '/last' });
       },
     );
