@@ -743,6 +743,7 @@ Napi::Value Layout(const Napi::CallbackInfo &info) {
   OFF(cap_conn, reason);
   OFF(cap_conn, comm);
   OFF(cap_conn, sock);
+  OFF(cap_conn, shed);
   set("cap_exit", sizeof(struct cap_exit));
   OFF(cap_exit, exit_code);
   OFF(cap_exit, comm);
@@ -754,6 +755,8 @@ Napi::Value Layout(const Napi::CallbackInfo &info) {
   OFF(cap_config, flags);
   OFF(cap_config, call_cap);
   OFF(cap_config, rate_cap);
+  OFF(cap_config, shed_head);
+  OFF(cap_config, shed_above);
 #undef OFF
   set("CAP_COMM_LEN", CAP_COMM_LEN);
   set("CAP_CHUNK_MAX", CAP_CHUNK_MAX);
@@ -767,6 +770,7 @@ Napi::Value Layout(const Napi::CallbackInfo &info) {
   set("CAP_PATH_LEN", CAP_PATH_LEN);
   set("CAP_F_TRUNCATED", CAP_F_TRUNCATED);
   set("CAP_F_RATE_LIMITED", CAP_F_RATE_LIMITED);
+  set("CAP_F_SHED", CAP_F_SHED);
   set("CAP_RATE_CAP_MAX", CAP_RATE_CAP_MAX);
   set("CAP_FILTER_PID", CAP_FILTER_PID);
   set("CAP_FILTER_COMM", CAP_FILTER_COMM);
@@ -774,6 +778,7 @@ Napi::Value Layout(const Napi::CallbackInfo &info) {
   set("CAP_CTR_BYTES_LOST", CAP_CTR_BYTES_LOST);
   set("CAP_CTR_EVENTS_LOST", CAP_CTR_EVENTS_LOST);
   set("CAP_CTR_BYTES_RATE_LIMITED", CAP_CTR_BYTES_RATE_LIMITED);
+  set("CAP_CTR_BYTES_SHED", CAP_CTR_BYTES_SHED);
   return o;
 }
 

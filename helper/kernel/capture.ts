@@ -5,9 +5,13 @@ import { BpfObject, BPF_OBJECT_PATH, BridgeError, monotonicToWallOffset, RingSta
 import { fileVersion, LibraryFile } from '../discovery/libraries';
 import { GO_READ, GO_WRITE, planGoCached } from '../discovery/golang';
 import { exportedOffsets, planOpenSsl, ProbePlan } from '../discovery/openssl';
-import { CALL_CAP_MAX, CaptureRecord, COMM_LEN, decodeBatch, DEFAULT_CALL_CAP, DEFAULT_RING_BYTES, encodeConfig, RATE_CAP_MAX } from '../records/records';
+import { CALL_CAP_MAX, CaptureRecord, CHUNK_MAX, COMM_LEN, decodeBatch, DEFAULT_CALL_CAP, DEFAULT_RING_BYTES, encodeConfig, RATE_CAP_MAX } from '../records/records';
 
 export { DEFAULT_CALL_CAP, DEFAULT_RING_BYTES, RATE_CAP_MAX };
+/** Most bytes of each call taken while the ring buffer is filling (enough for HTTP headers). */
+export const DEFAULT_SHED_HEAD = 4096;
+/** Shedding starts once this fraction of the ring buffer waits to be read (bench/overload.ts measured it). */
+export const DEFAULT_SHED_FILL = 0.5;
 /** The ring thread is woken once this many bytes wait (bpf targ_wakeup_bytes)... */
 const WAKEUP_BYTES = 1 << 20;
 /** ...and drains the ring this often in any case: the most a record waits, in ms. */
@@ -73,6 +77,13 @@ export interface CaptureOptions {
   rateCap?: number;
   /** Size of the ring buffer in bytes (a power of two, at least one page). */
   ringBytes?: number;
+  /**
+   * Load shedding: once more than `shedFill` of the ring buffer waits to be read, only the
+   * first `shedHead` bytes of each call are captured and the rest is counted (bytes_shed).
+   * shedFill 1 (or above): never shed.
+   */
+  shedHead?: number;
+  shedFill?: number;
   /** Report every exec (CAP_EV_EXEC records). */
   execEvents?: boolean;
   /** Never trace this process (default: ourselves). */
@@ -120,6 +131,8 @@ export interface KernelCounters {
   bytesFaulted: number;
   eventsLost: number;
   bytesRateLimited: number;
+  /** Bytes within the per-call cap not captured because the ring buffer was filling (load shedding). */
+  bytesShed: number;
   /** exec and lib-open records lost (discovery's; the /proc rescan makes up for them). */
   discoveryEventsLost: number;
   /**
@@ -142,6 +155,7 @@ const COUNTER_NAMES: (keyof KernelCounters)[] = [
   'bytesRateLimited',
   'discoveryEventsLost',
   'callsMissed',
+  'bytesShed',
 ];
 
 interface DataProbe {
@@ -176,6 +190,9 @@ export class Capture {
   private readonly kinds = new Map<string, LibraryFile['kind']>();
   private stopped?: Promise<KernelCounters>;
   private readonly floor: boolean;
+  /** Load shedding's settings (cap_config.shed_head, shed_above), fixed for the capture's life. */
+  private readonly shedHead: number;
+  private readonly shedAbove: number;
 
   constructor(opts: CaptureOptions = {}) {
     this.floor = opts.floor === true;
@@ -183,6 +200,13 @@ export class Capture {
     if (ringBytes < 4096 || (ringBytes & (ringBytes - 1)) !== 0) {
       throw new RangeError(`ring buffer size ${ringBytes} is not a power of two of at least 4096 bytes`);
     }
+    this.shedHead = opts.shedHead ?? DEFAULT_SHED_HEAD;
+    if (!Number.isSafeInteger(this.shedHead) || this.shedHead < 0 || this.shedHead > CHUNK_MAX) {
+      throw new RangeError(`shed head ${this.shedHead} bytes is outside 0..${CHUNK_MAX}`);
+    }
+    const fill = opts.shedFill ?? DEFAULT_SHED_FILL;
+    if (!(fill > 0)) throw new RangeError(`shed fill ${fill} is not above 0 (a fraction of the ring buffer; 1 never sheds)`);
+    this.shedAbove = fill >= 1 ? 0 : Math.max(1, Math.floor(ringBytes * fill));
     this.bpf = new BpfObject(BPF_OBJECT_PATH, {
       // Wake the ring thread once a batch's worth waits (or an eighth of a small ring); it
       // also drains every DRAIN_MS (start()).
@@ -242,7 +266,7 @@ export class Capture {
       for (const k of keys) this.bpf.update(map, k, Buffer.from([1]));
       if (keys.length) filter |= bit;
     }
-    this.bpf.update('settings', Buffer.alloc(4), encodeConfig(filter, cap, opts.execEvents ? CFG_EXEC_EVENTS : 0, rate));
+    this.bpf.update('settings', Buffer.alloc(4), encodeConfig(filter, cap, opts.execEvents ? CFG_EXEC_EVENTS : 0, rate, this.shedHead, this.shedAbove));
     for (const [map, keys] of wanted) {
       const keep = new Set(keys.map((k) => k.toString('hex')));
       for (const k of this.bpf.keys(map)) if (!keep.has(k.toString('hex'))) this.bpf.delete(map, k);

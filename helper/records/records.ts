@@ -29,6 +29,7 @@ export const enum Kind {
 export const enum Flag {
   Truncated = 1,
   RateLimited = 2,
+  Shed = 4,
 }
 
 export type Direction = 'egress' | 'ingress';
@@ -93,27 +94,32 @@ export const OFFSETS = {
   'cap_sock.flags': 10,
   'cap_sock.laddr': 16,
   'cap_sock.raddr': 32,
-  'cap_conn': 128,
+  'cap_conn': 136,
   'cap_conn.conn_id': 24,
   'cap_conn.ssl': 32,
   'cap_conn.off': 40,
   'cap_conn.reason': 56,
   'cap_conn.comm': 64,
   'cap_conn.sock': 80,
+  'cap_conn.shed': 128,
   'cap_exit': 48,
   'cap_exit.exit_code': 24,
   'cap_exit.comm': 32,
   'cap_proc': 296,
   'cap_proc.comm': 24,
   'cap_proc.path': 40,
-  'cap_config': 24,
+  'cap_config': 32,
   'cap_config.filter': 0,
   'cap_config.flags': 4,
   'cap_config.call_cap': 8,
   'cap_config.rate_cap': 16,
+  'cap_config.shed_head': 24,
+  'cap_config.shed_above': 28,
 } as const;
 
 const O = OFFSETS;
+/** Size of a connection record before cap_conn.shed was added. */
+const CONN_MIN = 128;
 
 /** The socket under a connection; addresses '0.0.0.0' and ports 0 when unknown. */
 export interface SockInfo {
@@ -187,6 +193,8 @@ export interface DataRecord extends ConnectionEvent {
   truncated: boolean;
   /** The call was cut (truncated) because its process was over the byte-rate cap. */
   rateLimited: boolean;
+  /** The call was cut (truncated) to its head because the ring buffer was filling (load shedding). */
+  shed?: boolean;
   data: Buffer;
 }
 
@@ -198,6 +206,8 @@ export interface ConnRecord extends ConnectionEvent {
   ingressBytes: number;
   /** On close. */
   reason?: CloseReason;
+  /** Bytes of the connection's calls shed so far, both directions (exact, from the kernel). */
+  shedBytes?: number;
 }
 
 export interface ExitRecord {
@@ -302,12 +312,14 @@ export function decodeRecord(r: Buffer): CaptureRecord | undefined {
       chunkOff: r.readUInt32LE(O['cap_data.chunk_off']),
       truncated: (r.readUInt16LE(O['cap_hdr.flags']) & Flag.Truncated) !== 0,
       rateLimited: (r.readUInt16LE(O['cap_hdr.flags']) & Flag.RateLimited) !== 0,
+      ...((r.readUInt16LE(O['cap_hdr.flags']) & Flag.Shed) !== 0 ? { shed: true } : {}),
       sock: decodeSock(r.subarray(O['cap_data.sock'], O['cap_data.sock'] + O.cap_sock)),
       data: r.subarray(O.cap_data),
     };
   }
   if (kind === Kind.ConnOpen || kind === Kind.ConnClose) {
-    if (r.length < O.cap_conn) throw new RecordError(`connection record of ${r.length} bytes`);
+    // 128 bytes: a record of a build before `shed` (recorded batches); its shed reads 0.
+    if (r.length < CONN_MIN) throw new RecordError(`connection record of ${r.length} bytes`);
     const rec: ConnRecord = {
       kind: kind === Kind.ConnOpen ? 'open' : 'close',
       tsNs,
@@ -320,6 +332,8 @@ export function decodeRecord(r: Buffer): CaptureRecord | undefined {
       ingressBytes: Number(r.readBigUInt64LE(O['cap_conn.off'] + 8)),
       sock: decodeSock(r.subarray(O['cap_conn.sock'], O['cap_conn.sock'] + O.cap_sock)),
     };
+    const shed = r.length >= O.cap_conn ? Number(r.readBigUInt64LE(O['cap_conn.shed'])) : 0;
+    if (shed) rec.shedBytes = shed;
     if (kind === Kind.ConnClose) rec.reason = CLOSE_REASONS[r.readUInt8(O['cap_conn.reason'])] ?? 'close';
     return rec;
   }
@@ -343,13 +357,15 @@ export function decodeRecord(r: Buffer): CaptureRecord | undefined {
   return undefined;
 }
 
-/** Encodes the `settings` map value (struct cap_config). */
-export function encodeConfig(filter: number, callCap: number, flags = 0, rateCap = 0): Buffer {
+/** Encodes the `settings` map value (struct cap_config). shedAbove 0: never shed. */
+export function encodeConfig(filter: number, callCap: number, flags = 0, rateCap = 0, shedHead = 0, shedAbove = 0): Buffer {
   const b = Buffer.alloc(O.cap_config);
   b.writeUInt32LE(filter, O['cap_config.filter']);
   b.writeUInt32LE(flags, O['cap_config.flags']);
   b.writeBigUInt64LE(BigInt(callCap), O['cap_config.call_cap']);
   b.writeBigUInt64LE(BigInt(rateCap), O['cap_config.rate_cap']);
+  b.writeUInt32LE(shedHead, O['cap_config.shed_head']);
+  b.writeUInt32LE(shedAbove, O['cap_config.shed_above']);
   return b;
 }
 
@@ -377,11 +393,11 @@ function ipv6Bytes(ip: string): Buffer {
 }
 
 /** Encodes a record as the BPF program would: used by tests and recorded fixtures. */
-export function encodeData(r: Omit<DataRecord, 'kind' | 'rateLimited'> & { rateLimited?: boolean }): Buffer {
+export function encodeData(r: Omit<DataRecord, 'kind' | 'rateLimited' | 'shed'> & { rateLimited?: boolean; shed?: boolean }): Buffer {
   const b = Buffer.alloc(O.cap_data + r.data.length);
   b.writeUInt32LE(b.length, O['cap_hdr.size']);
   b.writeUInt16LE(Kind.Data, O['cap_hdr.kind']);
-  b.writeUInt16LE((r.truncated ? Flag.Truncated : 0) | (r.rateLimited ? Flag.RateLimited : 0), O['cap_hdr.flags']);
+  b.writeUInt16LE((r.truncated ? Flag.Truncated : 0) | (r.rateLimited ? Flag.RateLimited : 0) | (r.shed ? Flag.Shed : 0), O['cap_hdr.flags']);
   b.writeBigUInt64LE(r.tsNs, O['cap_hdr.ts_ns']);
   b.writeUInt32LE(r.pid, O['cap_hdr.pid']);
   b.writeUInt32LE(r.tid, O['cap_hdr.tid']);
