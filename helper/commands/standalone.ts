@@ -20,6 +20,8 @@ export interface StandaloneOptions {
   callCap: number;
   rateCap: number;
   ringBytes: number;
+  shedHead?: number;
+  shedFill?: number;
   libraries: string[];
   printLimit: number;
   redact: boolean;
@@ -51,7 +53,7 @@ export function summary(k: KernelCounters): string {
   const lost = k.bytesLost + k.bytesFaulted;
   return (
     `${k.calls} calls, ${k.bytesMoved} bytes moved, ${k.bytesCaptured} captured, ` +
-    `${k.bytesTruncated} past the per-call cap, ${lost} lost (${k.recordsLost} records: ring buffer full; ${k.readFaults}: memory unreadable)` +
+    `${k.bytesTruncated} past the per-call cap, ${k.bytesShed} shed under load (bodies cut to their heads), ${lost} lost (${k.recordsLost} records: ring buffer full; ${k.readFaults}: memory unreadable)` +
     (k.callsMissed ? `, ${k.callsMissed} calls missed (bytes unknown: docs/protocol.md, calls_missed)` : '')
   );
 }
@@ -79,6 +81,8 @@ export async function runStandalone(o: StandaloneOptions): Promise<number> {
       callCap: o.callCap,
       rateCap: o.rateCap,
       ringBytes: o.ringBytes,
+      ...(o.shedHead !== undefined ? { shedHead: o.shedHead } : {}),
+      ...(o.shedFill !== undefined ? { shedFill: o.shedFill } : {}),
       targeted: o.targeted,
       floor: o.floor,
       pollMs: o.pollMs,

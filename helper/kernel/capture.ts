@@ -5,13 +5,9 @@ import { BpfObject, BPF_OBJECT_PATH, BridgeError, monotonicToWallOffset, RingSta
 import { fileVersion, LibraryFile } from '../discovery/libraries';
 import { GO_READ, GO_WRITE, planGoCached } from '../discovery/golang';
 import { exportedOffsets, planOpenSsl, ProbePlan } from '../discovery/openssl';
-import { CALL_CAP_MAX, CaptureRecord, CHUNK_MAX, COMM_LEN, decodeBatch, DEFAULT_CALL_CAP, DEFAULT_RING_BYTES, encodeConfig, RATE_CAP_MAX } from '../records/records';
+import { CALL_CAP_MAX, CaptureRecord, CHUNK_MAX, COMM_LEN, decodeBatch, DEFAULT_CALL_CAP, DEFAULT_RING_BYTES, DEFAULT_SHED_FILL, DEFAULT_SHED_HEAD, encodeConfig, RATE_CAP_MAX } from '../records/records';
 
-export { DEFAULT_CALL_CAP, DEFAULT_RING_BYTES, RATE_CAP_MAX };
-/** Most bytes of each call taken while the ring buffer is filling (enough for HTTP headers). */
-export const DEFAULT_SHED_HEAD = 4096;
-/** Shedding starts once this fraction of the ring buffer waits to be read (bench/overload.ts measured it). */
-export const DEFAULT_SHED_FILL = 0.5;
+export { DEFAULT_CALL_CAP, DEFAULT_RING_BYTES, DEFAULT_SHED_FILL, DEFAULT_SHED_HEAD, RATE_CAP_MAX };
 /** The ring thread is woken once this many bytes wait (bpf targ_wakeup_bytes)... */
 const WAKEUP_BYTES = 1 << 20;
 /** ...and drains the ring this often in any case: the most a record waits, in ms. */

@@ -16,6 +16,10 @@ export const DEFAULT_CALL_CAP = 1 << 20;
 export const RATE_CAP_MAX = 0xffffffff;
 /** The ring buffer's size unless told otherwise (--ring-size). */
 export const DEFAULT_RING_BYTES = 32 << 20;
+/** Most bytes of a call that starts a message taken while the ring buffer is filling (enough for HTTP headers). */
+export const DEFAULT_SHED_HEAD = 4096;
+/** Shedding starts once this fraction of the ring buffer waits to be read (bench/overload.ts measured it). */
+export const DEFAULT_SHED_FILL = 0.5;
 
 export const enum Kind {
   Data = 1,

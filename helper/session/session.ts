@@ -31,6 +31,9 @@ export interface SessionOptions {
   /** Bytes per second per process captured at most (0: no limit). */
   rateCap: number;
   ringBytes?: number;
+  /** Load shedding (--shed-head, --shed-fill; helper/kernel/capture.ts CaptureOptions). */
+  shedHead?: number;
+  shedFill?: number;
   /**
    * Plant probes only in the processes of `pids` and `comms`: others pay nothing, but a new
    * process is covered only once its probes are in (docs/architecture.md). The targets are
@@ -191,7 +194,14 @@ export class Session {
   /** Loads the BPF object after the checks that need no kernel; throws what explain() reads. */
   open(): void {
     preflight();
-    this.capture = new Capture({ ...this.filter(), ...(this.opts.ringBytes ? { ringBytes: this.opts.ringBytes } : {}), floor: this.opts.floor });
+    const { shedHead, shedFill } = this.opts;
+    this.capture = new Capture({
+      ...this.filter(),
+      ...(this.opts.ringBytes ? { ringBytes: this.opts.ringBytes } : {}),
+      ...(shedHead !== undefined ? { shedHead } : {}),
+      ...(shedFill !== undefined ? { shedFill } : {}),
+      floor: this.opts.floor,
+    });
   }
 
   /** Unix time in ns of the capture's monotonic 0. */
