@@ -96,6 +96,7 @@ export function wireCounters(k: KernelCounters | undefined): WireKernelCounters 
     bytes_rate_limited: k?.bytesRateLimited ?? 0,
     discovery_events_lost: k?.discoveryEventsLost ?? 0,
     calls_missed: k?.callsMissed ?? 0,
+    bytes_shed: k?.bytesShed ?? 0,
   };
 }
 
@@ -123,7 +124,7 @@ export function attachNotes(r: AttachResult): string {
 
 /** Sends a loss frame per source for what was lost since the previous report of that source. */
 class LossReporter {
-  private readonly reported = { ring_buffer: [0, 0], memory_fault: [0, 0], events: [0, 0], calls_missed: [0, 0], writer_queue: [0, 0] };
+  private readonly reported = { ring_buffer: [0, 0], memory_fault: [0, 0], events: [0, 0], calls_missed: [0, 0], writer_queue: [0, 0], shed: [0, 0] };
 
   constructor(
     private readonly writer: FrameWriter,
@@ -138,6 +139,7 @@ class LossReporter {
       events: [0, k.eventsLost],
       calls_missed: [0, k.callsMissed], // their bytes are unknown: records only
       writer_queue: [w.dropped_bytes, w.dropped_segments],
+      shed: [k.bytesShed, 0], // not lost: cut to their heads under load; records 0
     };
     for (const src of Object.keys(this.reported) as (keyof LossReporter['reported'])[]) {
       const [b, r] = now[src];
