@@ -263,7 +263,7 @@ export class PcapngRenderer implements Renderer {
       const other = dir === 0 ? 1 : 0;
       const notes: string[] = [];
       if (seq > c.next[dir]) notes.push(`${seq - c.next[dir]} bytes not captured before this (${(f.lost_before as number) > 0 ? 'lost' : 'past the per-call or rate cap'})`);
-      if (f.truncated === true) notes.push(`the rest of this ${f.len_total}-byte call was not captured (${f.rate_limited ? '--rate-cap' : '--call-cap'})`);
+      if (f.truncated === true) notes.push(`the rest of this ${f.len_total}-byte call was not captured (${f.shed ? 'shed under load, --shed-head' : f.rate_limited ? '--rate-cap' : '--call-cap'})`);
       c.next[dir] = Math.max(c.next[dir], seq + data.length);
       const ack = c.isn[other] + Math.max(Number(f.ack as bigint), c.next[other]);
       for (let at = 0; at < data.length || (at === 0 && data.length === 0 && notes.length); at += MAX_PAYLOAD) {
