@@ -253,6 +253,14 @@ class Reader {
         this.cur.gapNote = { at: this.cur.notes.length, why, bytes, pieces: 1 };
         this.cur.notes.push(`${bytes} bytes of the body at offset ${at} were not captured (${why})`);
       }
+      // Inside a body whose end is further on (or that ends at the close), the parser only
+      // needs to know how much is left: no need to run it over the missing bytes (load
+      // shedding makes most of every body such a gap, and zeros cost as much as data).
+      if (s.state === 'BODY_RAW' || ((s.state === 'BODY_SIZED' || s.state === 'BODY_CHUNK') && (s.body_bytes ?? 0) > bytes)) {
+        if (s.state !== 'BODY_RAW') s.body_bytes = (s.body_bytes ?? 0) - bytes;
+        this.cur.bodyMissing += bytes;
+        return false;
+      }
       this.filling = true;
       this.chunk = ZEROS;
       this.chunkSeq = at;
