@@ -116,6 +116,7 @@ struct conn_state {
 	__u32 ended;  // set once by whoever ends it: close() and the last call may race
 	__u32 pad2;
 	__u64 shed;   // bytes of its calls shed (CAP_F_SHED), both directions
+	__u64 other_at[2]; // per direction: the other direction's offset at this direction's last call
 };
 
 struct {
@@ -618,7 +619,8 @@ static __always_inline struct conn_state *emit_call(__u64 id, struct call_args *
 	struct conn_state *s;
 	struct emit_ctx c = {};
 	__u64 cap = cfg ? cfg->call_cap : 0;
-	__u64 want, shed = 0;
+	__u64 want, shed = 0, head;
+	bool turned;
 
 	dir &= 1;
 	s = bpf_map_lookup_elem(&conns, &(struct conn_key){ .tgid = tgid, .ssl = a->ssl });
@@ -636,6 +638,11 @@ static __always_inline struct conn_state *emit_call(__u64 id, struct call_args *
 	conn_open(tgid, a->ssl, s, cfg);
 	c.tmpl.seq = s->off[dir];
 	c.tmpl.ack = s->off[dir ^ 1];
+	// A call that starts a direction, or the first since the other direction moved, is where a
+	// message starts (a request after a response, a response after its request): while
+	// shedding, only such calls keep a head; the rest of a long message keeps none.
+	turned = s->off[dir] == 0 || s->other_at[dir] != s->off[dir ^ 1];
+	s->other_at[dir] = s->off[dir ^ 1];
 	// One SSL* is used by one thread at a time (OpenSSL requires it), so this is no race.
 	s->off[dir] += len;
 
@@ -656,13 +663,15 @@ static __always_inline struct conn_state *emit_call(__u64 id, struct call_args *
 	c.buf = a->buf;
 	want = len < cap ? len : cap;
 	// Shed bodies, not exchanges: once the ring is filling (the reader is behind), take only
-	// the head of each call (HTTP's request line, status and headers) and count the rest, so
-	// that what is left of the ring holds the heads of every call rather than the whole of a
+	// the head of a call that starts a message (HTTP's request line, status and headers) and
+	// none of a call that continues one (only its marked record), and count the rest, so that
+	// what is left of the ring holds the heads of every exchange rather than the whole of a
 	// few. Records are dropped (counted as lost) only when even heads find no room.
 	if (cfg && cfg->shed_above && want > cfg->shed_head &&
 	    bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) > cfg->shed_above) {
-		shed = want - cfg->shed_head;
-		want = cfg->shed_head;
+		head = turned ? cfg->shed_head : 0;
+		shed = want - head;
+		want = head;
 		c.tmpl.h.flags = CAP_F_TRUNCATED | CAP_F_SHED;
 	}
 	c.ncap = rate_take(tgid, want, cfg ? cfg->rate_cap : 0);

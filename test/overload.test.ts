@@ -279,6 +279,8 @@ describe('--ipc helper under overload (kernel, nginx and curl)', function () {
     // Heads only: a shed segment holds at most --shed-head bytes, and they are what nginx sent there.
     const shed = f.segs.filter((s) => s.shed);
     assert.ok(shed.every((s) => s.data.length <= HEAD && Number(s.len_total) > HEAD), 'a shed call keeps at most its head');
+    // Within a body (no turn of direction since the call before) a shed call keeps nothing.
+    assert.ok(shed.some((s) => s.data.length === 0), 'continuation calls shed whole');
     for (const p of pids) {
       const c = f.closes.find((x) => x.pid === p)!;
       // Two responses of the same head length H: [H head][1 MiB body][H head][1 MiB body].

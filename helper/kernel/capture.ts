@@ -75,7 +75,8 @@ export interface CaptureOptions {
   ringBytes?: number;
   /**
    * Load shedding: once more than `shedFill` of the ring buffer waits to be read, only the
-   * first `shedHead` bytes of each call are captured and the rest is counted (bytes_shed).
+   * first `shedHead` bytes of a call that starts a message (the first since the other direction
+   * moved) are captured, none of one that continues it, and the rest is counted (bytes_shed).
    * shedFill 1 (or above): never shed.
    */
   shedHead?: number;

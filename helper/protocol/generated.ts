@@ -282,7 +282,7 @@ export interface SegmentFrame {
    */
   rate_limited?: boolean;
   /**
-   * Set (true) on a truncated segment whose call was cut to its head (the helper's --shed-head, 4096 bytes by default) because the kernel's ring buffer was filling: under overload the helper sheds bodies, not exchanges. The bytes cut are counted in kernel.bytes_shed (and the connection's conn_close bytes_shed), not in bytes_truncated; the next segment's seq says how many. Absent otherwise, and from helpers older than this field.
+   * Set (true) on a truncated segment whose call was cut because the kernel's ring buffer was filling: under overload the helper sheds bodies, not exchanges. A call that starts a message (the first of its direction, or the first since the other direction moved) keeps its head (the helper's --shed-head, 4096 bytes by default); one that continues a message keeps nothing (empty data). The bytes cut are counted in kernel.bytes_shed (and the connection's conn_close bytes_shed), not in bytes_truncated; the next segment's seq says how many. Absent otherwise, and from helpers older than this field.
    */
   shed?: boolean;
   /**
