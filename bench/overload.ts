@@ -1,9 +1,12 @@
 // overload.ts: `node dist/bench/overload.js`: does the capture keep every exchange when it cannot
 // keep every byte? nginx (1 worker, TLS, 127.0.0.1) under wrk at saturation with 256 KiB
 // responses and 64 KiB POSTs, both ends captured, the helper in --ipc mode (frames to a file)
-// and in the default text mode (--print-limit 0, to a file). For each run: how many of the
-// requests nginx logged appear as exchanges with request line, status and headers at both ends
-// (nginx's worker and wrk), and the kernel's books (bytes moved, shed, lost). Variants, all in
+// and in every standalone format (text, raw, jsonl, har, pcapng; --print-limit 0, to a file).
+// For each run: req/s against a run without capture made just before (same workload, same
+// run), how many of the requests nginx logged appear as exchanges with request line, status
+// and headers at both ends (nginx's worker and wrk; text, jsonl, har and --ipc: raw and pcapng
+// keep calls, not exchanges), the kernel's books (bytes moved, shed, lost), the helper's CPU
+// seconds and its peak RSS. `npm run bench:overload`. Variants, all in
 // the same run so that their ratios compare: the helper without shedding (--shed-fill 1), with
 // it (the defaults), and optionally another build (--before DIST_CLI, e.g. the commit before
 // shedding). A script, never a test.
@@ -16,11 +19,12 @@ import { runLoad, WORKLOADS } from './lib/load';
 import { startBenchNginx } from './lib/nginx';
 import { PACKAGE_ROOT } from './lib/capture';
 import { tmpDir } from '../test/lib/servers';
-import { statusKiB } from '../test/lib/procfs';
+import { cpuSeconds, statusKiB } from '../test/lib/procfs';
 import { replayFrames } from '../helper/commands/replay';
 import { HttpExchange, Session } from '../helper/http/exchanges';
 
-type Mode = 'ipc' | 'text';
+type Mode = 'ipc' | 'text' | 'raw' | 'jsonl' | 'har' | 'pcapng';
+const MODES: Mode[] = ['ipc', 'text', 'raw', 'jsonl', 'har', 'pcapng'];
 
 interface Variant {
   name: string;
@@ -33,21 +37,27 @@ interface Row {
   mode: Mode;
   variant: string;
   rps: number;
+  /** rps / the rps of the run without capture just before. */
+  ratio: number;
+  /** CPU seconds (user + system) of the helper, start to stop. */
+  helperCpuS: number;
   /** Requests nginx logged during the load. */
   requests: number;
-  /** Exchanges with request line, status and headers, of nginx's worker and of wrk. */
-  server: number;
-  client: number;
+  /** Exchanges with request line, status and headers, of nginx's worker and of wrk (raw, pcapng: not counted). */
+  server?: number;
+  client?: number;
   /** min(server, client) / requests. */
-  bothEnds: number;
+  bothEnds?: number;
   /**
    * wrk's connections whose last exchange is a request without a response: in flight when wrk
    * stopped at the end of the run (it closes its connections then; nginx logged the answer wrk
    * never read). At most one per connection.
    */
-  clientUnanswered: number;
+  clientUnanswered?: number;
   /** min(server, client + clientUnanswered) / requests: both ends, the end of the run aside. */
-  bothEndsSettled: number;
+  bothEndsSettled?: number;
+  /** Bytes the standalone command shed because its output fell behind (formats/shed.ts). */
+  outputShed?: number;
   bytesMoved?: number;
   bytesCaptured?: number;
   bytesShed?: number;
@@ -126,6 +136,63 @@ async function countText(file: string): Promise<{ perPid: Map<number, number>; u
   return { perPid, unanswered };
 }
 
+type Counts = { perPid: Map<number, number>; unanswered: Map<number, number> };
+
+/** Tallies exchanges per pid, and per connection whether its last one was a request left unanswered. */
+class Tally {
+  readonly perPid = new Map<number, number>();
+  private readonly last = new Map<string, { pid: number; unanswered: boolean }>();
+  add(pid: number, conn: string, headed: boolean, unanswered: boolean): void {
+    if (headed) this.perPid.set(pid, (this.perPid.get(pid) ?? 0) + 1);
+    this.last.set(conn, { pid, unanswered });
+  }
+  counts(): Counts {
+    const unanswered = new Map<number, number>();
+    for (const l of this.last.values()) if (l.unanswered) unanswered.set(l.pid, (unanswered.get(l.pid) ?? 0) + 1);
+    return { perPid: this.perPid, unanswered };
+  }
+}
+
+/** The same count from JSON Lines: "exchange" lines (schemas/jsonl/line.schema.json). */
+async function countJsonl(file: string): Promise<Counts> {
+  const t = new Tally();
+  const rl = readline.createInterface({ input: fs.createReadStream(file, { highWaterMark: 1 << 20 }), crlfDelay: Infinity });
+  for await (const line of rl) {
+    if (!line.startsWith('{"type":"exchange"')) continue;
+    const l = JSON.parse(line) as { conn: { id: string; pid: number }; request?: { method?: string; headers: unknown[] }; response?: { status?: number; headers: unknown[] } };
+    const q = l.request;
+    const r = l.response;
+    t.add(l.conn.pid, `${l.conn.pid}:${l.conn.id}`, !!q?.method && q.headers.length > 0 && !!r?.status && r.headers.length > 0, !!q && q.headers.length > 0 && !r);
+  }
+  return t.counts();
+}
+
+/**
+ * The same count from the HAR (streamed by formats/har.ts, an entry per block at six spaces):
+ * a method, a status above 0, non-empty request and response headers, and _process.pid.
+ * Line by line: the file can be larger than a string may be.
+ */
+async function countHar(file: string): Promise<Counts> {
+  const t = new Tally();
+  let cur: { method: boolean; status: boolean; headers: number; pid: number; conn: string } | undefined;
+  const rl = readline.createInterface({ input: fs.createReadStream(file, { highWaterMark: 1 << 20 }), crlfDelay: Infinity });
+  for await (const line of rl) {
+    if (line === '      {') cur = { method: false, status: false, headers: 0, pid: -1, conn: '' };
+    else if (cur && (line === '      }' || line === '      },')) {
+      t.add(cur.pid, `${cur.pid}:${cur.conn}`, cur.method && cur.status && cur.headers >= 2, false);
+      cur = undefined;
+    } else if (cur) {
+      let m: RegExpExecArray | null;
+      if (/^ {10}"method": "[A-Z]+",$/.test(line)) cur.method = true;
+      else if (/^ {10}"status": [1-9]\d\d,$/.test(line)) cur.status = true;
+      else if (/^ {10}"headers": \[$/.test(line)) cur.headers++;
+      else if ((m = /^ {10}"pid": (\d+),?$/.exec(line))) cur.pid = Number(m[1]);
+      else if ((m = /^ {8}"connection": "(\d+)",?$/.exec(line))) cur.conn = m[1]!;
+    }
+  }
+  return t.counts();
+}
+
 /** The counters of the text mode's closing line (stderr): `stopped: N calls, N bytes moved, ...`. */
 function textCounters(stderr: string): Record<string, number> {
   const line = /stopped: (.*)/.exec(stderr)?.[1] ?? '';
@@ -139,10 +206,11 @@ function textCounters(stderr: string): Record<string, number> {
   put('bytes_captured', n(/(\d+) captured/));
   put('bytes_shed', n(/(\d+) shed under load/));
   put('bytes_lost', n(/(\d+) lost/));
+  put('output_shed', n(/(\d+) more shed because the output fell behind/));
   return out;
 }
 
-async function startHelper(v: Variant, mode: Mode, out: string, filter: string[]): Promise<{ child: ChildProcess; stderr: () => string; stop: () => Promise<void>; peak: () => number }> {
+async function startHelper(v: Variant, mode: Mode, out: string, filter: string[]): Promise<{ child: ChildProcess; stderr: () => string; stop: () => Promise<void>; peak: () => number; cpu: () => number }> {
   const args = [v.cli, ...filter, ...v.args];
   let child: ChildProcess;
   if (mode === 'ipc') {
@@ -150,7 +218,7 @@ async function startHelper(v: Variant, mode: Mode, out: string, filter: string[]
     child = spawn(process.execPath, [...args, '--ipc'], { stdio: ['pipe', fd, 'pipe'] });
     fs.closeSync(fd);
   } else {
-    child = spawn(process.execPath, [...args, '--print-limit', '0', '--no-color', '-o', out], { stdio: ['ignore', 'ignore', 'pipe'] });
+    child = spawn(process.execPath, [...args, '--format', mode, '--print-limit', '0', '--no-color', '-o', out], { stdio: ['ignore', 'ignore', 'pipe'] });
   }
   let err = '';
   child.stderr!.on('data', (b: Buffer) => (err += b.toString()));
@@ -161,9 +229,12 @@ async function startHelper(v: Variant, mode: Mode, out: string, filter: string[]
     await sleep(50);
   }
   let peak = 0;
+  let cpu = 0;
+  const cpu0 = cpuSeconds(child.pid!);
   const sampler = setInterval(() => {
     try {
       peak = Math.max(peak, statusKiB(child.pid!, 'VmRSS'));
+      cpu = cpuSeconds(child.pid!) - cpu0;
     } catch {
       // gone
     }
@@ -172,6 +243,7 @@ async function startHelper(v: Variant, mode: Mode, out: string, filter: string[]
     child,
     stderr: () => err,
     peak: () => peak / 1024,
+    cpu: () => cpu,
     stop: async () => {
       clearInterval(sampler);
       try {
@@ -179,6 +251,15 @@ async function startHelper(v: Variant, mode: Mode, out: string, filter: string[]
       } catch {
         // gone
       }
+      // Until exit (draining what is left, rendering it): sampled on the exit itself.
+      const tail = setInterval(() => {
+        try {
+          cpu = cpuSeconds(child.pid!) - cpu0;
+        } catch {
+          // gone
+        }
+      }, 50);
+      void exited.then(() => clearInterval(tail));
       if (mode === 'ipc') child.stdin!.end();
       else child.kill('SIGINT');
       await exited;
@@ -190,8 +271,8 @@ async function main(): Promise<void> {
   const opts = new Command('overload')
     .option('-d, --duration <s>', 'seconds of load per run', (v) => Number(v), 8)
     .option('-w, --workloads <names>', 'comma-separated, of large,post', 'large,post')
-    .option('-m, --modes <names>', 'comma-separated, of ipc,text', 'ipc,text')
-    .option('--variants <names>', 'comma-separated, of before,noshed,shed (before needs --before)', 'noshed,shed')
+    .option('-m, --modes <names>', `comma-separated, of ${MODES.join(',')}`, MODES.join(','))
+    .option('--variants <names>', 'comma-separated, of before,noshed,shed (before needs --before)', 'shed')
     .option('--before <cli.js>', "another build's dist/helper/cli.js: the variant 'before'")
     .option('--shed-fill <f>', 'the shed variant: --shed-fill (default: the helper default)')
     .option('--keep', 'keep the output files (they hold test traffic only)')
@@ -217,6 +298,10 @@ async function main(): Promise<void> {
       const w = WORKLOADS.find((x) => x.name === wname);
       if (!w) throw new Error(`unknown workload ${wname}`);
       for (const mode of opts.modes.split(',') as Mode[]) {
+        if (!MODES.includes(mode)) throw new Error(`unknown mode ${mode}`);
+        // The same load with no capture, just before: what the ratios are taken against.
+        const base = await runLoad(w.argv(nginx.port, opts.duration, dir));
+        process.stderr.write(`${w.name}: no capture ${base.requestsPerSec} req/s\n`);
         for (const v of variants) {
           const out = path.join(dir, `${w.name}-${mode}-${v.name}.out`);
           // Only this run's traffic: nginx and wrk on this port (other programs on the machine may use TLS too).
@@ -228,9 +313,9 @@ async function main(): Promise<void> {
           const requests = nginx.requests() - req0;
           await h.stop();
           const outputBytes = fs.statSync(out).size;
-          let server: number;
-          let client: number;
-          let unanswered: number;
+          let server: number | undefined;
+          let client: number | undefined;
+          let unanswered: number | undefined;
           let k: Record<string, number>;
           let dropped: number | undefined;
           if (mode === 'ipc') {
@@ -241,27 +326,37 @@ async function main(): Promise<void> {
             k = r.kernel ?? {};
             dropped = r.writer?.dropped_bytes;
           } else {
-            const r = await countText(out);
-            server = r.perPid.get(nginx.workerPid) ?? 0;
-            client = r.perPid.get(load.pid) ?? 0;
-            unanswered = r.unanswered.get(load.pid) ?? 0;
+            const r = mode === 'text' ? await countText(out) : mode === 'jsonl' ? await countJsonl(out) : mode === 'har' ? await countHar(out) : undefined;
+            if (r) {
+              server = r.perPid.get(nginx.workerPid) ?? 0;
+              client = r.perPid.get(load.pid) ?? 0;
+              unanswered = r.unanswered.get(load.pid) ?? 0;
+            }
             k = textCounters(h.stderr());
           }
           if (!opts.keep) fs.rmSync(out, { force: true });
+          const counted = server !== undefined && client !== undefined;
           const row: Row = {
             workload: w.name,
             mode,
             variant: v.name,
             rps: load.requestsPerSec,
+            ratio: load.requestsPerSec / base.requestsPerSec,
+            helperCpuS: h.cpu(),
             requests,
-            server,
-            client,
-            bothEnds: Math.min(server, client) / Math.max(1, requests),
-            clientUnanswered: unanswered,
-            bothEndsSettled: Math.min(server, client + unanswered) / Math.max(1, requests),
+            ...(counted
+              ? {
+                  server,
+                  client,
+                  bothEnds: Math.min(server!, client!) / Math.max(1, requests),
+                  clientUnanswered: unanswered ?? 0,
+                  bothEndsSettled: Math.min(server!, client! + (unanswered ?? 0)) / Math.max(1, requests),
+                }
+              : {}),
             ...(k.bytes_moved !== undefined ? { bytesMoved: k.bytes_moved } : {}),
             ...(k.bytes_captured !== undefined ? { bytesCaptured: k.bytes_captured } : {}),
             ...(k.bytes_shed !== undefined ? { bytesShed: k.bytes_shed } : {}),
+            ...(k.output_shed !== undefined ? { outputShed: k.output_shed } : {}),
             ...(k.bytes_lost !== undefined ? { bytesLost: k.bytes_lost } : {}),
             ...(dropped !== undefined ? { writerDropped: dropped } : {}),
             outputBytes,
@@ -277,11 +372,12 @@ async function main(): Promise<void> {
     fs.rmSync(dir, { recursive: true, force: true });
   }
   const mb = (x: number | undefined): string => (x === undefined ? '' : (x / 1e6).toFixed(0));
-  const head = ['workload', 'mode', 'helper', 'req/s', 'nginx requests', 'exchanges nginx', 'exchanges wrk', 'both ends / requests', 'wrk: unanswered at its exit', 'both ends, end of run aside', 'MB moved', 'MB captured', 'MB shed', 'MB lost', 'MB dropped by writer', 'peak RSS MiB'];
+  const pct = (x: number | undefined): string => (x === undefined ? 'n/a' : `${(100 * x).toFixed(2)} %`);
+  const head = ['workload', 'mode', 'helper', 'req/s', 'req/s ratio', 'nginx requests', 'exchanges nginx', 'exchanges wrk', 'both ends / requests', 'both ends, end of run aside', 'MB moved', 'MB captured', 'MB shed (kernel)', 'MB shed (output behind)', 'MB lost', 'helper CPU s', 'peak RSS MiB'];
   const lines = [`| ${head.join(' | ')} |`, `|${head.map((_h, i) => (i < 3 ? '---' : '---:')).join('|')}|`];
   for (const r of rows) {
     lines.push(
-      `| ${[r.workload, r.mode, r.variant, r.rps.toFixed(0), r.requests, r.server, r.client, `${(100 * r.bothEnds).toFixed(2)} %`, r.clientUnanswered, `${(100 * r.bothEndsSettled).toFixed(2)} %`, mb(r.bytesMoved), mb(r.bytesCaptured), mb(r.bytesShed), mb(r.bytesLost), mb(r.writerDropped), r.peakRssMiB.toFixed(0)].join(' | ')} |`,
+      `| ${[r.workload, r.mode, r.variant, r.rps.toFixed(0), r.ratio.toFixed(2), r.requests, r.server ?? 'n/a', r.client ?? 'n/a', pct(r.bothEnds), pct(r.bothEndsSettled), mb(r.bytesMoved), mb(r.bytesCaptured), mb(r.bytesShed), mb(r.outputShed), mb(r.bytesLost), r.helperCpuS.toFixed(1), r.peakRssMiB.toFixed(0)].join(' | ')} |`,
     );
   }
   process.stdout.write(`${lines.join('\n')}\n`);
