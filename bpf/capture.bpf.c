@@ -115,6 +115,8 @@ struct conn_state {
 	__u32 busy;   // calls on it in progress (another thread may close the socket meanwhile)
 	__u32 ended;  // set once by whoever ends it: close() and the last call may race
 	__u32 pad2;
+	__u64 shed;   // bytes of its calls shed (CAP_F_SHED), both directions
+	__u64 other_at[2]; // per direction: the other direction's offset at this direction's last call
 };
 
 struct {
@@ -227,7 +229,10 @@ struct emit_ctx {
 	struct cap_data tmpl;
 	__u64 buf;
 	__u64 ncap; // bytes of the call to capture: min(call_len, call_cap)
+	__u32 res;  // what became of the last chunk: enum emit_res
 };
+
+enum emit_res { EMIT_SUBMITTED = 1, EMIT_LOST = 2, EMIT_FAULTED = 3 };
 
 // One chunk in a record of CLS data bytes: records are reserved in a few size classes so
 // that small calls do not take 16 KiB of ring each; the record's `size` says what is used.
@@ -238,6 +243,7 @@ static __always_inline long emit_sized(struct emit_ctx *c, __u32 off, __u32 n, c
 	if (!r) {
 		count(CAP_CTR_RECORDS_LOST, 1);
 		count(CAP_CTR_BYTES_LOST, n);
+		c->res = EMIT_LOST;
 		return 0; // keep going: later chunks may find room, and each loss is counted
 	}
 	__builtin_memcpy(r, &c->tmpl, sizeof(*r));
@@ -252,8 +258,10 @@ static __always_inline long emit_sized(struct emit_ctx *c, __u32 off, __u32 n, c
 		bpf_ringbuf_discard(r, 0);
 		count(CAP_CTR_READ_FAULTS, 1);
 		count(CAP_CTR_BYTES_FAULTED, n);
+		c->res = EMIT_FAULTED;
 		return 0;
 	}
+	c->res = EMIT_SUBMITTED;
 	bpf_ringbuf_submit(r, wakeup());
 	count(CAP_CTR_BYTES_CAPTURED, n);
 	return 0;
@@ -346,6 +354,7 @@ static __always_inline void emit_conn(__u16 kind, __u32 tgid, __u64 ssl, struct 
 	e->reason = reason;
 	bpf_get_current_comm(e->comm, sizeof(e->comm));
 	__builtin_memcpy(&e->sock, &s->sock, sizeof(e->sock));
+	e->shed = s->shed;
 	bpf_ringbuf_submit(e, wakeup());
 }
 
@@ -610,6 +619,8 @@ static __always_inline struct conn_state *emit_call(__u64 id, struct call_args *
 	struct conn_state *s;
 	struct emit_ctx c = {};
 	__u64 cap = cfg ? cfg->call_cap : 0;
+	__u64 want, shed = 0, head;
+	bool turned;
 
 	dir &= 1;
 	s = bpf_map_lookup_elem(&conns, &(struct conn_key){ .tgid = tgid, .ssl = a->ssl });
@@ -627,6 +638,11 @@ static __always_inline struct conn_state *emit_call(__u64 id, struct call_args *
 	conn_open(tgid, a->ssl, s, cfg);
 	c.tmpl.seq = s->off[dir];
 	c.tmpl.ack = s->off[dir ^ 1];
+	// A call that starts a direction, or the first since the other direction moved, is where a
+	// message starts (a request after a response, a response after its request): while
+	// shedding, only such calls keep a head; the rest of a long message keeps none.
+	turned = s->off[dir] == 0 || s->other_at[dir] != s->off[dir ^ 1];
+	s->other_at[dir] = s->off[dir ^ 1];
 	// One SSL* is used by one thread at a time (OpenSSL requires it), so this is no race.
 	s->off[dir] += len;
 
@@ -645,10 +661,23 @@ static __always_inline struct conn_state *emit_call(__u64 id, struct call_args *
 	__builtin_memcpy(&c.tmpl.sock, &s->sock, sizeof(c.tmpl.sock));
 	bpf_get_current_comm(c.tmpl.comm, sizeof(c.tmpl.comm));
 	c.buf = a->buf;
-	c.ncap = rate_take(tgid, len < cap ? len : cap, cfg ? cfg->rate_cap : 0);
-	if (c.ncap < len && c.ncap < cap) {
-		c.tmpl.h.flags = CAP_F_TRUNCATED | CAP_F_RATE_LIMITED;
-		count(CAP_CTR_BYTES_RATE_LIMITED, (len < cap ? len : cap) - c.ncap);
+	want = len < cap ? len : cap;
+	// Shed bodies, not exchanges: once the ring is filling (the reader is behind), take only
+	// the head of a call that starts a message (HTTP's request line, status and headers) and
+	// none of a call that continues one (only its marked record), and count the rest, so that
+	// what is left of the ring holds the heads of every exchange rather than the whole of a
+	// few. Records are dropped (counted as lost) only when even heads find no room.
+	if (cfg && cfg->shed_above && want > cfg->shed_head &&
+	    bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) > cfg->shed_above) {
+		head = turned ? cfg->shed_head : 0;
+		shed = want - head;
+		want = head;
+		c.tmpl.h.flags = CAP_F_TRUNCATED | CAP_F_SHED;
+	}
+	c.ncap = rate_take(tgid, want, cfg ? cfg->rate_cap : 0);
+	if (c.ncap < want) {
+		c.tmpl.h.flags |= CAP_F_TRUNCATED | CAP_F_RATE_LIMITED;
+		count(CAP_CTR_BYTES_RATE_LIMITED, want - c.ncap);
 	}
 	c.tmpl.cap_len = c.ncap;
 
@@ -661,6 +690,17 @@ static __always_inline struct conn_state *emit_call(__u64 id, struct call_args *
 		emit_chunk(0, &c);
 	else
 		bpf_loop((c.ncap + CAP_CHUNK_MAX - 1) / CAP_CHUNK_MAX, emit_chunk, &c, 0);
+	// A shed call is one record (its head, at most CAP_CHUNK_MAX). Its cut is shed only if
+	// that record reached the ring: a host that never sees the head cannot tell a cut from a
+	// loss, so then the whole call counts as lost (or faulted), as the host's gap will say.
+	if (shed) {
+		if (c.res == EMIT_SUBMITTED) {
+			count(CAP_CTR_BYTES_SHED, shed);
+			s->shed += shed;
+		} else {
+			count(c.res == EMIT_FAULTED ? CAP_CTR_BYTES_FAULTED : CAP_CTR_BYTES_LOST, shed);
+		}
+	}
 	return s;
 }
 

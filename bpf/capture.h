@@ -69,6 +69,7 @@ enum cap_dir {
 enum cap_flags {
 	CAP_F_TRUNCATED = 1, /* bytes of the call past cap_len were not captured (a cap below) */
 	CAP_F_RATE_LIMITED = 2, /* ...because the process was over its byte-rate cap */
+	CAP_F_SHED = 4, /* ...because the ring buffer was filling: only the call's head was taken */
 };
 
 /* Every record starts with this; `size` is the number of meaningful bytes of the
@@ -130,6 +131,7 @@ struct cap_conn {
 	__u8 pad[7];
 	char comm[CAP_COMM_LEN];
 	struct cap_sock sock;
+	__u64 shed;    /* bytes of the connection's calls shed so far, both directions (CAP_F_SHED) */
 };
 
 /* CAP_EV_EXEC and CAP_EV_LIB_OPEN: the process, and for LIB_OPEN the path as given to
@@ -154,6 +156,7 @@ enum cap_counter {
 	CAP_CTR_BYTES_RATE_LIMITED, /* bytes not captured: the process was over rate_cap */
 	CAP_CTR_DISCOVERY_LOST,     /* exec and lib-open records the ring had no room for */
 	CAP_CTR_CALLS_MISSED,       /* traced calls whose bytes could not be taken (count unknown) */
+	CAP_CTR_BYTES_SHED,         /* bytes within the per-call cap not captured: the ring was filling */
 	CAP_CTR_MAX,
 };
 
@@ -175,6 +178,8 @@ struct cap_config {
 	__u64 call_cap; /* most bytes captured per call (<= CAP_CHUNK_MAX * CAP_MAX_CHUNKS) */
 	__u64 rate_cap; /* most bytes captured per second per process (token bucket, burst of
 			 * one second); 0: no limit. At most CAP_RATE_CAP_MAX. */
+	__u32 shed_head;  /* while shedding, most bytes captured per call (<= CAP_CHUNK_MAX) */
+	__u32 shed_above; /* shed once more than this many bytes wait in the ring; 0: never */
 };
 #define CAP_RATE_CAP_MAX 0xffffffffULL
 
@@ -184,9 +189,9 @@ struct cap_config {
 _Static_assert(sizeof(struct cap_hdr) == 24, "cap_hdr layout");
 _Static_assert(sizeof(struct cap_sock) == 48, "cap_sock layout");
 _Static_assert(sizeof(struct cap_data) == 144, "cap_data layout");
-_Static_assert(sizeof(struct cap_conn) == 128, "cap_conn layout");
+_Static_assert(sizeof(struct cap_conn) == 136, "cap_conn layout");
 _Static_assert(sizeof(struct cap_proc) == 296, "cap_proc layout");
 _Static_assert(sizeof(struct cap_exit) == 48, "cap_exit layout");
-_Static_assert(sizeof(struct cap_config) == 24, "cap_config layout");
+_Static_assert(sizeof(struct cap_config) == 32, "cap_config layout");
 
 #endif

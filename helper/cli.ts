@@ -8,7 +8,7 @@ import { Command, InvalidArgumentError } from 'commander';
 // discovery) is required by the command that uses it, so `replay` runs without it.
 import { explain, UserError } from './errors';
 import { FORMATS } from './formats';
-import { CALL_CAP_MAX, DEFAULT_CALL_CAP, DEFAULT_RING_BYTES, RATE_CAP_MAX } from './records/records';
+import { CALL_CAP_MAX, CHUNK_MAX, DEFAULT_CALL_CAP, DEFAULT_RING_BYTES, DEFAULT_SHED_FILL, DEFAULT_SHED_HEAD, RATE_CAP_MAX } from './records/records';
 import { checkFormat, openOutput } from './commands/output';
 
 interface Options {
@@ -20,6 +20,8 @@ interface Options {
   callCap: number;
   rateCap: number;
   ringSize: number;
+  shedHead: number;
+  shedFill: number;
   library: string[];
   printLimit: number;
   format: string;
@@ -59,6 +61,8 @@ function program(): Command {
     .option('--call-cap <bytes>', 'most bytes captured of one TLS call; the rest is counted', intArg('--call-cap', 0, CALL_CAP_MAX), DEFAULT_CALL_CAP)
     .option('--rate-cap <bytes>', 'most bytes captured per second per process (0: no limit); the rest is counted', intArg('--rate-cap', 0, RATE_CAP_MAX), 0)
     .option('--ring-size <bytes>', 'ring buffer size, a power of two', intArg('--ring-size', 4096, 1 << 30), DEFAULT_RING_BYTES)
+    .option('--shed-head <bytes>', 'under load (the ring buffer filling), most bytes captured of a call that starts a message (none of one that continues it); the rest is counted as shed', intArg('--shed-head', 0, CHUNK_MAX), DEFAULT_SHED_HEAD)
+    .option('--shed-fill <fraction>', 'shed once this fraction of the ring buffer waits to be read (1: never shed)', (v) => { const n = Number(v); if (!(n > 0 && n <= 1)) throw new InvalidArgumentError('--shed-fill must be a number above 0 and at most 1'); return n; }, DEFAULT_SHED_FILL)
     .option('-l, --library <path>', 'also attach to this OpenSSL library or executable (repeatable)', listOf(String), [])
     .option(
       '--targeted',
@@ -139,6 +143,8 @@ async function main(argv: string[]): Promise<number> {
       callCap: opts.callCap,
       rateCap: opts.rateCap,
       ringBytes: opts.ringSize,
+      shedHead: opts.shedHead,
+      shedFill: opts.shedFill,
       libraries: opts.library,
       validate: opts.validate === true,
       ...(opts.record ? { record: opts.record } : {}),
@@ -160,6 +166,8 @@ async function main(argv: string[]): Promise<number> {
     callCap: opts.callCap,
     rateCap: opts.rateCap,
     ringBytes: opts.ringSize,
+    shedHead: opts.shedHead,
+    shedFill: opts.shedFill,
     libraries: opts.library,
     printLimit: printLimit(cli, format),
     redact: opts.redact !== false,

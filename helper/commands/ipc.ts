@@ -19,6 +19,9 @@ export interface IpcOptions {
   /** Bytes per second per process captured at most (--rate-cap; 0 no limit). */
   rateCap?: number;
   ringBytes?: number;
+  /** Load shedding (--shed-head, --shed-fill; helper/kernel/capture.ts CaptureOptions). */
+  shedHead?: number;
+  shedFill?: number;
   /** Plant probes only in the processes of `pids` and `comms` (--targeted; session.ts). */
   targeted?: boolean;
   /** The probe floor (--probe-floor): the same probes doing nothing, for benchmarks. */
@@ -68,6 +71,8 @@ export async function runIpc(opts: IpcOptions = {}): Promise<number> {
       callCap: opts.callCap ?? DEFAULT_CALL_CAP,
       rateCap: opts.rateCap ?? 0,
       ...(opts.ringBytes ? { ringBytes: opts.ringBytes } : {}),
+      ...(opts.shedHead !== undefined ? { shedHead: opts.shedHead } : {}),
+      ...(opts.shedFill !== undefined ? { shedFill: opts.shedFill } : {}),
       targeted: opts.targeted === true,
       floor: opts.floor === true,
       pollMs: opts.pollMs ?? 2000,

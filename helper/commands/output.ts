@@ -5,11 +5,11 @@ import { UserError } from '../errors';
 import { BINARY_FORMATS, Format, FORMATS, isFormat, Sink } from '../formats';
 
 /** Where the output goes: stdout, or a file created with mode 0600. */
-export function openOutput(file: string | undefined): Sink & { close(): Promise<void> } {
+export function openOutput(file: string | undefined): Sink & { close(): Promise<void>; pending(): number } {
   if (!file) {
     // A reader that went away (| head) ends the output, not the capture's clean stop.
     process.stdout.on('error', () => undefined);
-    return { write: (s) => void process.stdout.write(s), close: () => Promise.resolve() };
+    return { write: (s) => void process.stdout.write(s), close: () => Promise.resolve(), pending: () => process.stdout.writableLength };
   }
   let fd: number;
   try {
@@ -23,6 +23,8 @@ export function openOutput(file: string | undefined): Sink & { close(): Promise<
   return {
     write: (s) => void stream.write(s),
     close: () => new Promise((resolve) => stream.end(resolve)),
+    // Bytes written but not yet on disk: the standalone command sheds above a bound (formats/shed.ts).
+    pending: () => stream.writableLength,
   };
 }
 

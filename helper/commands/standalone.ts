@@ -6,7 +6,9 @@ import { createRenderer, Format } from '../formats';
 import { Sink } from '../formats/output';
 import { preflight } from '../errors';
 import { KernelCounters } from '../kernel/capture';
+import { BehindShed } from '../formats/shed';
 import { DEFAULT_MAX_QUEUE_BYTES, FrameWriter } from '../protocol/wire';
+import { DEFAULT_SHED_HEAD } from '../records/records';
 import { ByeReason, helperVersion, nowhere, openRecording, Session } from '../session/session';
 import { openOutput } from './output';
 
@@ -20,6 +22,8 @@ export interface StandaloneOptions {
   callCap: number;
   rateCap: number;
   ringBytes: number;
+  shedHead?: number;
+  shedFill?: number;
   libraries: string[];
   printLimit: number;
   redact: boolean;
@@ -47,11 +51,21 @@ class StatusLine {
   }
 }
 
-export function summary(k: KernelCounters): string {
+/**
+ * The output's queue (bytes written but not yet taken by the file or pipe) above which the
+ * renderers get segments cut like shed calls, and below which they get whole ones again: what
+ * bounds the standalone command's memory when the output cannot keep up (formats/shed.ts).
+ */
+export const OUTPUT_SHED_HIGH = 32 << 20;
+export const OUTPUT_SHED_LOW = 8 << 20;
+
+export function summary(k: KernelCounters, outputShed = 0): string {
   const lost = k.bytesLost + k.bytesFaulted;
   return (
     `${k.calls} calls, ${k.bytesMoved} bytes moved, ${k.bytesCaptured} captured, ` +
-    `${k.bytesTruncated} past the per-call cap, ${lost} lost (${k.recordsLost} records: ring buffer full; ${k.readFaults}: memory unreadable)` +
+    `${k.bytesTruncated} past the per-call cap, ${k.bytesShed} shed under load (bodies cut to their heads)` +
+    (outputShed ? `, ${outputShed} more shed because the output fell behind` : '') +
+    `, ${lost} lost (${k.recordsLost} records: ring buffer full; ${k.readFaults}: memory unreadable)` +
     (k.callsMissed ? `, ${k.callsMissed} calls missed (bytes unknown: docs/protocol.md, calls_missed)` : '')
   );
 }
@@ -70,6 +84,8 @@ export async function runStandalone(o: StandaloneOptions): Promise<number> {
   // Without a recording, --validate still encodes and checks every frame, into a stream that
   // keeps nothing; otherwise the writer only answers for its (zero) counters.
   const stream: Writable = recording ?? nowhere();
+  // A renderer or an output that falls behind sheds bodies the way the kernel does.
+  const shed = new BehindShed({ pending: () => out.pending(), high: OUTPUT_SHED_HIGH, low: OUTPUT_SHED_LOW, head: o.shedHead ?? DEFAULT_SHED_HEAD });
   const writer = new FrameWriter(stream, { maxQueueBytes: o.maxQueueBytes ?? DEFAULT_MAX_QUEUE_BYTES, validate: o.validate });
   const session = new Session(
     {
@@ -79,6 +95,8 @@ export async function runStandalone(o: StandaloneOptions): Promise<number> {
       callCap: o.callCap,
       rateCap: o.rateCap,
       ringBytes: o.ringBytes,
+      ...(o.shedHead !== undefined ? { shedHead: o.shedHead } : {}),
+      ...(o.shedFill !== undefined ? { shedFill: o.shedFill } : {}),
       targeted: o.targeted,
       floor: o.floor,
       pollMs: o.pollMs,
@@ -87,7 +105,7 @@ export async function runStandalone(o: StandaloneOptions): Promise<number> {
       lossIntervalMs: 0,
       log,
     },
-    { writer, encode: recording !== undefined || o.validate, onFrame: (f) => renderer.push(f), ...(recording ? { recording } : {}) },
+    { writer, encode: recording !== undefined || o.validate, onFrame: (f) => renderer.push(shed.pass(f)), ...(recording ? { recording } : {}) },
   );
   const end = async (reason: ByeReason): Promise<KernelCounters | undefined> => {
     const k = await session.stop(reason);
@@ -111,7 +129,7 @@ export async function runStandalone(o: StandaloneOptions): Promise<number> {
 
   const ticker = setInterval(() => {
     const k = session.counters();
-    status.draw(`https-capture: ${session.attachedLibraries} libraries, ${k.calls} calls, ${k.bytesCaptured} bytes, ${k.bytesLost + k.bytesFaulted} lost`);
+    status.draw(`https-capture: ${session.attachedLibraries} libraries, ${k.calls} calls, ${k.bytesCaptured} bytes, ${k.bytesShed + shed.bytesShed} shed, ${k.bytesLost + k.bytesFaulted} lost`);
   }, 1000);
   const reason = await new Promise<ByeReason>((resolve) => {
     const done = (): void => resolve('signal');
@@ -124,6 +142,6 @@ export async function runStandalone(o: StandaloneOptions): Promise<number> {
   clearInterval(ticker);
   status.clear();
   const final = await end(reason);
-  if (final) log(`stopped: ${summary(final)}`);
+  if (final) log(`stopped: ${summary(final, shed.bytesShed)}`);
   return reason === 'fatal_error' ? 1 : 0;
 }

@@ -1,10 +1,11 @@
 // har.ts: `--format har`: HTTP Archive 1.2 (browser devtools, Postman, har-validator), one
-// entry per exchange with a request, written whole when the capture ends (a HAR is one JSON
-// document). Timings come from the capture's timestamps: each segment carries the time its
+// entry per exchange with a request. A HAR is one JSON document: it is streamed, entries held
+// only to keep them in the order their requests started (at most HAR_HOLD_BYTES of them), the
+// end of the document written when the capture ends. Timings come from the capture's timestamps: each segment carries the time its
 // TLS call returned, so send is the request's first to last call, wait its last call to the
 // response's first, receive the response's first to last call. What the capture cannot know
 // (blocked, dns, connect, ssl) is -1, as the spec says.
-import type { Entry, Har, Header } from 'har-format';
+import type { Entry, Header } from 'har-format';
 import { decodeBody, headerValue, textOrBase64 } from '../http/body';
 import { upTo } from '../http/bytes';
 import { HttpExchange, Session, SessionEvent } from '../http/exchanges';
@@ -121,15 +122,27 @@ function postData(body: Buffer, mimeType: string, limit: number): { mimeType: st
   return { mimeType, text: t.data, ...(notes.length ? { comment: notes.join('; ') } : {}) };
 }
 
+/** Entries held for sorting at most (their JSON); past it the oldest are written out. */
+export const HAR_HOLD_BYTES = 32 << 20;
+
+/**
+ * Entries are held, as JSON, so that the archive lists them in the order their requests
+ * started; a long capture cannot grow without bound: past `holdBytes` held, the older half is
+ * written out (the document is streamed: header, entries, then the end at end()). Only an
+ * exchange that finishes later than `holdBytes` of others can then come after later ones.
+ */
 export class HarRenderer implements Renderer {
   private readonly session: Session;
-  private readonly entries: { ns: bigint; entry: Entry }[] = [];
+  private held: { ns: bigint; json: string }[] = [];
+  private heldBytes = 0;
+  private written = 0;
   private readonly unpaired: string[] = [];
   private done = false;
 
   constructor(
     private readonly out: Sink,
     private readonly o: RenderOptions,
+    private readonly holdBytes = HAR_HOLD_BYTES,
   ) {
     this.session = new Session((e) => this.event(e));
   }
@@ -141,27 +154,38 @@ export class HarRenderer implements Renderer {
   private event(e: SessionEvent): void {
     if (e.type !== 'exchange') return;
     const x = entry(e.exchange, this.o);
-    if (x) this.entries.push({ ns: e.exchange.request!.firstNs, entry: x });
-    else this.unpaired.push(`${e.exchange.conn.comm}[${e.exchange.conn.pid}] conn ${e.exchange.conn.connId}: a ${e.exchange.response?.status ?? ''} response without its request`);
+    if (!x) {
+      this.unpaired.push(`${e.exchange.conn.comm}[${e.exchange.conn.pid}] conn ${e.exchange.conn.connId}: a ${e.exchange.response?.status ?? ''} response without its request`);
+      return;
+    }
+    const json = JSON.stringify(x, null, 2).replace(/\n/g, '\n      ');
+    this.held.push({ ns: e.exchange.request!.firstNs, json });
+    this.heldBytes += json.length;
+    if (this.heldBytes > this.holdBytes) this.flush(this.holdBytes / 2);
   }
 
-  /** The whole archive, entries in the order their requests started. */
-  har(): Har {
-    const entries = [...this.entries].sort((a, b) => (a.ns < b.ns ? -1 : a.ns > b.ns ? 1 : 0)).map((x) => x.entry);
-    return {
-      log: {
-        version: '1.2',
-        creator: { name: 'https-capture', version: this.o.version },
-        entries,
-        ...(this.unpaired.length ? { comment: this.unpaired.join('; ') } : {}),
-      },
-    };
+  /** Writes the oldest held entries until at most `keep` bytes of them are held. */
+  private flush(keep: number): void {
+    this.held.sort((a, b) => (a.ns < b.ns ? -1 : a.ns > b.ns ? 1 : 0));
+    let n = 0;
+    const parts: string[] = [];
+    if (this.written === 0 && this.held.length) parts.push(`{\n  "log": {\n    "version": "1.2",\n    "creator": ${JSON.stringify({ name: 'https-capture', version: this.o.version })},\n    "entries": [\n`);
+    while (n < this.held.length && this.heldBytes > keep) {
+      parts.push(`${this.written++ ? ',\n' : ''}      ${this.held[n]!.json}`);
+      this.heldBytes -= this.held[n]!.json.length;
+      n++;
+    }
+    this.held = this.held.slice(n);
+    if (parts.length) this.out.write(parts.join(''));
   }
 
   end(): void {
     if (this.done) return;
     this.done = true;
     this.session.end();
-    this.out.write(`${JSON.stringify(this.har(), null, 2)}\n`);
+    this.flush(0);
+    const comment = this.unpaired.length ? `,\n    "comment": ${JSON.stringify(this.unpaired.join('; '))}` : '';
+    if (this.written === 0) this.out.write(`{\n  "log": {\n    "version": "1.2",\n    "creator": ${JSON.stringify({ name: 'https-capture', version: this.o.version })},\n    "entries": []${comment}\n  }\n}\n`);
+    else this.out.write(`\n    ]${comment}\n  }\n}\n`);
   }
 }

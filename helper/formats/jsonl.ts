@@ -142,6 +142,8 @@ export class JsonlRenderer implements Renderer {
         bytes_received: e.totals.captured[1],
         missing_sent: e.totals.missing[0],
         missing_received: e.totals.missing[1],
+        shed_sent: e.totals.shed[0],
+        shed_received: e.totals.shed[1],
         notes,
       });
     }

@@ -381,10 +381,10 @@ export class PcapngRenderer implements Renderer {
       const dir = ((f.dir as number) ^ (e.flip ? 1 : 0)) as 0 | 1;
       const seq = Number(f.seq as bigint);
       const data = f.data as Buffer;
-      const reason = (f.lost_before as number) > 0 ? 'lost' : 'past the per-call or rate cap';
+      const reason = (f.lost_before as number) > 0 ? 'lost' : 'past the per-call or rate cap, or shed under load';
       if (seq > e.prog[dir]) e.holes[dir].push([e.prog[dir], seq, reason]);
       e.prog[dir] = Math.max(e.prog[dir], seq + data.length);
-      const truncated = f.truncated === true ? `the rest of this ${f.len_total}-byte call was not captured (${f.rate_limited ? '--rate-cap' : '--call-cap'})` : undefined;
+      const truncated = f.truncated === true ? `the rest of this ${f.len_total}-byte call was not captured (${f.shed ? 'shed under load, --shed-head' : f.rate_limited ? '--rate-cap' : '--call-cap'})` : undefined;
       const base = { ts: f.ts_ns as bigint, by: e, ack: Number(f.ack as bigint), reason };
       if (data.length === 0) {
         // Nothing to write but what it says (a gap, a cut call): only if no byte is past it yet.

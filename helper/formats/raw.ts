@@ -32,6 +32,7 @@ interface Pending {
   next: number;
   truncated: boolean;
   rateLimited: boolean;
+  shed: boolean;
 }
 
 export class RawRenderer implements Renderer {
@@ -92,7 +93,7 @@ export class RawRenderer implements Renderer {
     }
     const data = f.data as Buffer;
     if (!p) {
-      p = { first: f, pieces: [], got: 0, next: seq, truncated: false, rateLimited: false };
+      p = { first: f, pieces: [], got: 0, next: seq, truncated: false, rateLimited: false, shed: false };
       this.pending.set(key, p);
     }
     p.pieces.push(data);
@@ -100,6 +101,7 @@ export class RawRenderer implements Renderer {
     p.next = seq + data.length;
     p.truncated = f.truncated === true;
     p.rateLimited = f.rate_limited === true;
+    p.shed = f.shed === true;
     if (p.truncated || p.got >= (f.len_total as number)) this.flush(key);
   }
 
@@ -125,6 +127,7 @@ export class RawRenderer implements Renderer {
       data: p.pieces.length === 1 ? p.pieces[0]! : Buffer.concat(p.pieces),
       truncatedBytes: p.truncated ? Math.max(0, lenTotal - p.got) : 0,
       rateLimited: p.rateLimited,
+      ...(p.shed ? { shed: true } : {}),
       lostBytes: p.truncated ? 0 : Math.max(0, lenTotal - p.got),
     };
     if ((f.lost_before as number) > 0) {

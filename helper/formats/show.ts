@@ -56,7 +56,7 @@ export function showCall(call: Call, o: ShowOptions): string {
     `${c.bold}${call.comm}${c.reset}[${call.pid}${call.tid !== call.pid ? `/${call.tid}` : ''}] ` +
     `${arrow} ${call.callLen} bytes ${c.dim}(conn ${call.connId} ${showSock(call.sock)}, offset ${call.seq}${call.func ? `, ${call.func}` : ''})${c.reset}`;
   const notes: string[] = [];
-  if (call.truncatedBytes) notes.push(`${call.truncatedBytes} bytes ${call.rateLimited ? 'over the rate cap' : 'past the per-call cap'} not captured`);
+  if (call.truncatedBytes) notes.push(`${call.truncatedBytes} bytes ${call.shed ? 'shed under load' : call.rateLimited ? 'over the rate cap' : 'past the per-call cap'} not captured`);
   if (call.lostBytes) notes.push(`${call.lostBytes} bytes LOST (ring buffer full or memory unreadable)`);
   const shown = upTo(call.data, o.limit);
   if (shown.length < call.data.length) notes.push(`${call.data.length - shown.length} more bytes not shown (--print-limit)`);

@@ -77,7 +77,11 @@ export class TextRenderer implements Renderer {
     if (e.type === 'frame') {
       if (e.frame.type === 'loss') {
         this.endRun();
-        this.out.write(`${c.yellow}[${e.frame.bytes} bytes lost (${e.frame.source}); they show as gaps in their connections]${c.reset}\n`);
+        this.out.write(
+          e.frame.source === 'shed'
+            ? `${c.yellow}[${e.frame.bytes} body bytes shed under load (the capture fell behind: calls cut to their heads, every exchange kept)]${c.reset}\n`
+            : `${c.yellow}[${e.frame.bytes} bytes lost (${e.frame.source}); they show as gaps in their connections]${c.reset}\n`,
+        );
       }
       return;
     }
@@ -91,10 +95,11 @@ export class TextRenderer implements Renderer {
     } else if (e.type === 'close') {
       const t = e.totals;
       const missing = t.missing[0] + t.missing[1];
+      const shed = t.shed[0] + t.shed[1];
       const proto = e.protocol && e.protocol !== 'other' ? `${plural(t.exchanges, `${e.protocol} exchange`)}, ` : '';
       this.out.write(
         `${this.who(e.conn, e.tsNs)} ${c.yellow}closed (${e.reason === 'process_exit' ? 'process exit' : e.reason}): ${proto}${t.captured[0]} bytes sent, ${t.captured[1]} received` +
-          `${missing ? `, ${missing} not captured` : ''}${c.reset}\n`,
+          `${missing ? `, ${missing} not captured` : ''}${shed ? ` (${shed} shed under load)` : ''}${c.reset}\n`,
       );
     } else if (e.type === 'exchange') {
       this.out.write(this.exchange(e.exchange));

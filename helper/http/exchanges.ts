@@ -54,6 +54,8 @@ export interface ConnTotals {
   captured: [number, number];
   /** Bytes that never arrived (lost or past the caps), per direction. */
   missing: [number, number];
+  /** Of `missing`, the bytes shed under load (segments marked shed), per direction. */
+  shed: [number, number];
   exchanges: number;
 }
 
@@ -87,7 +89,9 @@ class Conn {
   readonly next: [number, number] = [0, 0];
   /** Why the bytes after the last segment of each direction may be missing (cap, rate cap). */
   readonly cutWhy: [string | undefined, string | undefined] = [undefined, undefined];
-  readonly totals: ConnTotals = { captured: [0, 0], missing: [0, 0], exchanges: 0 };
+  readonly totals: ConnTotals = { captured: [0, 0], missing: [0, 0], shed: [0, 0], exchanges: 0 };
+  /** The last segment of each direction was cut by load shedding. */
+  readonly cutShed: [boolean, boolean] = [false, false];
   parser?: ConnParser;
   protocol?: Protocol;
   joined: boolean;
@@ -243,11 +247,12 @@ export class Session {
     const seq = Number(f.seq as bigint);
     const data = f.data as Buffer;
     const ts = f.ts_ns as bigint;
-    if (seq > c.next[dir]) this.gap(c, dir, c.next[dir], seq - c.next[dir], (f.lost_before as number) > 0 ? 'lost: the ring buffer was full, memory was unreadable or the output fell behind' : (c.cutWhy[dir] ?? 'not captured'), ts);
+    if (seq > c.next[dir]) this.gap(c, dir, c.next[dir], seq - c.next[dir], (f.lost_before as number) > 0 ? 'lost: the ring buffer was full, memory was unreadable or the output fell behind' : (c.cutWhy[dir] ?? 'not captured'), ts, (f.lost_before as number) === 0 && c.cutShed[dir]);
     if (seq < c.next[dir]) return; // seen already: never spliced
     c.next[dir] = seq + data.length;
     c.totals.captured[dir] += data.length;
-    c.cutWhy[dir] = f.truncated ? (f.rate_limited ? 'over the --rate-cap' : 'past the --call-cap') : undefined;
+    c.cutWhy[dir] = f.truncated ? (f.shed === true ? 'shed under load: the ring buffer was filling, only the head of the call was captured (--shed-head)' : f.rate_limited ? 'over the --rate-cap' : 'past the --call-cap') : undefined;
+    c.cutShed[dir] = f.truncated === true && f.shed === true;
     if (data.length === 0) return;
     if (c.parser) {
       c.parser.push(dir, seq, data, ts);
@@ -310,8 +315,9 @@ export class Session {
     };
   }
 
-  private gap(c: Conn, dir: Dir, at: number, bytes: number, why: string, ts: bigint): void {
+  private gap(c: Conn, dir: Dir, at: number, bytes: number, why: string, ts: bigint, shed = false): void {
     c.totals.missing[dir] += bytes;
+    if (shed) c.totals.shed[dir] += bytes;
     this.opts.onGap?.(c.info, dir, at, bytes, why);
     if (c.parser) c.parser.gap(dir, at, bytes, why, ts);
     else if (c.protocol !== 'other') {
@@ -319,6 +325,9 @@ export class Session {
       for (const p of c.pending.splice(0)) this.emit({ type: 'data', conn: c.info, ...p, why: `bytes missing after these (${why})` });
       c.joined = true;
     }
+    // Under load every call of a body is shed: its parser marks the message (body_missing),
+    // the connection's close says how many bytes were shed, and no note per call floods the output.
+    if (shed && c.parser) return;
     this.emit({ type: 'note', conn: c.info, tsNs: ts, text: `${bytes} bytes ${dir === 0 ? 'sent' : 'received'} at offset ${at} were not captured (${why})` });
   }
 
@@ -327,7 +336,7 @@ export class Session {
     if (!c) return;
     const ends = [Number(f.egress_end as bigint), Number(f.ingress_end as bigint)];
     for (const dir of [0, 1] as Dir[]) if (ends[dir]! > c.next[dir]) {
-      this.gap(c, dir, c.next[dir], ends[dir]! - c.next[dir], c.cutWhy[dir] ?? 'lost before the end', f.ts_ns as bigint);
+      this.gap(c, dir, c.next[dir], ends[dir]! - c.next[dir], c.cutWhy[dir] ?? 'lost before the end', f.ts_ns as bigint, c.cutShed[dir]);
       c.next[dir] = ends[dir]!;
     }
     this.finish(c, String(f.reason ?? 'close'), f.ts_ns as bigint);

@@ -36,6 +36,8 @@ interface Building {
   body: Buffer[];
   bodyMissing: number;
   notes: string[];
+  /** Gaps of the body that had the same cause, told in one note (load shedding cuts every call of a body). */
+  gapNote?: { at: number; why: string; bytes: number; pieces: number };
 }
 
 type Message = HttpRequestMessage | HttpResponseMessage;
@@ -242,7 +244,23 @@ class Reader {
     // Bounded: a gap is at most one call past the cap (64 MiB), or lost records.
     const inBody = bytes <= MAX_STEP && this.cur?.headEnd !== undefined && (s.state === 'BODY_RAW' || ((s.state === 'BODY_SIZED' || s.state === 'BODY_CHUNK') && (s.body_bytes ?? 0) >= bytes));
     if (inBody && this.cur) {
-      this.cur.notes.push(`${bytes} bytes of the body at offset ${at} were not captured (${why})`);
+      const g = this.cur.gapNote;
+      if (g && g.why === why) {
+        g.bytes += bytes;
+        g.pieces++;
+        this.cur.notes[g.at] = `${g.bytes} bytes of the body in ${g.pieces} pieces were not captured (${why})`;
+      } else {
+        this.cur.gapNote = { at: this.cur.notes.length, why, bytes, pieces: 1 };
+        this.cur.notes.push(`${bytes} bytes of the body at offset ${at} were not captured (${why})`);
+      }
+      // Inside a body whose end is further on (or that ends at the close), the parser only
+      // needs to know how much is left: no need to run it over the missing bytes (load
+      // shedding makes most of every body such a gap, and zeros cost as much as data).
+      if (s.state === 'BODY_RAW' || ((s.state === 'BODY_SIZED' || s.state === 'BODY_CHUNK') && (s.body_bytes ?? 0) > bytes)) {
+        if (s.state !== 'BODY_RAW') s.body_bytes = (s.body_bytes ?? 0) - bytes;
+        this.cur.bodyMissing += bytes;
+        return false;
+      }
       this.filling = true;
       this.chunk = ZEROS;
       this.chunkSeq = at;

@@ -7,9 +7,9 @@ import { GO_READ, GO_WRITE, planGoCached } from '../discovery/golang';
 import { exportedOffsets, planOpenSsl, ProbePlan } from '../discovery/openssl';
 import { TracingProgram, UprobeProgram } from './programs';
 import { cap_config_flags, cap_counter, cap_filter } from '../records/layout';
-import { CALL_CAP_MAX, CaptureRecord, COMM_LEN, decodeBatch, DEFAULT_CALL_CAP, DEFAULT_RING_BYTES, encodeConfig, RATE_CAP_MAX } from '../records/records';
+import { CALL_CAP_MAX, CaptureRecord, CHUNK_MAX, COMM_LEN, decodeBatch, DEFAULT_CALL_CAP, DEFAULT_RING_BYTES, DEFAULT_SHED_FILL, DEFAULT_SHED_HEAD, encodeConfig, RATE_CAP_MAX } from '../records/records';
 
-export { DEFAULT_CALL_CAP, DEFAULT_RING_BYTES, RATE_CAP_MAX };
+export { DEFAULT_CALL_CAP, DEFAULT_RING_BYTES, DEFAULT_SHED_FILL, DEFAULT_SHED_HEAD, RATE_CAP_MAX };
 /** The ring thread is woken once this many bytes wait (bpf targ_wakeup_bytes)... */
 const WAKEUP_BYTES = 1 << 20;
 /** ...and drains the ring this often in any case: the most a record waits, in ms. */
@@ -71,6 +71,14 @@ export interface CaptureOptions {
   rateCap?: number;
   /** Size of the ring buffer in bytes (a power of two, at least one page). */
   ringBytes?: number;
+  /**
+   * Load shedding: once more than `shedFill` of the ring buffer waits to be read, only the
+   * first `shedHead` bytes of a call that starts a message (the first since the other direction
+   * moved) are captured, none of one that continues it, and the rest is counted (bytes_shed).
+   * shedFill 1 (or above): never shed.
+   */
+  shedHead?: number;
+  shedFill?: number;
   /** Report every exec (CAP_EV_EXEC records). */
   execEvents?: boolean;
   /** Never trace this process (default: ourselves). */
@@ -118,6 +126,8 @@ export interface KernelCounters {
   bytesFaulted: number;
   eventsLost: number;
   bytesRateLimited: number;
+  /** Bytes within the per-call cap not captured because the ring buffer was filling (load shedding). */
+  bytesShed: number;
   /** exec and lib-open records lost (discovery's; the /proc rescan makes up for them). */
   discoveryEventsLost: number;
   /**
@@ -141,6 +151,7 @@ const COUNTER_SLOTS: Record<keyof KernelCounters, cap_counter> = {
   bytesRateLimited: cap_counter.CAP_CTR_BYTES_RATE_LIMITED,
   discoveryEventsLost: cap_counter.CAP_CTR_DISCOVERY_LOST,
   callsMissed: cap_counter.CAP_CTR_CALLS_MISSED,
+  bytesShed: cap_counter.CAP_CTR_BYTES_SHED,
 };
 
 interface DataProbe {
@@ -175,6 +186,9 @@ export class Capture {
   private readonly kinds = new Map<string, LibraryFile['kind']>();
   private stopped?: Promise<KernelCounters>;
   private readonly floor: boolean;
+  /** Load shedding's settings (cap_config.shed_head, shed_above), fixed for the capture's life. */
+  private readonly shedHead: number;
+  private readonly shedAbove: number;
 
   constructor(opts: CaptureOptions = {}) {
     this.floor = opts.floor === true;
@@ -182,6 +196,13 @@ export class Capture {
     if (ringBytes < 4096 || (ringBytes & (ringBytes - 1)) !== 0) {
       throw new RangeError(`ring buffer size ${ringBytes} is not a power of two of at least 4096 bytes`);
     }
+    this.shedHead = opts.shedHead ?? DEFAULT_SHED_HEAD;
+    if (!Number.isSafeInteger(this.shedHead) || this.shedHead < 0 || this.shedHead > CHUNK_MAX) {
+      throw new RangeError(`shed head ${this.shedHead} bytes is outside 0..${CHUNK_MAX}`);
+    }
+    const fill = opts.shedFill ?? DEFAULT_SHED_FILL;
+    if (!(fill > 0)) throw new RangeError(`shed fill ${fill} is not above 0 (a fraction of the ring buffer; 1 never sheds)`);
+    this.shedAbove = fill >= 1 ? 0 : Math.max(1, Math.floor(ringBytes * fill));
     this.bpf = new BpfObject(BPF_OBJECT_PATH, {
       // Wake the ring thread once a batch's worth waits (or an eighth of a small ring); it
       // also drains every DRAIN_MS (start()).
@@ -241,7 +262,7 @@ export class Capture {
       for (const k of keys) this.bpf.update(map, k, Buffer.from([1]));
       if (keys.length) filter |= bit;
     }
-    this.bpf.update('settings', Buffer.alloc(4), encodeConfig(filter, cap, opts.execEvents ? cap_config_flags.CAP_CFG_EXEC_EVENTS : 0, rate));
+    this.bpf.update('settings', Buffer.alloc(4), encodeConfig(filter, cap, opts.execEvents ? cap_config_flags.CAP_CFG_EXEC_EVENTS : 0, rate, this.shedHead, this.shedAbove));
     for (const [map, keys] of wanted) {
       const keep = new Set(keys.map((k) => k.toString('hex')));
       for (const k of this.bpf.keys(map)) if (!keep.has(k.toString('hex'))) this.bpf.delete(map, k);

@@ -49,6 +49,7 @@ export function segmentFrom(r: DataRecord, wallOffsetNs: bigint, lostBefore: num
     // On the last segment of a call that was cut at the per-call cap.
     truncated: r.truncated && r.chunkOff + r.data.length >= r.capLen,
     ...(r.rateLimited && r.chunkOff + r.data.length >= r.capLen ? { rate_limited: true } : {}),
+    ...(r.shed && r.chunkOff + r.data.length >= r.capLen ? { shed: true } : {}),
     lost_before: lostBefore,
     mid_stream: midStream,
   };
@@ -60,6 +61,8 @@ interface Conn {
   end: [number, number];
   /** Encoded fields of the binary path that stay the same within the connection. */
   cache: SegmentCache;
+  /** Bytes shed (the kernel's exact count, from its close record); undefined when the close is made up here. */
+  shed?: number;
 }
 
 export class FrameBuilder {
@@ -94,6 +97,7 @@ export class FrameBuilder {
       const c = this.conns.get(id);
       if (c) {
         c.end = [Math.max(c.end[0], r.egressBytes), Math.max(c.end[1], r.ingressBytes)];
+        c.shed = r.shedBytes ?? 0;
         this.close(id, c, r.reason ?? 'close', r.tsNs + this.wallOffsetNs);
       }
     } else if (r.kind === 'exit') {
@@ -197,6 +201,9 @@ export class FrameBuilder {
       egress_end: BigInt(c.end[0]),
       ingress_end: BigInt(c.end[1]),
       eos: true,
+      // Known exactly only from the kernel's close record (a close made up at a process's exit
+      // or the helper's stop has none): kernel.bytes_shed is the exact total in any case.
+      ...(c.shed !== undefined ? { bytes_shed: c.shed } : {}),
     };
     this.emit(close);
   }

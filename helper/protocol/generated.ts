@@ -34,7 +34,7 @@ export interface KernelCounters {
    */
   bytes_captured: number;
   /**
-   * Bytes past the per-call cap (not captured by design; bytes cut by the rate cap are in bytes_rate_limited instead).
+   * Bytes past the per-call cap (not captured by design; bytes cut by the rate cap are in bytes_rate_limited, bytes shed under load in bytes_shed instead).
    */
   bytes_truncated: number;
   /**
@@ -69,6 +69,10 @@ export interface KernelCounters {
    * Bytes not captured because their process was over the byte-rate cap (rate_cap); the segments are marked rate_limited. Absent from helpers older than this field.
    */
   bytes_rate_limited?: number;
+  /**
+   * Bytes within the per-call cap not captured because the ring buffer was filling (load shedding: only the head of each call was taken); the segments are marked truncated and shed. bytes_moved = bytes_captured + bytes_truncated + bytes_rate_limited + bytes_shed + bytes_lost + bytes_faulted. Absent from helpers older than this field.
+   */
+  bytes_shed?: number;
 }
 /**
  * Counters of the helper's frame writer (its stdout queue).
@@ -270,13 +274,17 @@ export interface SegmentFrame {
    */
   eos: boolean;
   /**
-   * The call moved more than was captured (per-call cap, or the rate cap when rate_limited is true): the bytes after this segment up to the call's end are missing, and the next segment's seq says how many. A call of which nothing was captured has one segment with empty data.
+   * The call moved more than was captured (per-call cap, the rate cap when rate_limited is true, load shedding when shed is true): the bytes after this segment up to the call's end are missing, and the next segment's seq says how many. A call of which nothing was captured has one segment with empty data.
    */
   truncated: boolean;
   /**
    * Set (true) on a truncated segment whose call was cut because its process was over the byte-rate cap (config rate_cap); absent otherwise.
    */
   rate_limited?: boolean;
+  /**
+   * Set (true) on a truncated segment whose call was cut because the kernel's ring buffer was filling: under overload the helper sheds bodies, not exchanges. A call that starts a message (the first of its direction, or the first since the other direction moved) keeps its head (the helper's --shed-head, 4096 bytes by default); one that continues a message keeps nothing (empty data). The bytes cut are counted in kernel.bytes_shed (and the connection's conn_close bytes_shed), not in bytes_truncated; the next segment's seq says how many. Absent otherwise, and from helpers older than this field.
+   */
+  shed?: boolean;
   /**
    * Bytes of this direction lost just before data[0] (ring buffer full, writer queue full, unreadable memory). seq already counts them.
    */
@@ -383,6 +391,10 @@ export interface ConnCloseFrame {
    * Always true: kept so a host can treat conn_close like a segment with eos.
    */
   eos: true;
+  /**
+   * Bytes of this connection's calls (both directions) shed under load (segments marked shed), exact, from the kernel's close record. Absent when the helper made the close up (process_exit, helper_exit, a close record the ring had no room for), and from helpers older than this field: kernel.bytes_shed is the exact total in every case.
+   */
+  bytes_shed?: number;
 }
 /**
  * The helper attached probes to a TLS library, detached them, or failed to; or a process runs TLS code the helper cannot probe (state unsupported).
@@ -430,7 +442,7 @@ export interface LossFrame {
    */
   type: 'loss';
   /**
-   * Where they were lost: "ring_buffer" (the kernel had no room), "memory_fault" (the process's buffer could not be read), "events" (exit events), "calls_missed" (calls whose bytes could not be taken: bytes is 0, as their count is unknown, and records counts the calls), "writer_queue" (the host read too slowly). Hosts must accept other values.
+   * Where they were lost: "ring_buffer" (the kernel had no room), "memory_fault" (the process's buffer could not be read), "events" (exit events), "calls_missed" (calls whose bytes could not be taken: bytes is 0, as their count is unknown, and records counts the calls), "writer_queue" (the host read too slowly), "shed" (not lost but shed: the rest of calls past their head while the ring buffer was filling, kernel.bytes_shed; records is 0). Hosts must accept other values.
    */
   source: string;
   /**

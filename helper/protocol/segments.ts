@@ -51,6 +51,7 @@ const K_DATA = key('data');
 // eos is always false on a segment built from a record: with its key and the next key, fixed.
 const K_EOS_FALSE_TRUNC = Uint8Array.from([...key('eos'), 0xc2, ...key('truncated')]);
 const K_RATE_TRUE = Uint8Array.from([...key('rate_limited'), 0xc3]);
+const K_SHED_TRUE = Uint8Array.from([...key('shed'), 0xc3]);
 const K_LOST = key('lost_before');
 const K_MID = key('mid_stream');
 
@@ -188,11 +189,12 @@ export function encodeSegment(
   const dataLen = rv.getUint32(at + D_DATA_LEN, true);
   const last = rv.getUint32(at + D_CHUNK_OFF, true) + dataLen >= rv.getUint32(at + D_CAP_LEN, true);
   const rateLimited = (flags & Flag.RateLimited) !== 0 && last;
+  const shed = (flags & Flag.Shed) !== 0 && last;
 
   const start = pos;
   pos += 4; // the length prefix, written last
   out.set(head.bytes, pos);
-  if (rateLimited) out[pos + 2] = 22; // one more field in the map
+  out[pos + 2] = 21 + (rateLimited ? 1 : 0) + (shed ? 1 : 0); // the map's field count
   pos += head.bytes.length;
   pos = putHalves(ov, pos, rv.getUint32(at + D_SEQ + 4, true), rv.getUint32(at + D_SEQ, true));
   out.set(K_ACK, pos);
@@ -230,6 +232,10 @@ export function encodeSegment(
   if (rateLimited) {
     out.set(K_RATE_TRUE, pos);
     pos += K_RATE_TRUE.length;
+  }
+  if (shed) {
+    out.set(K_SHED_TRUE, pos);
+    pos += K_SHED_TRUE.length;
   }
   out.set(K_LOST, pos);
   pos = putInt(out, pos + K_LOST.length, lostBefore);

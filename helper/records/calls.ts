@@ -12,6 +12,8 @@ export interface Call extends ConnectionEvent, Pick<DataRecord, 'dir' | 'seq' | 
   truncatedBytes: number;
   /** The truncation was the rate cap's (the process was over its bytes per second). */
   rateLimited: boolean;
+  /** The truncation was load shedding's (the ring buffer was filling: only the call's head was taken). */
+  shed?: boolean;
   /** Bytes within the cap that never arrived (ring buffer full, unreadable memory). */
   lostBytes: number;
 }
@@ -76,6 +78,7 @@ export class CallAssembler {
       data,
       truncatedBytes: f.callLen - f.capLen,
       rateLimited: f.rateLimited,
+      ...(f.shed ? { shed: true } : {}),
       lostBytes: f.capLen - p.got,
     });
   }

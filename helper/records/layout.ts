@@ -2,7 +2,7 @@
 /* eslint-disable */
 
 /** sha256 of the capture.h this was generated from (test/unit/records.test.ts compares). */
-export const CAPTURE_H_SHA256 = 'cf1aafde66f28d02d27a6a7806aa5e6d1ef719aff990021d7386b571ced05fac';
+export const CAPTURE_H_SHA256 = 'e334e68b197163e7e4c3ecb76678e6ed7a089dc51f52e54db448b6e4c644afe5';
 
 /** Sizes of the structs and byte offsets of their fields. */
 export const OFFSETS = {
@@ -40,7 +40,7 @@ export const OFFSETS = {
   'cap_exit.h': 0,
   'cap_exit.exit_code': 24,
   'cap_exit.comm': 32,
-  'cap_conn': 128,
+  'cap_conn': 136,
   'cap_conn.h': 0,
   'cap_conn.conn_id': 24,
   'cap_conn.ssl': 32,
@@ -48,15 +48,18 @@ export const OFFSETS = {
   'cap_conn.reason': 56,
   'cap_conn.comm': 64,
   'cap_conn.sock': 80,
+  'cap_conn.shed': 128,
   'cap_proc': 296,
   'cap_proc.h': 0,
   'cap_proc.comm': 24,
   'cap_proc.path': 40,
-  'cap_config': 24,
+  'cap_config': 32,
   'cap_config.filter': 0,
   'cap_config.flags': 4,
   'cap_config.call_cap': 8,
   'cap_config.rate_cap': 16,
+  'cap_config.shed_head': 24,
+  'cap_config.shed_above': 28,
 } as const;
 
 export const enum cap_kind {
@@ -106,6 +109,7 @@ export const enum cap_dir {
 export const enum cap_flags {
   CAP_F_TRUNCATED = 1,
   CAP_F_RATE_LIMITED = 2,
+  CAP_F_SHED = 4,
 }
 
 export const enum cap_counter {
@@ -121,7 +125,8 @@ export const enum cap_counter {
   CAP_CTR_BYTES_RATE_LIMITED = 9,
   CAP_CTR_DISCOVERY_LOST = 10,
   CAP_CTR_CALLS_MISSED = 11,
-  CAP_CTR_MAX = 12,
+  CAP_CTR_BYTES_SHED = 12,
+  CAP_CTR_MAX = 13,
 }
 
 export const enum cap_filter {

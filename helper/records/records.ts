@@ -19,6 +19,10 @@ export const DEFAULT_CALL_CAP = 1 << 20;
 export const RATE_CAP_MAX = L.CAP_RATE_CAP_MAX;
 /** The ring buffer's size unless told otherwise (--ring-size). */
 export const DEFAULT_RING_BYTES = 32 << 20;
+/** Most bytes of a call that starts a message taken while the ring buffer is filling (enough for HTTP headers). */
+export const DEFAULT_SHED_HEAD = 4096;
+/** Shedding starts once this fraction of the ring buffer waits to be read (bench/overload.ts measured it). */
+export const DEFAULT_SHED_FILL = 0.5;
 
 export const enum Kind {
   Data = cap_kind.CAP_EV_DATA,
@@ -32,6 +36,7 @@ export const enum Kind {
 export const enum Flag {
   Truncated = cap_flags.CAP_F_TRUNCATED,
   RateLimited = cap_flags.CAP_F_RATE_LIMITED,
+  Shed = cap_flags.CAP_F_SHED,
 }
 
 export type Direction = 'egress' | 'ingress';
@@ -72,6 +77,8 @@ const FUNCS: Record<number, TlsFunction> = {
 
 
 const O = OFFSETS;
+/** Size of a connection record before cap_conn.shed was added. */
+const CONN_MIN = 128;
 
 /** The socket under a connection; addresses '0.0.0.0' and ports 0 when unknown. */
 export interface SockInfo {
@@ -145,6 +152,8 @@ export interface DataRecord extends ConnectionEvent {
   truncated: boolean;
   /** The call was cut (truncated) because its process was over the byte-rate cap. */
   rateLimited: boolean;
+  /** The call was cut (truncated) to its head because the ring buffer was filling (load shedding). */
+  shed?: boolean;
   data: Buffer;
 }
 
@@ -156,6 +165,8 @@ export interface ConnRecord extends ConnectionEvent {
   ingressBytes: number;
   /** On close. */
   reason?: CloseReason;
+  /** Bytes of the connection's calls shed so far, both directions (exact, from the kernel). */
+  shedBytes?: number;
 }
 
 export interface ExitRecord {
@@ -260,12 +271,14 @@ export function decodeRecord(r: Buffer): CaptureRecord | undefined {
       chunkOff: r.readUInt32LE(O['cap_data.chunk_off']),
       truncated: (r.readUInt16LE(O['cap_hdr.flags']) & Flag.Truncated) !== 0,
       rateLimited: (r.readUInt16LE(O['cap_hdr.flags']) & Flag.RateLimited) !== 0,
+      ...((r.readUInt16LE(O['cap_hdr.flags']) & Flag.Shed) !== 0 ? { shed: true } : {}),
       sock: decodeSock(r.subarray(O['cap_data.sock'], O['cap_data.sock'] + O.cap_sock)),
       data: r.subarray(O.cap_data),
     };
   }
   if (kind === Kind.ConnOpen || kind === Kind.ConnClose) {
-    if (r.length < O.cap_conn) throw new RecordError(`connection record of ${r.length} bytes`);
+    // 128 bytes: a record of a build before `shed` (recorded batches); its shed reads 0.
+    if (r.length < CONN_MIN) throw new RecordError(`connection record of ${r.length} bytes`);
     const rec: ConnRecord = {
       kind: kind === Kind.ConnOpen ? 'open' : 'close',
       tsNs,
@@ -278,6 +291,8 @@ export function decodeRecord(r: Buffer): CaptureRecord | undefined {
       ingressBytes: Number(r.readBigUInt64LE(O['cap_conn.off'] + 8)),
       sock: decodeSock(r.subarray(O['cap_conn.sock'], O['cap_conn.sock'] + O.cap_sock)),
     };
+    const shed = r.length >= O.cap_conn ? Number(r.readBigUInt64LE(O['cap_conn.shed'])) : 0;
+    if (shed) rec.shedBytes = shed;
     if (kind === Kind.ConnClose) rec.reason = CLOSE_REASONS[r.readUInt8(O['cap_conn.reason'])] ?? 'close';
     return rec;
   }
@@ -301,13 +316,15 @@ export function decodeRecord(r: Buffer): CaptureRecord | undefined {
   return undefined;
 }
 
-/** Encodes the `settings` map value (struct cap_config). */
-export function encodeConfig(filter: number, callCap: number, flags = 0, rateCap = 0): Buffer {
+/** Encodes the `settings` map value (struct cap_config). shedAbove 0: never shed. */
+export function encodeConfig(filter: number, callCap: number, flags = 0, rateCap = 0, shedHead = 0, shedAbove = 0): Buffer {
   const b = Buffer.alloc(O.cap_config);
   b.writeUInt32LE(filter, O['cap_config.filter']);
   b.writeUInt32LE(flags, O['cap_config.flags']);
   b.writeBigUInt64LE(BigInt(callCap), O['cap_config.call_cap']);
   b.writeBigUInt64LE(BigInt(rateCap), O['cap_config.rate_cap']);
+  b.writeUInt32LE(shedHead, O['cap_config.shed_head']);
+  b.writeUInt32LE(shedAbove, O['cap_config.shed_above']);
   return b;
 }
 
@@ -335,11 +352,11 @@ function ipv6Bytes(ip: string): Buffer {
 }
 
 /** Encodes a record as the BPF program would: used by tests and recorded fixtures. */
-export function encodeData(r: Omit<DataRecord, 'kind' | 'rateLimited'> & { rateLimited?: boolean }): Buffer {
+export function encodeData(r: Omit<DataRecord, 'kind' | 'rateLimited' | 'shed'> & { rateLimited?: boolean; shed?: boolean }): Buffer {
   const b = Buffer.alloc(O.cap_data + r.data.length);
   b.writeUInt32LE(b.length, O['cap_hdr.size']);
   b.writeUInt16LE(Kind.Data, O['cap_hdr.kind']);
-  b.writeUInt16LE((r.truncated ? Flag.Truncated : 0) | (r.rateLimited ? Flag.RateLimited : 0), O['cap_hdr.flags']);
+  b.writeUInt16LE((r.truncated ? Flag.Truncated : 0) | (r.rateLimited ? Flag.RateLimited : 0) | (r.shed ? Flag.Shed : 0), O['cap_hdr.flags']);
   b.writeBigUInt64LE(r.tsNs, O['cap_hdr.ts_ns']);
   b.writeUInt32LE(r.pid, O['cap_hdr.pid']);
   b.writeUInt32LE(r.tid, O['cap_hdr.tid']);

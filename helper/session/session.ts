@@ -31,6 +31,9 @@ export interface SessionOptions {
   /** Bytes per second per process captured at most (0: no limit). */
   rateCap: number;
   ringBytes?: number;
+  /** Load shedding (--shed-head, --shed-fill; helper/kernel/capture.ts CaptureOptions). */
+  shedHead?: number;
+  shedFill?: number;
   /**
    * Plant probes only in the processes of `pids` and `comms`: others pay nothing, but a new
    * process is covered only once its probes are in (docs/architecture.md). The targets are
@@ -93,6 +96,7 @@ export function wireCounters(k: KernelCounters | undefined): WireKernelCounters 
     bytes_rate_limited: k?.bytesRateLimited ?? 0,
     discovery_events_lost: k?.discoveryEventsLost ?? 0,
     calls_missed: k?.callsMissed ?? 0,
+    bytes_shed: k?.bytesShed ?? 0,
   };
 }
 
@@ -120,7 +124,7 @@ export function attachNotes(r: AttachResult): string {
 
 /** Sends a loss frame per source for what was lost since the previous report of that source. */
 class LossReporter {
-  private readonly reported = { ring_buffer: [0, 0], memory_fault: [0, 0], events: [0, 0], calls_missed: [0, 0], writer_queue: [0, 0] };
+  private readonly reported = { ring_buffer: [0, 0], memory_fault: [0, 0], events: [0, 0], calls_missed: [0, 0], writer_queue: [0, 0], shed: [0, 0] };
 
   constructor(
     private readonly writer: FrameWriter,
@@ -135,6 +139,7 @@ class LossReporter {
       events: [0, k.eventsLost],
       calls_missed: [0, k.callsMissed], // their bytes are unknown: records only
       writer_queue: [w.dropped_bytes, w.dropped_segments],
+      shed: [k.bytesShed, 0], // not lost: cut to their heads under load; records 0
     };
     for (const src of Object.keys(this.reported) as (keyof LossReporter['reported'])[]) {
       const [b, r] = now[src];
@@ -191,7 +196,14 @@ export class Session {
   /** Loads the BPF object after the checks that need no kernel; throws what explain() reads. */
   open(): void {
     preflight();
-    this.capture = new Capture({ ...this.filter(), ...(this.opts.ringBytes ? { ringBytes: this.opts.ringBytes } : {}), floor: this.opts.floor });
+    const { shedHead, shedFill } = this.opts;
+    this.capture = new Capture({
+      ...this.filter(),
+      ...(this.opts.ringBytes ? { ringBytes: this.opts.ringBytes } : {}),
+      ...(shedHead !== undefined ? { shedHead } : {}),
+      ...(shedFill !== undefined ? { shedFill } : {}),
+      floor: this.opts.floor,
+    });
   }
 
   /** Unix time in ns of the capture's monotonic 0. */

@@ -40,6 +40,10 @@ type SSLEvent struct {
 	MidStream  bool   `msgpack:"mid_stream"`  // the helper joined after the start
 	// RateLimited: Truncated because the process was over the rate cap (config rate_cap).
 	RateLimited bool `msgpack:"rate_limited"`
+	// Shed: Truncated to the call's head because the helper's ring buffer was filling (load
+	// shedding: bodies are cut so that every exchange keeps its request line, status and
+	// headers). The bytes cut are in KernelCounters.BytesShed.
+	Shed bool `msgpack:"shed"`
 }
 
 // Time is TsNs as a time.Time.
@@ -73,11 +77,15 @@ type ConnClose struct {
 	EgressEnd  uint64 `msgpack:"egress_end"`
 	IngressEnd uint64 `msgpack:"ingress_end"`
 	EOS        bool   `msgpack:"eos"`
+	// BytesShed: bytes of the connection's calls shed under load (SSLEvent.Shed), exact;
+	// nil when the helper made the close up (process_exit, helper_exit) or is older.
+	BytesShed *uint64 `msgpack:"bytes_shed,omitempty"`
 }
 
 // Loss is a loss frame: bytes that will never arrive, since the previous loss
 // frame of the same Source (ring_buffer, memory_fault, events, calls_missed,
-// writer_queue, …). A calls_missed loss has Bytes 0 (unknown) and counts calls in Records.
+// writer_queue, shed, …). A shed "loss" counts bytes cut from calls under load (not lost
+// records: Records is 0). A calls_missed loss has Bytes 0 (unknown) and counts calls in Records.
 type Loss struct {
 	Source     string `msgpack:"source"`
 	Bytes      uint64 `msgpack:"bytes"`
@@ -103,6 +111,9 @@ type KernelCounters struct {
 	DiscoveryEventsLost uint64 `msgpack:"discovery_events_lost"`
 	// CallsMissed: traced calls whose bytes could not be taken (their byte count is unknown).
 	CallsMissed uint64 `msgpack:"calls_missed"`
+	// BytesShed: bytes within the per-call cap not captured because the ring buffer was
+	// filling (segments marked Shed).
+	BytesShed uint64 `msgpack:"bytes_shed"`
 }
 
 // WriterCounters are the counters of the helper's stdout queue.

@@ -195,6 +195,8 @@ func decodeSegment(body []byte, e *SSLEvent) error {
 			e.MidStream, err = r.boolean()
 		case "rate_limited":
 			e.RateLimited, err = r.boolean()
+		case "shed":
+			e.Shed, err = r.boolean()
 		case "conn_id", "pid", "tid", "ssl_ptr", "fd", "dir", "local_port", "remote_port", "seq", "ack", "ts_ns", "len_total", "lost_before":
 			if v, err = r.int(); err != nil {
 				return err

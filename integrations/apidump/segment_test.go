@@ -37,6 +37,9 @@ func TestSegmentDecoderAgreesWithMsgpack(t *testing.T) {
 		if rng.Intn(5) == 0 {
 			m["rate_limited"] = true
 		}
+		if rng.Intn(5) == 0 {
+			m["shed"] = true
+		}
 		if rng.Intn(10) == 0 {
 			m["from_a_later_version"] = []int{1, 2}
 		}

@@ -3,9 +3,13 @@
 // segments the host gets, the loss and stats frames say so, and the helper's memory stays flat.
 // A per-process rate cap set by the host (config rate_cap): bytes over it are counted in
 // bytes_rate_limited, marked on the segments, and the offsets stay exact.
+// Load shedding: a small ring under a burst of large responses sheds bodies, never exchanges:
+// every exchange keeps its request line, status and headers, bytes_shed is exact (in bye, loss
+// and conn_close frames), and the bytes around each cut are where their offsets say.
 import * as assert from 'assert';
 import * as fs from 'fs';
-import { ByeFrame, ConnCloseFrame, LossFrame, SegmentFrame, StatsFrame } from '../../helper/protocol/generated';
+import { ByeFrame, ConnCloseFrame, HelperFrame, LossFrame, SegmentFrame, StatsFrame } from '../../helper/protocol/generated';
+import { HttpExchange, Session } from '../../helper/http/exchanges';
 import { Exchange, HelperHost } from '../../helper/host/host';
 import { requireKernel } from '../lib/kernel';
 import { curl, NginxServer, pattern, startNginx, stopAll, tmpDir, waitFor } from '../lib/servers';
@@ -42,36 +46,53 @@ function collect(host: HelperHost): {
  * one segment's end and the next one's seq (and conn_close's end) are either lost (lost_before,
  * or a tail after an untruncated segment) or cut by a cap (after a truncated segment).
  */
-function books(segs: SegmentFrame[], closes: ConnCloseFrame[]): { delivered: number; lost: number; cut: number; rateLimitedSegments: number } {
-  const at = new Map<string, { end: bigint; truncated: boolean }>();
+function books(
+  segs: SegmentFrame[],
+  closes: ConnCloseFrame[],
+): { delivered: number; lost: number; cut: number; rateLimitedSegments: number; shedSegments: number; shedCut: number; shedByConn: Map<bigint, number> } {
+  const at = new Map<string, { end: bigint; truncated: boolean; shed: boolean }>();
   let delivered = 0;
   let lost = 0n;
   let cut = 0n;
   let rateLimitedSegments = 0;
+  let shedSegments = 0;
+  // Bytes cut after segments marked shed, in all and per connection.
+  let shedCut = 0n;
+  const shedByConn = new Map<bigint, number>();
+  const addShed = (conn: bigint, n: bigint): void => {
+    shedCut += n;
+    shedByConn.set(conn, (shedByConn.get(conn) ?? 0) + Number(n));
+  };
   for (const s of segs) {
     const k = `${s.pid}:${s.conn_id}:${s.dir}`;
-    const prev = at.get(k) ?? { end: 0n, truncated: false };
+    const prev = at.get(k) ?? { end: 0n, truncated: false, shed: false };
     const gap = s.seq - prev.end;
     assert.ok(gap >= BigInt(s.lost_before), `${k}: seq ${s.seq} is before ${prev.end} + lost_before ${s.lost_before}`);
     if (!prev.truncated) assert.strictEqual(gap, BigInt(s.lost_before), `${k}: seq ${s.seq} is not ${prev.end} + lost_before ${s.lost_before}`);
     lost += BigInt(s.lost_before);
     cut += gap - BigInt(s.lost_before);
+    if (prev.shed) addShed(s.conn_id, gap - BigInt(s.lost_before));
     delivered += s.data.length;
     if (s.rate_limited) {
       assert.strictEqual(s.truncated, true, 'a rate_limited segment is truncated');
       rateLimitedSegments++;
     }
-    at.set(k, { end: s.seq + BigInt(s.data.length), truncated: s.truncated });
+    if (s.shed) {
+      assert.strictEqual(s.truncated, true, 'a shed segment is truncated');
+      shedSegments++;
+    }
+    at.set(k, { end: s.seq + BigInt(s.data.length), truncated: s.truncated, shed: s.shed === true });
   }
   for (const c of closes) {
     for (const [dir, end] of [[0, c.egress_end], [1, c.ingress_end]] as const) {
-      const prev = at.get(`${c.pid}:${c.conn_id}:${dir}`) ?? { end: 0n, truncated: false };
+      const prev = at.get(`${c.pid}:${c.conn_id}:${dir}`) ?? { end: 0n, truncated: false, shed: false };
       assert.ok(end >= prev.end, `conn ${c.conn_id} dir ${dir}: end ${end} before the last byte seen ${prev.end}`);
       if (prev.truncated) cut += end - prev.end;
       else lost += end - prev.end;
+      if (prev.shed) addShed(c.conn_id, end - prev.end);
     }
   }
-  return { delivered, lost: Number(lost), cut: Number(cut), rateLimitedSegments };
+  return { delivered, lost: Number(lost), cut: Number(cut), rateLimitedSegments, shedSegments, shedCut: Number(shedCut), shedByConn };
 }
 
 describe('--ipc helper under overload (kernel, nginx and curl)', function () {
@@ -102,7 +123,7 @@ describe('--ipc helper under overload (kernel, nginx and curl)', function () {
     // starved by other test suites (load average 30+ on 2 cores) one can be: run it again then.
     this.retries(2);
     // Only curl's connections to this nginx: the counters are then about this test alone.
-    host = new HelperHost({ command: process.execPath, args: [CLI, '--ipc', '--comm', 'curl', '--port', String(nginx.port), '--ring-size', '32768'] });
+    host = new HelperHost({ command: process.execPath, args: [CLI, '--ipc', '--comm', 'curl', '--port', String(nginx.port), '--ring-size', '32768', '--shed-fill', '1'] });
     const f = collect(host);
     await host.ready;
     await waitFor(() => host!.stderr.includes('capturing TLS plaintext'), { what: 'the helper to attach' });
@@ -142,6 +163,7 @@ describe('--ipc helper under overload (kernel, nginx and curl)', function () {
     assert.strictEqual(b.lost, k.bytes_lost + k.bytes_faulted + bye.writer.dropped_bytes, 'gaps = kernel drops + faults + writer drops');
     assert.strictEqual(b.cut, 0, 'nothing cut by a cap');
     assert.strictEqual(b.delivered, k.bytes_captured - bye.writer.dropped_bytes, 'delivered = captured - writer drops');
+    assert.strictEqual(k.bytes_shed, 0, 'shedding is off (--shed-fill 1): this run measures drops');
     assert.strictEqual(k.bytes_moved, k.bytes_captured + k.bytes_lost + k.bytes_faulted + k.bytes_truncated + (k.bytes_rate_limited ?? 0));
     // The loss frames add up to the counters; the stats frames show them as they grow.
     assert.strictEqual(sum('ring_buffer'), k.bytes_lost, 'loss frames (ring_buffer) add up to bye.kernel.bytes_lost');
@@ -205,5 +227,89 @@ describe('--ipc helper under overload (kernel, nginx and curl)', function () {
       const off = Number(s.seq) - headerLen;
       if (off >= 0) assert.ok(Buffer.from(s.data).equals(body.subarray(off, off + s.data.length)), `segment at seq ${s.seq} is the body at ${off}`);
     }
+  });
+
+  it('load shedding: a 256 KiB ring under a burst of 1 MiB responses sheds bodies, never exchanges; bytes_shed exact, offsets in place', async function () {
+    this.timeout(60_000);
+    // The books need every connection event (see the first test); a starved machine may drop one.
+    this.retries(2);
+    const HEAD = 1024;
+    const RING = 256 << 10;
+    host = new HelperHost({ command: process.execPath, args: [CLI, '--ipc', '--comm', 'curl', '--port', String(nginx.port), '--ring-size', String(RING), '--shed-head', String(HEAD)] });
+    const f = collect(host);
+    const frames: HelperFrame[] = [];
+    host.on('frame', (x) => void frames.push(x as unknown as HelperFrame));
+    await host.ready;
+    await waitFor(() => host!.stderr.includes('capturing TLS plaintext'), { what: 'the helper to attach' });
+    const url = `https://127.0.0.1:${nginx.port}/big.bin`;
+    // Four curls at once, two 1 MiB responses each on one connection: far more than the ring holds.
+    const runs = await Promise.all([0, 1, 2, 3].map(() => curl(url, ['-o', '/dev/null', url, '-o', '/dev/null'])));
+    for (const r of runs) assert.strictEqual(r.code, 0, r.stderr.toString());
+    const pids = runs.map((r) => r.pid);
+    await waitFor(() => pids.every((p) => f.closes.some((c) => c.pid === p)), { what: 'conn_close of every curl run' });
+    assert.ok(await host.close(), 'bye received');
+    host = undefined;
+    assert.deepStrictEqual(f.errors, []);
+    const bye = f.bye()!;
+    const k = bye.kernel;
+    const b = books(f.segs, f.closes);
+    const lossSum = (src: string): number => f.losses.filter((l) => l.source === src).reduce((n, l) => n + l.bytes, 0);
+    process.stderr.write(
+      `      ${b.delivered} bytes delivered, ${k.bytes_shed} shed in ${b.shedSegments} segments, ${k.bytes_lost} lost in ${k.records_lost} records, ` +
+        `${bye.writer.dropped_bytes} dropped by the writer, of ${k.bytes_moved} moved; connection events lost ${k.events_lost}\n`,
+    );
+    assert.ok(k.bytes_shed! > MiB, `only ${k.bytes_shed} bytes shed: the test did not fill the ring`);
+    assert.strictEqual(k.events_lost, 0, 'connection events fit: heads leave room');
+    // Exact books: every byte the programs moved is captured, cut (shed) or lost, and the host's
+    // gaps say which, byte for byte.
+    assert.strictEqual(k.bytes_moved, k.bytes_captured + k.bytes_shed! + k.bytes_truncated + (k.bytes_rate_limited ?? 0) + k.bytes_lost + k.bytes_faulted, 'moved = captured + shed + truncated + rate-limited + lost + faulted');
+    assert.strictEqual(k.bytes_truncated, 0);
+    assert.strictEqual(b.cut, k.bytes_shed, 'gaps after truncated segments = bytes_shed');
+    assert.strictEqual(b.shedCut, k.bytes_shed, 'and each follows a segment marked shed');
+    assert.strictEqual(b.lost, k.bytes_lost + k.bytes_faulted + bye.writer.dropped_bytes, 'other gaps = kernel drops + faults + writer drops');
+    assert.strictEqual(lossSum('shed'), k.bytes_shed, 'loss frames of source shed add up to bye.kernel.bytes_shed');
+    // Per connection: conn_close's bytes_shed (the kernel's count) is what its gaps after shed segments add up to.
+    let perConn = 0;
+    for (const c of f.closes) {
+      assert.strictEqual(c.bytes_shed, b.shedByConn.get(c.conn_id) ?? 0, `conn ${c.conn_id}: bytes_shed`);
+      perConn += c.bytes_shed ?? 0;
+    }
+    assert.strictEqual(perConn, k.bytes_shed, 'conn_close bytes_shed add up to bye.kernel.bytes_shed');
+    // Heads only: a shed segment holds at most --shed-head bytes, and they are what nginx sent there.
+    const shed = f.segs.filter((s) => s.shed);
+    assert.ok(shed.every((s) => s.data.length <= HEAD && Number(s.len_total) > HEAD), 'a shed call keeps at most its head');
+    // Within a body (no turn of direction since the call before) a shed call keeps nothing.
+    assert.ok(shed.some((s) => s.data.length === 0), 'continuation calls shed whole');
+    for (const p of pids) {
+      const c = f.closes.find((x) => x.pid === p)!;
+      // Two responses of the same head length H: [H head][1 MiB body][H head][1 MiB body].
+      const h = Number(c.ingress_end) / 2 - MiB;
+      assert.ok(Number.isInteger(h) && h > 100 && h < 1024, `curl ${p}: ingress_end ${c.ingress_end}`);
+      for (const s of f.segs.filter((x) => x.pid === p && x.dir === 1)) {
+        const seq = Number(s.seq);
+        for (const start of [h, 2 * h + MiB]) {
+          const off = seq - start;
+          if (off >= 0 && off + s.data.length <= MiB) assert.ok(Buffer.from(s.data).equals(body.subarray(off, off + s.data.length)), `curl ${p}: segment at seq ${seq} is the body at ${off}`);
+        }
+      }
+    }
+    // Every exchange is there, with its request line, status and headers.
+    const exchanges: HttpExchange[] = [];
+    const session = new Session((e) => e.type === 'exchange' && exchanges.push(e.exchange));
+    for (const x of frames) session.push(x as never);
+    session.end();
+    for (const p of pids) {
+      const mine = exchanges.filter((x) => x.conn.pid === p);
+      assert.strictEqual(mine.length, 2, `curl ${p}: ${mine.length} exchanges`);
+      for (const x of mine) {
+        assert.strictEqual(x.request?.method, 'GET');
+        assert.strictEqual(x.request?.target, '/big.bin');
+        assert.strictEqual(x.response?.status, 200);
+        const len = x.response!.headers.find(([n]) => n.toLowerCase() === 'content-length')?.[1];
+        assert.strictEqual(len, String(MiB), `curl ${p}: content-length`);
+        assert.strictEqual(x.response!.body.length + x.response!.bodyMissing, MiB, 'the body: captured + missing = its length');
+      }
+    }
+    assert.ok(exchanges.some((x) => x.response!.bodyMissing > 0 && x.response!.notes.some((n) => n.includes('shed under load'))), 'shed bodies are marked');
   });
 });

@@ -36,7 +36,9 @@ type Proc struct {
 	// LostBefore: bytes the helper reported lost (ring buffer, writer queue, faults).
 	LostBefore uint64 `json:"lost_before"`
 	// Truncated: bytes past a cap (per call or rate), not delivered by design.
-	Truncated    uint64    `json:"truncated"`
+	Truncated uint64 `json:"truncated"`
+	// Shed: bytes cut from calls under load (segments marked shed), not delivered by design.
+	Shed         uint64    `json:"shed"`
 	RequestLines uint64    `json:"h1_request_lines"`
 	StatusLines  uint64    `json:"h1_status_lines"`
 	H2Headers    [2]uint64 `json:"h2_headers"` // HEADERS frames per direction
@@ -61,6 +63,7 @@ type connSummary struct {
 	h1     [2][2]scanner // per direction: request lines, status lines (a scanner keeps one pattern's tail)
 	h2     [2]h2walker
 	truncd [2]bool
+	shedd  [2]bool
 }
 
 var preface = []byte("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
@@ -225,6 +228,8 @@ func main() {
 				if gap := e.Seq - cs.next[d]; gap > e.LostBefore {
 					p.LostBefore += gap - e.LostBefore
 				}
+			} else if e.Seq > cs.next[d] && cs.shedd[d] {
+				p.Shed += e.Seq - cs.next[d] - e.LostBefore
 			} else if e.Seq > cs.next[d] {
 				p.Truncated += e.Seq - cs.next[d] - e.LostBefore
 			}
@@ -233,6 +238,7 @@ func main() {
 			}
 			cs.next[d] = e.Seq + uint64(len(e.Data))
 			cs.truncd[d] = e.Truncated
+			cs.shedd[d] = e.Truncated && e.Shed
 			p.RequestLines += cs.h1[d][0].count(e.Data, []byte("HTTP/1.1\r\n"))
 			p.StatusLines += cs.h1[d][1].count(e.Data, []byte("HTTP/1.1 "))
 			cs.h2[d].feed(e.Data, &p.H2Headers[d])
@@ -248,7 +254,9 @@ func main() {
 				p.Moved[d] += ends[d]
 				if ends[d] > cs.next[d] {
 					// The tail: past the last call's cap, or lost at the very end.
-					if cs.truncd[d] {
+					if cs.shedd[d] {
+						p.Shed += ends[d] - cs.next[d]
+					} else if cs.truncd[d] {
 						p.Truncated += ends[d] - cs.next[d]
 					} else {
 						p.LostBefore += ends[d] - cs.next[d]

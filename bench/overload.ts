@@ -1,0 +1,390 @@
+// overload.ts: `node dist/bench/overload.js`: does the capture keep every exchange when it cannot
+// keep every byte? nginx (1 worker, TLS, 127.0.0.1) under wrk at saturation with 256 KiB
+// responses and 64 KiB POSTs, both ends captured, the helper in --ipc mode (frames to a file)
+// and in every standalone format (text, raw, jsonl, har, pcapng; --print-limit 0, to a file).
+// For each run: req/s against a run without capture made just before (same workload, same
+// run), how many of the requests nginx logged appear as exchanges with request line, status
+// and headers at both ends (nginx's worker and wrk; text, jsonl, har and --ipc: raw and pcapng
+// keep calls, not exchanges), the kernel's books (bytes moved, shed, lost), the helper's CPU
+// seconds and its peak RSS. `npm run bench:overload`. Variants, all in
+// the same run so that their ratios compare: the helper without shedding (--shed-fill 1), with
+// it (the defaults), and optionally another build (--before DIST_CLI, e.g. the commit before
+// shedding). A script, never a test.
+import { ChildProcess, spawn } from 'child_process';
+import { Command } from 'commander';
+import * as fs from 'fs';
+import * as path from 'path';
+import * as readline from 'readline';
+import { runLoad, WORKLOADS } from './lib/load';
+import { startBenchNginx } from './lib/nginx';
+import { PACKAGE_ROOT } from './lib/capture';
+import { tmpDir } from '../test/lib/servers';
+import { cpuSeconds, statusKiB } from '../test/lib/procfs';
+import { replayFrames } from '../helper/commands/replay';
+import { HttpExchange, Session } from '../helper/http/exchanges';
+
+type Mode = 'ipc' | 'text' | 'raw' | 'jsonl' | 'har' | 'pcapng';
+const MODES: Mode[] = ['ipc', 'text', 'raw', 'jsonl', 'har', 'pcapng'];
+
+interface Variant {
+  name: string;
+  cli: string;
+  args: string[];
+}
+
+interface Row {
+  workload: string;
+  mode: Mode;
+  variant: string;
+  rps: number;
+  /** rps / the rps of the run without capture just before. */
+  ratio: number;
+  /** CPU seconds (user + system) of the helper, start to stop. */
+  helperCpuS: number;
+  /** Requests nginx logged during the load. */
+  requests: number;
+  /** Exchanges with request line, status and headers, of nginx's worker and of wrk (raw, pcapng: not counted). */
+  server?: number;
+  client?: number;
+  /** min(server, client) / requests. */
+  bothEnds?: number;
+  /**
+   * wrk's connections whose last exchange is a request without a response: in flight when wrk
+   * stopped at the end of the run (it closes its connections then; nginx logged the answer wrk
+   * never read). At most one per connection.
+   */
+  clientUnanswered?: number;
+  /** min(server, client + clientUnanswered) / requests: both ends, the end of the run aside. */
+  bothEndsSettled?: number;
+  /** Bytes the standalone command shed because its output fell behind (formats/shed.ts). */
+  outputShed?: number;
+  bytesMoved?: number;
+  bytesCaptured?: number;
+  bytesShed?: number;
+  bytesLost?: number;
+  writerDropped?: number;
+  outputBytes: number;
+  peakRssMiB: number;
+}
+
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+/** Exchanges of a frame recording with a request line, a status and headers on both sides, per pid. */
+async function countFrames(file: string): Promise<{ perPid: Map<number, number>; unanswered: Map<number, number>; kernel?: Record<string, number>; writer?: Record<string, number> }> {
+  const perPid = new Map<number, number>();
+  const unanswered = new Map<number, number>();
+  // Per connection, whether its last exchange was a request with no response.
+  const last = new Map<string, { pid: number; unanswered: boolean }>();
+  let kernel: Record<string, number> | undefined;
+  let writer: Record<string, number> | undefined;
+  const session = new Session((e) => {
+    if (e.type !== 'exchange') return;
+    const x = e.exchange;
+    if (headed(x)) perPid.set(x.conn.pid, (perPid.get(x.conn.pid) ?? 0) + 1);
+    last.set(x.conn.key, { pid: x.conn.pid, unanswered: !!x.request && x.request.headers.length > 0 && !x.response });
+  });
+  for await (const f of replayFrames(file, { validate: false })) {
+    if (f.type === 'bye') {
+      kernel = f.kernel as Record<string, number>;
+      writer = f.writer as Record<string, number>;
+    }
+    session.push(f);
+  }
+  session.end();
+  for (const l of last.values()) if (l.unanswered) unanswered.set(l.pid, (unanswered.get(l.pid) ?? 0) + 1);
+  return { perPid, unanswered, ...(kernel ? { kernel } : {}), ...(writer ? { writer } : {}) };
+}
+
+function headed(x: HttpExchange): boolean {
+  return !!x.request && !!x.response && !!x.request.method && x.request.headers.length > 0 && x.response.status > 0 && x.response.headers.length > 0;
+}
+
+/**
+ * The same count from the text output: an exchange block starts with `TIME comm[pid] conn N
+ * HTTP/1.x (...)`; it counts when it has `> METHOD target HTTP/1.x`, `< HTTP/1.x NNN`, and a
+ * header line on each side. Bodies here are base64 or 'x' runs: no line of them starts with '> ' or '< '.
+ */
+async function countText(file: string): Promise<{ perPid: Map<number, number>; unanswered: Map<number, number> }> {
+  const perPid = new Map<number, number>();
+  const unanswered = new Map<number, number>();
+  const head = /^\d\d:\d\d:\d\d\.\d+ \S+\[(\d+)\] conn (\d+) HTTP\/1\.[01] /;
+  const last = new Map<string, { pid: number; unanswered: boolean }>();
+  let cur: { conn: string; pid: number; req: boolean; res: boolean; reqH: boolean; resH: boolean; noResponse: boolean } | undefined;
+  const done = (): void => {
+    if (cur && cur.req && cur.res && cur.reqH && cur.resH) perPid.set(cur.pid, (perPid.get(cur.pid) ?? 0) + 1);
+    if (cur) last.set(cur.conn, { pid: cur.pid, unanswered: cur.req && cur.reqH && !cur.res && cur.noResponse });
+    cur = undefined;
+  };
+  const rl = readline.createInterface({ input: fs.createReadStream(file, { highWaterMark: 1 << 20 }), crlfDelay: Infinity });
+  for await (const line of rl) {
+    const m = head.exec(line);
+    if (m) {
+      done();
+      cur = { conn: `${m[1]}:${m[2]}`, pid: Number(m[1]), req: false, res: false, reqH: false, resH: false, noResponse: false };
+      continue;
+    }
+    if (cur && line === '[no response captured]') cur.noResponse = true;
+    if (!cur || line.length < 3 || (line[0] !== '>' && line[0] !== '<') || line[1] !== ' ') continue;
+    if (line[0] === '>') {
+      if (/^> [A-Z]+ \S+ HTTP\/1\.[01]$/.test(line)) cur.req = true;
+      else if (/^> [^ :]+: /.test(line)) cur.reqH = true;
+    } else if (/^< HTTP\/1\.[01] \d{3}/.test(line)) cur.res = true;
+    else if (/^< [^ :]+: /.test(line)) cur.resH = true;
+  }
+  done();
+  for (const l of last.values()) if (l.unanswered) unanswered.set(l.pid, (unanswered.get(l.pid) ?? 0) + 1);
+  return { perPid, unanswered };
+}
+
+type Counts = { perPid: Map<number, number>; unanswered: Map<number, number> };
+
+/** Tallies exchanges per pid, and per connection whether its last one was a request left unanswered. */
+class Tally {
+  readonly perPid = new Map<number, number>();
+  private readonly last = new Map<string, { pid: number; unanswered: boolean }>();
+  add(pid: number, conn: string, headed: boolean, unanswered: boolean): void {
+    if (headed) this.perPid.set(pid, (this.perPid.get(pid) ?? 0) + 1);
+    this.last.set(conn, { pid, unanswered });
+  }
+  counts(): Counts {
+    const unanswered = new Map<number, number>();
+    for (const l of this.last.values()) if (l.unanswered) unanswered.set(l.pid, (unanswered.get(l.pid) ?? 0) + 1);
+    return { perPid: this.perPid, unanswered };
+  }
+}
+
+/** The same count from JSON Lines: "exchange" lines (schemas/jsonl/line.schema.json). */
+async function countJsonl(file: string): Promise<Counts> {
+  const t = new Tally();
+  const rl = readline.createInterface({ input: fs.createReadStream(file, { highWaterMark: 1 << 20 }), crlfDelay: Infinity });
+  for await (const line of rl) {
+    if (!line.startsWith('{"type":"exchange"')) continue;
+    const l = JSON.parse(line) as { conn: { id: string; pid: number }; request?: { method?: string; headers: unknown[] }; response?: { status?: number; headers: unknown[] } };
+    const q = l.request;
+    const r = l.response;
+    t.add(l.conn.pid, `${l.conn.pid}:${l.conn.id}`, !!q?.method && q.headers.length > 0 && !!r?.status && r.headers.length > 0, !!q && q.headers.length > 0 && !r);
+  }
+  return t.counts();
+}
+
+/**
+ * The same count from the HAR (streamed by formats/har.ts, an entry per block at six spaces):
+ * a method, a status above 0, non-empty request and response headers, and _process.pid.
+ * Line by line: the file can be larger than a string may be.
+ */
+async function countHar(file: string): Promise<Counts> {
+  const t = new Tally();
+  let cur: { method: boolean; status: boolean; headers: number; pid: number; conn: string } | undefined;
+  const rl = readline.createInterface({ input: fs.createReadStream(file, { highWaterMark: 1 << 20 }), crlfDelay: Infinity });
+  for await (const line of rl) {
+    if (line === '      {') cur = { method: false, status: false, headers: 0, pid: -1, conn: '' };
+    else if (cur && (line === '      }' || line === '      },')) {
+      t.add(cur.pid, `${cur.pid}:${cur.conn}`, cur.method && cur.status && cur.headers >= 2, false);
+      cur = undefined;
+    } else if (cur) {
+      let m: RegExpExecArray | null;
+      if (/^ {10}"method": "[A-Z]+",$/.test(line)) cur.method = true;
+      else if (/^ {10}"status": [1-9]\d\d,$/.test(line)) cur.status = true;
+      else if (/^ {10}"headers": \[$/.test(line)) cur.headers++;
+      else if ((m = /^ {10}"pid": (\d+),?$/.exec(line))) cur.pid = Number(m[1]);
+      else if ((m = /^ {8}"connection": "(\d+)",?$/.exec(line))) cur.conn = m[1]!;
+    }
+  }
+  return t.counts();
+}
+
+/** The counters of the text mode's closing line (stderr): `stopped: N calls, N bytes moved, ...`. */
+function textCounters(stderr: string): Record<string, number> {
+  const line = /stopped: (.*)/.exec(stderr)?.[1] ?? '';
+  const n = (re: RegExp): number | undefined => {
+    const m = re.exec(line);
+    return m ? Number(m[1]) : undefined;
+  };
+  const out: Record<string, number> = {};
+  const put = (k: string, v: number | undefined): void => void (v !== undefined && (out[k] = v));
+  put('bytes_moved', n(/(\d+) bytes moved/));
+  put('bytes_captured', n(/(\d+) captured/));
+  put('bytes_shed', n(/(\d+) shed under load/));
+  put('bytes_lost', n(/(\d+) lost/));
+  put('output_shed', n(/(\d+) more shed because the output fell behind/));
+  return out;
+}
+
+async function startHelper(v: Variant, mode: Mode, out: string, filter: string[]): Promise<{ child: ChildProcess; stderr: () => string; stop: () => Promise<void>; peak: () => number; cpu: () => number }> {
+  const args = [v.cli, ...filter, ...v.args];
+  let child: ChildProcess;
+  if (mode === 'ipc') {
+    const fd = fs.openSync(out, 'w', 0o600);
+    child = spawn(process.execPath, [...args, '--ipc'], { stdio: ['pipe', fd, 'pipe'] });
+    fs.closeSync(fd);
+  } else {
+    child = spawn(process.execPath, [...args, '--format', mode, '--print-limit', '0', '--no-color', '-o', out], { stdio: ['ignore', 'ignore', 'pipe'] });
+  }
+  let err = '';
+  child.stderr!.on('data', (b: Buffer) => (err += b.toString()));
+  const exited = new Promise<void>((r) => child.once('exit', () => r()));
+  const t0 = Date.now();
+  while (!err.includes('capturing TLS plaintext')) {
+    if (child.exitCode !== null || Date.now() - t0 > 30_000) throw new Error(`the helper (${v.name}, ${mode}) did not start:\n${err}`);
+    await sleep(50);
+  }
+  let peak = 0;
+  let cpu = 0;
+  const cpu0 = cpuSeconds(child.pid!);
+  const sampler = setInterval(() => {
+    try {
+      peak = Math.max(peak, statusKiB(child.pid!, 'VmRSS'));
+      cpu = cpuSeconds(child.pid!) - cpu0;
+    } catch {
+      // gone
+    }
+  }, 200);
+  return {
+    child,
+    stderr: () => err,
+    peak: () => peak / 1024,
+    cpu: () => cpu,
+    stop: async () => {
+      clearInterval(sampler);
+      try {
+        peak = Math.max(peak, statusKiB(child.pid!, 'VmHWM'));
+      } catch {
+        // gone
+      }
+      // Until exit (draining what is left, rendering it): sampled on the exit itself.
+      const tail = setInterval(() => {
+        try {
+          cpu = cpuSeconds(child.pid!) - cpu0;
+        } catch {
+          // gone
+        }
+      }, 50);
+      void exited.then(() => clearInterval(tail));
+      if (mode === 'ipc') child.stdin!.end();
+      else child.kill('SIGINT');
+      await exited;
+    },
+  };
+}
+
+async function main(): Promise<void> {
+  const opts = new Command('overload')
+    .option('-d, --duration <s>', 'seconds of load per run', (v) => Number(v), 8)
+    .option('-w, --workloads <names>', 'comma-separated, of large,post', 'large,post')
+    .option('-m, --modes <names>', `comma-separated, of ${MODES.join(',')}`, MODES.join(','))
+    .option('--variants <names>', 'comma-separated, of before,noshed,shed (before needs --before)', 'shed')
+    .option('--before <cli.js>', "another build's dist/helper/cli.js: the variant 'before'")
+    .option('--shed-fill <f>', 'the shed variant: --shed-fill (default: the helper default)')
+    .option('--keep', 'keep the output files (they hold test traffic only)')
+    .option('-o, --out <file>', 'also write the rows as JSON here')
+    .parse()
+    .opts<{ duration: number; workloads: string; modes: string; variants: string; before?: string; shedFill?: string; keep?: boolean; out?: string }>();
+  const cli = path.join(PACKAGE_ROOT, 'dist', 'helper', 'cli.js');
+  const all: Record<string, Variant> = {
+    before: { name: 'before', cli: opts.before ? path.resolve(opts.before) : '', args: [] },
+    noshed: { name: 'noshed', cli, args: ['--shed-fill', '1'] },
+    shed: { name: 'shed', cli, args: opts.shedFill ? ['--shed-fill', opts.shedFill] : [] },
+  };
+  const variants = opts.variants.split(',').map((n) => {
+    const v = all[n];
+    if (!v || !v.cli) throw new Error(`unknown variant ${n} (before needs --before DIST/helper/cli.js)`);
+    return v;
+  });
+  const dir = tmpDir('https-capture-overload-bench-');
+  const nginx = await startBenchNginx(dir);
+  const rows: Row[] = [];
+  try {
+    for (const wname of opts.workloads.split(',')) {
+      const w = WORKLOADS.find((x) => x.name === wname);
+      if (!w) throw new Error(`unknown workload ${wname}`);
+      for (const mode of opts.modes.split(',') as Mode[]) {
+        if (!MODES.includes(mode)) throw new Error(`unknown mode ${mode}`);
+        // The same load with no capture, just before: what the ratios are taken against.
+        const base = await runLoad(w.argv(nginx.port, opts.duration, dir));
+        process.stderr.write(`${w.name}: no capture ${base.requestsPerSec} req/s\n`);
+        for (const v of variants) {
+          const out = path.join(dir, `${w.name}-${mode}-${v.name}.out`);
+          // Only this run's traffic: nginx and wrk on this port (other programs on the machine may use TLS too).
+          const h = await startHelper(v, mode, out, ['--comm', 'nginx,wrk', '--port', String(nginx.port)]);
+          await sleep(500);
+          const req0 = nginx.requests();
+          const load = await runLoad(w.argv(nginx.port, opts.duration, dir));
+          await sleep(400); // nginx flushes its access log every 200 ms
+          const requests = nginx.requests() - req0;
+          await h.stop();
+          const outputBytes = fs.statSync(out).size;
+          let server: number | undefined;
+          let client: number | undefined;
+          let unanswered: number | undefined;
+          let k: Record<string, number>;
+          let dropped: number | undefined;
+          if (mode === 'ipc') {
+            const r = await countFrames(out);
+            server = r.perPid.get(nginx.workerPid) ?? 0;
+            client = r.perPid.get(load.pid) ?? 0;
+            unanswered = r.unanswered.get(load.pid) ?? 0;
+            k = r.kernel ?? {};
+            dropped = r.writer?.dropped_bytes;
+          } else {
+            const r = mode === 'text' ? await countText(out) : mode === 'jsonl' ? await countJsonl(out) : mode === 'har' ? await countHar(out) : undefined;
+            if (r) {
+              server = r.perPid.get(nginx.workerPid) ?? 0;
+              client = r.perPid.get(load.pid) ?? 0;
+              unanswered = r.unanswered.get(load.pid) ?? 0;
+            }
+            k = textCounters(h.stderr());
+          }
+          if (!opts.keep) fs.rmSync(out, { force: true });
+          const counted = server !== undefined && client !== undefined;
+          const row: Row = {
+            workload: w.name,
+            mode,
+            variant: v.name,
+            rps: load.requestsPerSec,
+            ratio: load.requestsPerSec / base.requestsPerSec,
+            helperCpuS: h.cpu(),
+            requests,
+            ...(counted
+              ? {
+                  server,
+                  client,
+                  bothEnds: Math.min(server!, client!) / Math.max(1, requests),
+                  clientUnanswered: unanswered ?? 0,
+                  bothEndsSettled: Math.min(server!, client! + (unanswered ?? 0)) / Math.max(1, requests),
+                }
+              : {}),
+            ...(k.bytes_moved !== undefined ? { bytesMoved: k.bytes_moved } : {}),
+            ...(k.bytes_captured !== undefined ? { bytesCaptured: k.bytes_captured } : {}),
+            ...(k.bytes_shed !== undefined ? { bytesShed: k.bytes_shed } : {}),
+            ...(k.output_shed !== undefined ? { outputShed: k.output_shed } : {}),
+            ...(k.bytes_lost !== undefined ? { bytesLost: k.bytes_lost } : {}),
+            ...(dropped !== undefined ? { writerDropped: dropped } : {}),
+            outputBytes,
+            peakRssMiB: h.peak(),
+          };
+          rows.push(row);
+          process.stderr.write(`${JSON.stringify(row)}\n`);
+        }
+      }
+    }
+  } finally {
+    await nginx.stop();
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+  const mb = (x: number | undefined): string => (x === undefined ? '' : (x / 1e6).toFixed(0));
+  const pct = (x: number | undefined): string => (x === undefined ? 'n/a' : `${(100 * x).toFixed(2)} %`);
+  const head = ['workload', 'mode', 'helper', 'req/s', 'req/s ratio', 'nginx requests', 'exchanges nginx', 'exchanges wrk', 'both ends / requests', 'both ends, end of run aside', 'MB moved', 'MB captured', 'MB shed (kernel)', 'MB shed (output behind)', 'MB lost', 'helper CPU s', 'peak RSS MiB'];
+  const lines = [`| ${head.join(' | ')} |`, `|${head.map((_h, i) => (i < 3 ? '---' : '---:')).join('|')}|`];
+  for (const r of rows) {
+    lines.push(
+      `| ${[r.workload, r.mode, r.variant, r.rps.toFixed(0), r.ratio.toFixed(2), r.requests, r.server ?? 'n/a', r.client ?? 'n/a', pct(r.bothEnds), pct(r.bothEndsSettled), mb(r.bytesMoved), mb(r.bytesCaptured), mb(r.bytesShed), mb(r.outputShed), mb(r.bytesLost), r.helperCpuS.toFixed(1), r.peakRssMiB.toFixed(0)].join(' | ')} |`,
+    );
+  }
+  process.stdout.write(`${lines.join('\n')}\n`);
+  if (opts.out) fs.writeFileSync(opts.out, `${JSON.stringify({ when: new Date().toISOString(), argv: process.argv.slice(2), rows }, null, 1)}\n`);
+}
+
+main().catch((e: unknown) => {
+  process.stderr.write(`overload: ${e instanceof Error ? e.message : String(e)}\n`);
+  process.exit(1);
+});
