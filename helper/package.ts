@@ -18,10 +18,21 @@ function findRoot(from: string): string {
 /** Root of the package: the nearest ancestor whose package.json names https-capture. */
 export const PACKAGE_ROOT = findRoot(__dirname);
 
-/** The native addon (bridge/) as node-gyp builds it. */
-export const ADDON_PATH = path.join(PACKAGE_ROOT, 'bridge', 'build', 'Release', 'bridge.node');
-/** The CO-RE BPF object (bpf/). */
-export const BPF_OBJECT_PATH = path.join(PACKAGE_ROOT, 'bpf', 'build', 'capture.bpf.o');
+/** The first of the paths that exists (the last one if none does, for its error message). */
+function firstExisting(...candidates: string[]): string {
+  return candidates.find((p) => fs.existsSync(p)) ?? candidates[candidates.length - 1]!;
+}
+
+/**
+ * The native addon: in a clone as node-gyp builds it (bridge/build), in an installed package
+ * prebuilt by scripts/pack.sh in prebuildify's layout (prebuilds/<platform>-<arch>/).
+ */
+export const ADDON_PATH = firstExisting(
+  path.join(PACKAGE_ROOT, 'bridge', 'build', 'Release', 'bridge.node'),
+  path.join(PACKAGE_ROOT, 'prebuilds', `${process.platform}-${process.arch}`, 'https-capture.node'),
+);
+/** The CO-RE BPF object: bpf/build in a clone, prebuilds/bpf in an installed package. */
+export const BPF_OBJECT_PATH = firstExisting(path.join(PACKAGE_ROOT, 'bpf', 'build', 'capture.bpf.o'), path.join(PACKAGE_ROOT, 'prebuilds', 'bpf', 'capture.bpf.o'));
 
 /** The package's version from its package.json ('0.0.0' if unreadable). */
 export function packageVersion(): string {

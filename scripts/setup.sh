@@ -64,7 +64,8 @@ if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modu
 fi
 
 # The CO-RE BPF object is built here, from this machine's kernel BTF (make rebuilds it when
-# its sources change); it is not shipped, because it is quick to build and clang is a package.
+# its sources change); `npm pack` ships it prebuilt (scripts/pack.sh, README "Install without
+# a compiler").
 make -s -C bpf >&2
 
 # The addon, when its sources or the shared header are newer than it.

@@ -47,7 +47,7 @@ export interface IpcOptions {
 }
 
 /** Frame types that flow from the helper to the host: never accepted on stdin. */
-const HELPER_FRAMES = ['hello', 'segment', 'conn_open', 'conn_close', 'process', 'loss', 'stats', 'error', 'bye'];
+const HELPER_FRAMES = ['hello', 'segment', 'conn_open', 'conn_close', 'process', 'loss', 'stats', 'error', 'ready', 'bye'];
 
 /**
  * Runs the --ipc mode until shutdown, a signal, stdin closing or the parent's death; resolves

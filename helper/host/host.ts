@@ -7,7 +7,7 @@ import * as path from 'path';
 import { HttpExchange, Session, SessionEvent } from '../http/exchanges';
 import { headerValue } from '../http/body';
 import { HttpProtocol } from '../http/messages';
-import { ByeFrame, ConfigFrame, ConnCloseFrame, ConnOpenFrame, ErrorFrame, HelloFrame, HelperFrame, LossFrame, ProcessFrame, SegmentFrame, StatsFrame } from '../protocol/generated';
+import { ByeFrame, ConfigFrame, ConnCloseFrame, ConnOpenFrame, ErrorFrame, HelloFrame, HelperFrame, LossFrame, ProcessFrame, ReadyFrame, SegmentFrame, StatsFrame } from '../protocol/generated';
 import { PROTOCOL_VERSION } from '../protocol/hello';
 import { FrameDecoder, FrameEncoder, FrameError, MAX_CONTROL_FRAME_BYTES, RawFrame } from '../protocol/wire';
 
@@ -182,6 +182,8 @@ export interface HostEvents {
   loss: LossFrame;
   stats: StatsFrame;
   error: ErrorFrame;
+  /** Every TLS file found at start has its probes (or failed): capture is live. */
+  ready: ReadyFrame;
   bye: ByeFrame;
   exchange: Exchange;
   gap: Gap;
@@ -279,7 +281,7 @@ export class HelperHost {
     this.emit('frame', f);
     this.assembler.push(f);
     if (f.type === 'bye') this.byeFrame = f as unknown as ByeFrame;
-    if ((['hello', 'segment', 'conn_open', 'conn_close', 'process', 'loss', 'stats', 'error', 'bye'] as string[]).includes(f.type)) {
+    if ((['hello', 'segment', 'conn_open', 'conn_close', 'process', 'loss', 'stats', 'error', 'ready', 'bye'] as string[]).includes(f.type)) {
       this.emit(f.type as keyof HostEvents, f as unknown as HostEvents[keyof HostEvents] as never);
     }
     if (f.type === 'bye') this.assembler.finish();

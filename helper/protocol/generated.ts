@@ -13,6 +13,7 @@ export interface ProtocolSchemas {
   LossFrame?: LossFrame;
   StatsFrame?: StatsFrame;
   ErrorFrame?: ErrorFrame;
+  ReadyFrame?: ReadyFrame;
   ByeFrame?: ByeFrame;
   ConfigFrame?: ConfigFrame;
   ShutdownFrame?: ShutdownFrame;
@@ -516,6 +517,27 @@ export interface ErrorFrame {
   frame_type?: string;
 }
 /**
+ * Sent once, after the process frames of every TLS file found at start (the linker cache, /proc/* /maps, running executables and --library): each of them now has its probes, or failed. From this frame on, every call through those files is captured; files found later get their own process frames.
+ */
+export interface ReadyFrame {
+  /**
+   * Frame type.
+   */
+  type: 'ready';
+  /**
+   * Unix time in ns.
+   */
+  ts_ns: bigint;
+  /**
+   * Library files and executables with probes attached at this point (the process frames with state attached before this one, minus those detached).
+   */
+  libraries: number;
+  /**
+   * Files found at start that could not be probed (a process frame with state failed each).
+   */
+  failed: number;
+}
+/**
  * Always the last frame: the helper has detached every probe and exits after it.
  */
 export interface ByeFrame {
@@ -594,7 +616,7 @@ export interface ShutdownFrame {
 }
 
 /** Frames the helper writes (stdout). */
-export type HelperFrame = HelloFrame | SegmentFrame | ConnOpenFrame | ConnCloseFrame | ProcessFrame | LossFrame | StatsFrame | ErrorFrame | ByeFrame;
+export type HelperFrame = HelloFrame | SegmentFrame | ConnOpenFrame | ConnCloseFrame | ProcessFrame | LossFrame | StatsFrame | ErrorFrame | ReadyFrame | ByeFrame;
 
 /** Frames the host writes (the helper's stdin). */
 export type HostFrame = ConfigFrame | ShutdownFrame;
@@ -604,8 +626,8 @@ export type KnownFrame = HelperFrame | HostFrame;
 
 export type FrameType = KnownFrame['type'];
 
-export const FRAME_TYPES = ["hello","segment","conn_open","conn_close","process","loss","stats","error","bye","config","shutdown"] as const;
+export const FRAME_TYPES = ["hello","segment","conn_open","conn_close","process","loss","stats","error","ready","bye","config","shutdown"] as const;
 
-export const HELPER_FRAME_TYPES = ["hello","segment","conn_open","conn_close","process","loss","stats","error","bye"] as const;
+export const HELPER_FRAME_TYPES = ["hello","segment","conn_open","conn_close","process","loss","stats","error","ready","bye"] as const;
 
 export const HOST_FRAME_TYPES = ["config","shutdown"] as const;

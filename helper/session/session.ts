@@ -237,6 +237,9 @@ export class Session {
         new UserError('no TLS library (libssl.so*, libgnutls.so*, an executable with OpenSSL or Go crypto/tls inside) could be found and probed in the linker cache or in any running process', 'install OpenSSL (apt-get install libssl3), see the lines above, or name the file with --library PATH')
       );
     }
+    // Discovery's first pass is synchronous: every file found at start has had its process
+    // frame. Records of calls from here on wait in the ring until start() drains it.
+    this.send({ type: 'ready', ts_ns: nowNs(), libraries: this.attachedLibraries, failed: this.refused.length });
   }
 
   /**

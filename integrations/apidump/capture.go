@@ -91,6 +91,8 @@ type Capture struct {
 	stderr  *tail
 	timeout time.Duration
 	done    chan struct{} // closed after the helper was reaped and Events closed
+	ready   chan struct{} // closed when the ready frame arrives
+	readyEv *Ready
 	err     error
 	stopped sync.Once
 }
@@ -125,6 +127,7 @@ func Start(ctx context.Context, opts Options) (*Capture, error) {
 		stderr:  &tail{max: 4096},
 		timeout: opts.StopTimeout,
 		done:    make(chan struct{}),
+		ready:   make(chan struct{}),
 	}
 	if c.timeout <= 0 {
 		c.timeout = 15 * time.Second
@@ -241,6 +244,11 @@ func (c *Capture) read() {
 			}
 		case *Bye:
 			sawBye = true
+		case *Ready:
+			if c.readyEv == nil {
+				c.readyEv = e
+				close(c.ready)
+			}
 		}
 		c.events <- ev
 	}
@@ -327,6 +335,33 @@ func readFrame(r *bufio.Reader) ([]byte, error) {
 		return nil, fmt.Errorf("frame cut short: %w", io.ErrUnexpectedEOF)
 	}
 	return body, nil
+}
+
+// Ready is closed when the helper says capture is live: every TLS file found
+// at start has its probes (the Ready event, also delivered on Events). It is
+// never closed if the helper stops first; WaitReady returns that error.
+func (c *Capture) Ready() <-chan struct{} { return c.ready }
+
+// WaitReady blocks until capture is live, the helper stops before that (its
+// error), or ctx ends. The Process events before Ready wait on Events (its
+// buffer holds them unless there are more than Options.Buffer).
+func (c *Capture) WaitReady(ctx context.Context) (*Ready, error) {
+	select {
+	case <-c.ready:
+		return c.readyEv, nil
+	case <-c.done:
+		select {
+		case <-c.ready:
+			return c.readyEv, nil
+		default:
+		}
+		if c.err != nil {
+			return nil, c.err
+		}
+		return nil, errors.New("https-capture stopped before capture was live (no ready frame)")
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
 }
 
 // Configure sends a config frame. The helper answers a bad one with a

@@ -168,6 +168,16 @@ type Bye struct {
 	Writer WriterCounters `msgpack:"writer"`
 }
 
+// Ready says that every TLS file found at start has its probes (or failed):
+// from here on capture is live. It comes once, after the Process events of
+// those files and before any connection; files found later get their own
+// Process events.
+type Ready struct {
+	TsNs      uint64 `msgpack:"ts_ns"`
+	Libraries uint64 `msgpack:"libraries"` // files with probes attached now
+	Failed    uint64 `msgpack:"failed"`    // files found at start that could not be probed
+}
+
 // HelperError is an error frame. When Fatal, the helper stops and Wait
 // returns it; otherwise capture goes on with the previous settings.
 type HelperError struct {
@@ -211,6 +221,7 @@ func (*Loss) frameType() string        { return "loss" }
 func (*Stats) frameType() string       { return "stats" }
 func (*Process) frameType() string     { return "process" }
 func (*Bye) frameType() string         { return "bye" }
+func (*Ready) frameType() string       { return "ready" }
 func (*HelperError) frameType() string { return "error" }
 
 // newEvent returns an empty value for a frame type, nil for types not known here.
@@ -228,6 +239,8 @@ func newEvent(typ string) Event {
 		return &Stats{}
 	case "process":
 		return &Process{}
+	case "ready":
+		return &Ready{}
 	case "bye":
 		return &Bye{}
 	case "error":

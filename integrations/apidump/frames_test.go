@@ -4,9 +4,11 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
+	"errors"
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/vmihailenco/msgpack/v5"
 )
@@ -108,5 +110,78 @@ func TestDecodesWhateverTheFieldOrder(t *testing.T) {
 		if typ, ok := peekType(bad); ok {
 			t.Fatalf("peekType(%q) = %q: must not read past the end", bad, typ)
 		}
+	}
+}
+
+// WaitReady returns at the ready frame, with its counts, while the process
+// frames before it stay on Events; and it returns an error when the helper
+// ends without one (a helper that could not attach).
+func TestWaitReady(t *testing.T) {
+	stream := func(frames ...map[string]interface{}) string {
+		var b bytes.Buffer
+		for _, m := range frames {
+			body, err := msgpack.Marshal(m)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var head [4]byte
+			binary.BigEndian.PutUint32(head[:], uint32(len(body)))
+			b.Write(head[:])
+			b.Write(body)
+		}
+		file := filepath.Join(t.TempDir(), "frames")
+		if err := os.WriteFile(file, b.Bytes(), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return file
+	}
+	hello := map[string]interface{}{"type": "hello", "protocol": 1, "capabilities": map[string]interface{}{"libraries": []string{"openssl"}}}
+	process := map[string]interface{}{"type": "process", "pid": -1, "library": "/usr/lib/libssl.so.3", "kind": "openssl", "state": "attached", "functions": []string{"SSL_write"}, "reason": "", "ts_ns": 1}
+	bye := map[string]interface{}{"type": "bye", "reason": "shutdown", "ts_ns": 3, "kernel": map[string]interface{}{}, "writer": map[string]interface{}{}}
+
+	// The helper's stdout stays open after ready (sleep) until we stop it, as a live helper's does.
+	file := stream(hello, process, map[string]interface{}{"type": "ready", "ts_ns": 2, "libraries": 1, "failed": 0}, bye)
+	c, err := Start(context.Background(), Options{Command: []string{"sh", "-c", `cat "$1"; exec sleep 30`, "sh", file}, StopTimeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	r, err := c.WaitReady(ctx)
+	if err != nil || r.Libraries != 1 || r.Failed != 0 || r.TsNs != 2 {
+		t.Fatalf("WaitReady: %+v, %v", r, err)
+	}
+	select {
+	case <-c.Ready():
+	default:
+		t.Error("Ready() not closed after WaitReady returned")
+	}
+	if p, ok := (<-c.Events).(*Process); !ok || p.Library != "/usr/lib/libssl.so.3" {
+		t.Errorf("first event %#v, want the process frame", p)
+	}
+	if _, ok := (<-c.Events).(*Ready); !ok {
+		t.Error("second event is not *Ready")
+	}
+	go func() {
+		for range c.Events {
+		}
+	}()
+	_ = c.Stop()
+
+	// No ready: an attach failure, then bye.
+	file = stream(hello, map[string]interface{}{"type": "error", "code": "attach_failed", "message": "no TLS library", "fix": "install OpenSSL", "fatal": true},
+		map[string]interface{}{"type": "bye", "reason": "fatal_error", "ts_ns": 3, "kernel": map[string]interface{}{}, "writer": map[string]interface{}{}})
+	c, err = Start(context.Background(), Options{Command: []string{"sh", "-c", `exec cat "$1"`, "sh", file}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		for range c.Events {
+		}
+	}()
+	r, err = c.WaitReady(ctx)
+	var he *HelperError
+	if r != nil || !errors.As(err, &he) || he.Code != "attach_failed" {
+		t.Errorf("WaitReady without ready: %+v, %v; want the fatal attach_failed error", r, err)
 	}
 }

@@ -26,6 +26,7 @@ export function exampleFrames(): KnownFrame[] {
     { type: 'loss', source: 'writer_queue', bytes: 16384, records: 1, total_bytes: 16384, ts_ns: TS },
     { type: 'stats', ts_ns: TS, kernel, writer, libraries: 1, connections: 0, config: { pids: [], comms: [], ports: [], call_cap: 1 << 20, libraries: ['openssl'], stats_interval_ms: 5000 } },
     { type: 'error', code: 'bad_config', message: 'm', fix: 'f', fatal: false, frame_type: 'config' },
+    { type: 'ready', ts_ns: TS, libraries: 2, failed: 0 },
     { type: 'bye', reason: 'shutdown', ts_ns: TS, kernel, writer },
     { type: 'config', pids: [1, 2], comms: ['curl'], ports: [443], call_cap: 4096, libraries: ['openssl'], stats_interval_ms: 1000 },
     { type: 'shutdown', reason: 'done' },

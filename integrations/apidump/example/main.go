@@ -20,6 +20,10 @@ func main() {
 		os.Exit(1)
 	}
 	for ev := range c.Events {
+		if r, ok := ev.(*apidump.Ready); ok {
+			// Every TLS file found at start has its probes: say "capturing" only now.
+			fmt.Fprintf(os.Stderr, "capturing (%d TLS files probed, %d failed)\n", r.Libraries, r.Failed)
+		}
 		if s, ok := ev.(*apidump.SSLEvent); ok {
 			arrow := map[uint8]string{apidump.DirEgress: "->", apidump.DirIngress: "<-"}[s.Dir]
 			fmt.Printf("%s[%d] conn %d %s:%d %s %s:%d, %d bytes at offset %d\n%s\n", s.Comm, s.Pid, s.ConnID,
