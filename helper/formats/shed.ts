@@ -1,5 +1,5 @@
 // shed.ts: load shedding in front of a renderer, the same rule as the BPF program's
-// (bpf/capture.bpf.c emit_call) one stage later. When the output falls behind (more than
+// (bpf/calls.h emit_call) one stage later. When the output falls behind (more than
 // `high` bytes wait to be written), every segment is cut like a call shed in the kernel: one
 // that starts a message (the first of its direction, or the first since the other direction
 // moved) keeps its first `head` bytes, one that continues a message keeps none, and the segment

@@ -27,7 +27,7 @@ const D_DATA = O.cap_data;
  * Per connection: for each direction, the encoded start of its segment frames (map header to
  * the `seq` key: type, conn_id, pid, tid, comm, ssl_ptr, dir and the socket fields), with what
  * it was built from. The socket fields of a record change only with its fd, role, ports or
- * flags (the kernel rewrites them all together, bpf/capture.bpf.c conn_set_fd), so those words,
+ * flags (the kernel rewrites them all together, bpf/conn.h conn_set_fd), so those words,
  * the thread and the name say whether a head still holds.
  */
 export interface SegmentCache {
