@@ -112,7 +112,9 @@ describe('connections (kernel, real programs)', function () {
     const big = 'big.bin';
     fs.writeFileSync(path.join(nginx.root, big), Buffer.alloc(1 << 20, 0x61));
     const worker = nginx.workerPids()[0]!;
-    rec = new Recorder({ pids: [worker], ringBytes: 32768 });
+    // Load shedding off (shedFill 1): this is about what a full ring loses; overload.test.ts
+    // covers shedding, which would otherwise keep the ring from filling.
+    rec = new Recorder({ pids: [worker], ringBytes: 32768, shedFill: 1 });
     const res = await curl(`https://127.0.0.1:${nginx.port}/${big}`, ['-o', '/dev/null']);
     assert.strictEqual(res.code, 0);
     const close = await waitFor(() => rec!.conns.find((c) => c.pid === worker && c.kind === 'close'), { what: 'the connection to end' });
@@ -132,6 +134,7 @@ describe('connections (kernel, real programs)', function () {
     assert.ok(close.egressBytes > 1 << 20, 'the final offset counts the whole body, delivered or not');
     assert.strictEqual(gaps, k.bytesLost + k.bytesTruncated + k.bytesFaulted, 'every missing byte is a counted, exact gap');
     assert.strictEqual(k.bytesTruncated, 0);
+    assert.strictEqual(k.bytesShed, 0);
   });
 
   it('IPv6: curl to [::1]', async () => {
