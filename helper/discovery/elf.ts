@@ -38,6 +38,7 @@ interface Segment {
 
 const SHT_SYMTAB = 2;
 const SHT_DYNSYM = 11;
+const SHT_NOTE = 7;
 const PT_LOAD = 1;
 const PF_X = 1;
 const STT_FUNC = 2;
@@ -53,7 +54,7 @@ export class ElfFile {
 
   private constructor(
     readonly path: string,
-    private readonly fd: number,
+    readonly fd: number,
   ) {
     this.fileSize = fs.fstatSync(fd).size;
     if (this.fileSize < 64) throw new ElfError(`${path} is not an ELF file (${this.fileSize} bytes)`);
@@ -114,6 +115,26 @@ export class ElfFile {
 
   close(): void {
     fs.closeSync(this.fd);
+  }
+
+  /**
+   * The build's identity from its notes: the GNU build id (`.note.gnu.build-id`, a hash of the
+   * linked contents) or, failing that, Go's (`.note.go.buildid`); undefined without either.
+   * Two files with the same one are copies of one build, so a probe plan of one holds for the
+   * other (every offset in a plan is a file offset).
+   */
+  buildId(): string | undefined {
+    for (const [name, owner, type] of [['.note.gnu.build-id', 'GNU', 3], ['.note.go.buildid', 'Go', 4]] as const) {
+      const sec = this.sections.find((x) => x.name === name && x.type === SHT_NOTE);
+      if (!sec || sec.size < 12 || sec.size > 4096) continue;
+      const b = this.read(sec.offset, sec.size);
+      const namesz = b.readUInt32LE(0);
+      const descsz = b.readUInt32LE(4);
+      const desc = 12 + ((namesz + 3) & ~3);
+      if (b.readUInt32LE(8) !== type || desc + descsz > b.length || cstr(b.subarray(12, 12 + namesz), 0) !== owner) continue;
+      return `${owner}:${b.subarray(desc, desc + descsz).toString('hex')}`;
+    }
+    return undefined;
   }
 
   /** Bytes at a file offset; throws ElfError if the file is shorter (headers may lie). */
@@ -185,6 +206,20 @@ export class ElfFile {
   /** True if the address is in a PLT section (a stub that jumps to another library). */
   inPlt(addr: number): boolean {
     return this.sections.some((s) => s.name.startsWith('.plt') && addr >= s.addr && addr < s.addr + s.size);
+  }
+}
+
+/** The build id of the ELF file at `path` (ElfFile.buildId), with its size: undefined if unreadable or none. */
+export function buildKey(path: string): string | undefined {
+  let elf: ElfFile | undefined;
+  try {
+    elf = ElfFile.open(path);
+    const id = elf.buildId();
+    return id && `${id}:${fs.fstatSync(elf.fd).size}`;
+  } catch {
+    return undefined;
+  } finally {
+    elf?.close();
   }
 }
 

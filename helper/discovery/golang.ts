@@ -17,7 +17,7 @@
 // of Go's debug/gosym and debug/buildinfo packages (Go 1.16 and later).
 import * as fs from 'fs';
 import { Decoder, DecoderOptions, FlowControl, Instruction, Register } from 'iced-x86';
-import { ElfError, ElfFile, EM_X86_64 } from './elf';
+import { buildKey, ElfError, ElfFile, EM_X86_64 } from './elf';
 
 export const GO_WRITE = 'crypto/tls.(*Conn).Write';
 export const GO_READ = 'crypto/tls.(*Conn).Read';
@@ -231,8 +231,14 @@ export function isGo(path: string): boolean {
 // Plans by file identity: a new Go program must get its probes within milliseconds of its
 // exec, so its file is read once, when it is judged, and attaching reuses that.
 const planned = new Map<string, GoPlan | string>();
+/** Plans by build id and size: a copy of a known build (another inode) is not read again. */
+const byBuild = new Map<string, GoPlan>();
 
-/** planGo() once per file (device, inode, size, mtime); the reason as a string if it fails. */
+/**
+ * planGo() once per file (device, inode, size, mtime), and once per build: a copy of an
+ * executable already planned (same build id and size) reuses that plan, so the first run of a
+ * copied binary gets its probes in a fraction of a millisecond. The reason as a string if it fails.
+ */
 export function planGoCached(path: string): GoPlan | string {
   let id: string;
   try {
@@ -243,11 +249,19 @@ export function planGoCached(path: string): GoPlan | string {
   }
   let plan = planned.get(id);
   if (plan === undefined) {
-    try {
-      plan = planGo(path);
-    } catch (e) {
-      if (!(e instanceof GoPlanError || e instanceof ElfError)) throw e;
-      plan = e.message;
+    const build = buildKey(path);
+    plan = build === undefined ? undefined : byBuild.get(build);
+    if (plan === undefined) {
+      try {
+        plan = planGo(path);
+      } catch (e) {
+        if (!(e instanceof GoPlanError || e instanceof ElfError)) throw e;
+        plan = e.message;
+      }
+      if (build !== undefined && typeof plan !== 'string') {
+        if (byBuild.size > 1000) byBuild.clear();
+        byBuild.set(build, plan);
+      }
     }
     if (planned.size > 1000) planned.clear();
     planned.set(id, plan);

@@ -5,6 +5,7 @@ import { BpfObject, BPF_OBJECT_PATH, BridgeError, monotonicToWallOffset, RingSta
 import { fileVersion, LibraryFile } from '../discovery/libraries';
 import { GO_READ, GO_WRITE, planGoCached } from '../discovery/golang';
 import { exportedOffsets, planOpenSsl, ProbePlan } from '../discovery/openssl';
+import { buildKey } from '../discovery/elf';
 import { TracingProgram, UprobeProgram } from './programs';
 import { cap_config_flags, cap_counter, cap_filter } from '../records/layout';
 import { CALL_CAP_MAX, CaptureRecord, CHUNK_MAX, COMM_LEN, decodeBatch, DEFAULT_CALL_CAP, DEFAULT_RING_BYTES, DEFAULT_SHED_FILL, DEFAULT_SHED_HEAD, encodeConfig, RATE_CAP_MAX } from '../records/records';
@@ -182,6 +183,8 @@ export class Capture {
   private readonly links = new Map<string, number[]>();
   private running = false;
   private readonly plans = new Map<string, ProbePlan>();
+  /** The same plans by build id, size and mode (plan()). */
+  private readonly plansByBuild = new Map<string, ProbePlan>();
   /** Path → kind of the files with probes. */
   private readonly kinds = new Map<string, LibraryFile['kind']>();
   private stopped?: Promise<KernelCounters>;
@@ -392,9 +395,18 @@ export class Capture {
     const k = `${library.dev}:${library.ino}:${fileVersion(library.path)}:${mode}`;
     let plan = this.plans.get(k);
     if (!plan) {
-      const names = [...OPENSSL_PROBES.map((p) => p.func), ...OPENSSL_CONN_PROBES.map((p) => p.func)];
-      plan = planOpenSsl(library.path, names);
-      if (mode === 'exported') plan = { kind: 'exported', reason: 'asked for', offsets: plan.offsets };
+      // A copy of a build already planned (a private libssl, a container's layer: another
+      // inode, the same build id and size) reuses that plan: every offset in it is a file offset.
+      const build = buildKey(library.path);
+      const b = build && `${build}:${mode}`;
+      plan = b ? this.plansByBuild.get(b) : undefined;
+      if (!plan) {
+        const names = [...OPENSSL_PROBES.map((p) => p.func), ...OPENSSL_CONN_PROBES.map((p) => p.func)];
+        plan = planOpenSsl(library.path, names);
+        if (mode === 'exported') plan = { kind: 'exported', reason: 'asked for', offsets: plan.offsets };
+        // (A reason that names this file's path is this file's alone.)
+        if (b && !('reason' in plan && plan.reason.includes(library.path))) this.plansByBuild.set(b, plan);
+      }
       this.plans.set(k, plan);
     }
     return plan;

@@ -4,6 +4,7 @@
 //
 //	gotls server ADDR CERT KEY           serves until killed; prints "listening" when ready
 //	gotls client URL [flags]             see the flags below
+//	gotls version                        prints the build's tag (-X main.buildTag)
 //	gotls closewrite CERT KEY SIZE       a Write of SIZE bytes to a peer that reads nothing,
 //	                                     broken by Close from another goroutine; prints
 //	                                     "wrote N" (the bytes Write says it wrote)
@@ -120,7 +121,15 @@ func closeWrite(cert, key string, size int) {
 	peer.Close()
 }
 
+// buildTag is set with -ldflags=-X main.buildTag=... so that each build is another file with
+// another build id (bench/first-run.ts: the first run of a freshly built client).
+var buildTag = "dev"
+
 func main() {
+	if len(os.Args) == 2 && os.Args[1] == "version" {
+		fmt.Println(buildTag)
+		return
+	}
 	if len(os.Args) >= 5 && os.Args[1] == "closewrite" {
 		n, _ := strconv.Atoi(os.Args[4])
 		closeWrite(os.Args[2], os.Args[3], n)
