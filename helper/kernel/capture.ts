@@ -40,6 +40,19 @@ export const OPENSSL_CONN_PROBES: { func: string; prog: UprobeProgram; retprobe?
   { func: 'SSL_free', prog: 'ssl_free' },
 ];
 
+/**
+ * BoringSSL: OpenSSL's probe set on its exported functions (its internal functions have other
+ * signatures, so the planner's shape is never used), and SSL_connect/SSL_accept for the role:
+ * BoringSSL inlines SSL_set_connect_state/SSL_set_accept_state into them (measured in Debian's
+ * android-libboringssl 13.0.0: `SSL_connect` sets the handshake function itself, then jumps to
+ * `SSL_do_handshake`).
+ */
+export const BORINGSSL_CONN_PROBES: { func: string; prog: UprobeProgram; retprobe?: boolean }[] = [
+  ...OPENSSL_CONN_PROBES,
+  { func: 'SSL_connect', prog: 'ssl_set_connect_state' },
+  { func: 'SSL_accept', prog: 'ssl_set_accept_state' },
+];
+
 /** GnuTLS: its record functions, and the connection-life functions mapped onto the same programs. */
 export const GNUTLS_PROBES = [
   { func: 'gnutls_record_send', enter: 'gnutls_send_enter', exit: 'gnutls_send_exit' },
@@ -274,15 +287,16 @@ export class Capture {
    * does not export are reported in `failed`; it throws only if nothing could be attached.
    */
   attachOpenSsl(library: LibraryFile, mode: ProbeMode = 'auto', pid = -1): AttachResult {
-    const plan = this.plan(library, mode);
+    const boring = library.kind === 'boringssl';
+    const plan = this.plan(library, boring ? 'exported' : mode);
     const data: DataProbe[] =
       plan.kind === 'internal'
         ? [
             { name: 'ssl_write_internal', enter: plan.writeCountArg === 5 ? 'ssl_write_internal_flags_enter' : 'ssl_write_internal_enter', exit: 'ssl_write_internal_exit', where: { offset: plan.write } },
             { name: 'ssl_read_internal', enter: 'ssl_read_internal_enter', exit: 'ssl_read_internal_exit', where: { offset: plan.read } },
           ]
-        : OPENSSL_PROBES.map((p) => ({ name: p.func, enter: p.enter, exit: p.exit, where: at(plan, p.func) }));
-    return this.attachSet(library, plan, data, OPENSSL_CONN_PROBES, pid);
+        : OPENSSL_PROBES.filter((p) => !boring || plan.offsets.has(p.func)).map((p) => ({ name: p.func, enter: p.enter, exit: p.exit, where: at(plan, p.func) }));
+    return this.attachSet(library, plan, data, boring ? BORINGSSL_CONN_PROBES : OPENSSL_CONN_PROBES, pid);
   }
 
   /** Attaches the GnuTLS probe set (gnutls_record_send/recv and the connection's life). */
@@ -383,18 +397,20 @@ export class Capture {
   /** Works out a file's probe plan ahead of time, so that attaching later is quick. */
   prepare(library: LibraryFile, mode: ProbeMode = 'auto'): void {
     if (library.kind === 'openssl') this.plan(library, mode);
+    if (library.kind === 'boringssl') this.plan(library, 'exported');
     if (library.kind === 'go') planGoCached(library.path);
   }
 
   /** The probe plan of a file, worked out once per version of it (device, inode, size, mtime) and mode. */
   private plan(library: LibraryFile, mode: ProbeMode): ProbePlan {
     // Size and mtime too: a plan of a file read while being written must not outlive it.
-    const k = `${library.dev}:${library.ino}:${fileVersion(library.path)}:${mode}`;
+    const k = `${library.dev}:${library.ino}:${fileVersion(library.path)}:${mode}:${library.kind}`;
     let plan = this.plans.get(k);
     if (!plan) {
-      const names = [...OPENSSL_PROBES.map((p) => p.func), ...OPENSSL_CONN_PROBES.map((p) => p.func)];
+      const names = [...OPENSSL_PROBES.map((p) => p.func), ...BORINGSSL_CONN_PROBES.map((p) => p.func)];
       plan = planOpenSsl(library.path, names);
-      if (mode === 'exported') plan = { kind: 'exported', reason: 'asked for', offsets: plan.offsets };
+      if (library.kind === 'boringssl') plan = { kind: 'exported', reason: 'BoringSSL', offsets: plan.offsets };
+      else if (mode === 'exported') plan = { kind: 'exported', reason: 'asked for', offsets: plan.offsets };
       this.plans.set(k, plan);
     }
     return plan;

@@ -52,7 +52,7 @@ describe('--ipc helper (kernel, real programs)', function () {
     host.on('protocol_error', (e) => protocolErrors.push(e.message));
     const hello = await host.ready;
     assert.strictEqual(hello.protocol, 1);
-    assert.deepStrictEqual(hello.capabilities.libraries, ['openssl', 'gnutls', 'go']);
+    assert.deepStrictEqual(hello.capabilities.libraries, ['openssl', 'gnutls', 'go', 'boringssl']);
     assert.strictEqual(hello.limits.max_data_bytes, 16384);
     await waitFor(() => frames.some((f) => f.type === 'process' && f.state === 'attached'), { what: 'a process frame (attached)' });
 
