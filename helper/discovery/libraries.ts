@@ -17,18 +17,23 @@ export interface LibraryFile {
   kind: TlsKind;
 }
 
-export type TlsKind = 'openssl' | 'boringssl' | 'gnutls' | 'go';
+export type TlsKind = 'openssl' | 'boringssl' | 'gnutls' | 'nss' | 'go';
 
-const TLS_LIBRARY = /(^|\/)lib(ssl|gnutls)\.so(\.[0-9.]+)?$/;
+const TLS_LIBRARY = /(^|\/)lib(ssl|gnutls|ssl3|nspr4)\.so(\.[0-9.]+)?$/;
 
 /**
- * The kind of a library file: libgnutls.so* is GnuTLS; a libssl.so* is BoringSSL when it has
+ * The kind of a library file: libgnutls.so* is GnuTLS; NSS's SSL layer libssl3.so and NSPR's
+ * libnspr4.so (whose PR_Write/PR_Read carry it) are NSS; a libssl.so* is BoringSSL when it has
  * BoringSSL's own API (boringSslIn), else OpenSSL.
  */
 export function libraryKind(path: string): TlsKind {
   if (/(^|\/)libgnutls\.so[^/]*$/.test(path)) return 'gnutls';
+  if (NSS_LIBRARY.test(path)) return 'nss';
   return boringSslIn(path) ? 'boringssl' : 'openssl';
 }
+
+/** NSS's SSL layer (libssl3.so) and NSPR (libnspr4.so): both get probes for NSS. */
+export const NSS_LIBRARY = /(^|\/)lib(ssl3|nspr4)\.so[^/]*$/;
 
 /**
  * A function only BoringSSL's libssl exports (since 2016; OpenSSL has no such name): Debian's
@@ -170,7 +175,7 @@ export function mappedFiles(wanted: Set<string>): Set<string> {
   return found;
 }
 
-/** Every OpenSSL, BoringSSL and GnuTLS library file on the system, once each. `extra` are files the user named. */
+/** Every OpenSSL, BoringSSL, GnuTLS and NSS (libssl3, libnspr4) library file on the system, once each. `extra` are files the user named. */
 export function findTlsLibraries(extra: string[] = []): LibraryFile[] {
   const byFile = new Map<string, LibraryFile>();
   const add = (path: string, source: LibraryFile['source']): void => {

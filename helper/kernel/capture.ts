@@ -71,6 +71,40 @@ export const GNUTLS_CONN_PROBES: { func: string; prog: UprobeProgram; retprobe?:
   { func: 'gnutls_deinit', prog: 'ssl_free' },
 ];
 
+/**
+ * NSS: the plaintext moves through NSPR's PR_Write/PR_Send/PR_Read/PR_Recv (libnspr4.so) on the
+ * descriptors NSS's SSL_ImportFD returned (libssl3.so); the BPF programs trace only those
+ * descriptors (bpf/capture.bpf.c `nss_fds`), so plain files, pipes and sockets that go through
+ * the same functions are not read. The SSL layer's own read and write functions are static
+ * (in no symbol table of Debian's build), reached only through the descriptor's method table.
+ */
+export const NSPR_PROBES = [
+  { func: 'PR_Write', enter: 'nss_write_enter', exit: 'nss_write_exit' },
+  { func: 'PR_Send', enter: 'nss_send_enter', exit: 'nss_send_exit' },
+  { func: 'PR_Read', enter: 'nss_read_enter', exit: 'nss_read_exit' },
+  { func: 'PR_Recv', enter: 'nss_recv_enter', exit: 'nss_recv_exit' },
+  { func: 'PR_Writev', enter: 'nss_writev_enter', exit: 'nss_writev_exit' },
+] as const;
+
+export const NSPR_CONN_PROBES: { func: string; prog: UprobeProgram; retprobe?: boolean }[] = [
+  { func: 'PR_Connect', prog: 'nss_connect' },
+  // An SSL listening descriptor's PR_Accept returns a new SSL descriptor (selfserv's way).
+  { func: 'PR_Accept', prog: 'nss_accept_exit', retprobe: true },
+  { func: 'PR_Accept', prog: 'nss_accept_enter' },
+  { func: 'PR_Shutdown', prog: 'ssl_shutdown' },
+  { func: 'PR_Close', prog: 'nss_close' },
+];
+
+/** libssl3.so: where SSL descriptors are made (their PRFileDesc * is the connection), roles, handshakes. */
+export const NSS_SSL_PROBES: { func: string; prog: UprobeProgram; retprobe?: boolean }[] = [
+  { func: 'SSL_ImportFD', prog: 'nss_import_fd_exit', retprobe: true },
+  { func: 'DTLS_ImportFD', prog: 'nss_import_fd_exit', retprobe: true },
+  { func: 'SSL_ResetHandshake', prog: 'nss_reset_handshake' },
+  { func: 'SSL_ForceHandshake', prog: 'ssl_do_handshake_exit', retprobe: true },
+  { func: 'SSL_ForceHandshake', prog: 'ssl_do_handshake_enter' },
+  { func: 'SSL_ForceHandshakeWithTimeout', prog: 'ssl_do_handshake_exit', retprobe: true },
+  { func: 'SSL_ForceHandshakeWithTimeout', prog: 'ssl_do_handshake_enter' },
+];
 
 export interface CaptureOptions {
   /** Only these processes (and any process whose name is in `comms`). */
@@ -350,9 +384,28 @@ export class Capture {
     return result;
   }
 
-  /** The probe set that fits the file: OpenSSL, GnuTLS or Go. */
+  /**
+   * Attaches NSS's probes to one of its two files: NSPR's data functions (libnspr4.so), or the
+   * SSL layer's descriptor, role and handshake functions (libssl3.so). Either is of use only
+   * with the other; each is found and attached as any library file.
+   */
+  attachNss(library: LibraryFile, pid = -1): AttachResult {
+    const nspr = /(^|\/)libnspr4\.so[^/]*$/.test(library.path.replace(/ \(replaced [0-9:]+\)$/, ''));
+    const k = `${library.dev}:${library.ino}:${fileVersion(library.path)}:nss`;
+    let plan = this.plans.get(k);
+    const names = nspr ? [...NSPR_PROBES.map((p) => p.func), ...NSPR_CONN_PROBES.map((p) => p.func)] : NSS_SSL_PROBES.map((p) => p.func);
+    if (!plan) {
+      plan = { kind: 'exported', reason: nspr ? 'NSS: NSPR on SSL descriptors' : 'NSS: SSL layer', offsets: exportedOffsets(library.path, names) };
+      this.plans.set(k, plan);
+    }
+    if (nspr) return this.attachSet(library, plan, NSPR_PROBES.map((p) => ({ name: p.func, enter: p.enter, exit: p.exit, where: at(plan!, p.func) })), NSPR_CONN_PROBES, pid);
+    return this.attachSet(library, plan, [], NSS_SSL_PROBES, pid);
+  }
+
+  /** The probe set that fits the file: OpenSSL, BoringSSL, GnuTLS, NSS or Go. */
   attachLibrary(library: LibraryFile, mode: ProbeMode = 'auto', pid = -1): AttachResult {
     if (library.kind === 'go') return this.attachGo(library, pid);
+    if (library.kind === 'nss') return this.attachNss(library, pid);
     return library.kind === 'gnutls' ? this.attachGnutls(library, pid) : this.attachOpenSsl(library, mode, pid);
   }
 
@@ -371,10 +424,12 @@ export class Capture {
         result.failed.push({ func: p.name, reason: e instanceof BridgeError ? `${e.code}: ${e.message}` : String(e) });
       }
     }
-    if (ids.length > 0) {
+    // A set with no data probes (NSS's libssl3.so) attaches its other probes all the same.
+    if (ids.length > 0 || probes.length === 0) {
       for (const p of conn) {
         try {
           ids.push(this.uprobe(p.prog, library.path, { ...at(plan, p.func), pid, retprobe: p.retprobe === true }));
+          if (probes.length === 0 && !result.attached.includes(p.func)) result.attached.push(p.func);
         } catch (e) {
           result.failed.push({ func: p.func, reason: e instanceof BridgeError ? `${e.code}: ${e.message}` : String(e) });
         }
