@@ -3,14 +3,15 @@
 // input and PR_Write of its standard output on plain ones) against selfserv (the server: an SSL
 // listening descriptor whose PR_Accept makes the connection's, PR_Read, and the answer in one
 // PR_Writev). Both ends byte-identical, with roles and mirrored 4-tuples, and none of the plain
-// NSPR I/O captured.
+// NSPR I/O captured. Then tstclnt against nginx (OpenSSL at the other end): the bytes NSS's
+// probes took match those OpenSSL's took.
 import * as assert from 'assert';
 import * as fs from 'fs';
 import * as path from 'path';
 import { libraryKind } from '../../helper/discovery/libraries';
 import { DataRecord } from '../../helper/records/records';
 import { Recorder, requireKernel } from '../lib/kernel';
-import { freePort, run, startServer, stopAll, tmpDir, waitFor } from '../lib/servers';
+import { freePort, makeCert, pattern, run, startNginx, startServer, stopAll, tmpDir, waitFor } from '../lib/servers';
 
 describe('NSS (tstclnt <-> selfserv, kernel)', function () {
   let dir: string;
@@ -91,6 +92,37 @@ describe('NSS (tstclnt <-> selfserv, kernel)', function () {
     assert.strictEqual(Number(m[2]), port);
     // selfserv listens on a dual-stack IPv6 socket: its side shows the v4-mapped addresses.
     assert.strictEqual(s[0], `server ::ffff:127.0.0.1:${port} -> ::ffff:127.0.0.1:${m[1]}`);
+    const k = await r.stop();
+    rec = undefined;
+    assert.strictEqual(k.bytesLost + k.bytesFaulted + k.callsMissed, 0, 'nothing lost');
+  });
+
+  it('tstclnt <-> nginx: 300 KB down, what NSS read is what OpenSSL wrote, byte for byte', async () => {
+    const body = pattern(300_000, 31);
+    const nginx = await startNginx({ dir: path.join(dir, 'nginx'), files: { 'big.bin': body }, cert: await makeCert(dir) });
+    rec = new Recorder({ discovery: { pollMs: 0 } });
+    const r = rec;
+    const request = Buffer.from(`GET /big.bin HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n`);
+    const client = await run('tstclnt', ['-h', '127.0.0.1', '-p', String(nginx.port), '-o', '-D', '-f'], { input: request, cwd: dir });
+    assert.strictEqual(client.code, 0, client.stderr.toString());
+    assert.ok(client.stdout.subarray(client.stdout.length - body.length).equals(body), `tstclnt got the file (${client.stdout.length} bytes)`);
+    const worker = (): number | undefined => nginx.workerPids().find((p) => r.connections(p).length > 0);
+    await waitFor(() => r.bytes(client.pid, 'ingress') >= client.stdout.length && worker() !== undefined && r.bytes(worker()!, 'egress') >= client.stdout.length, {
+      timeoutMs: 10_000,
+      what: 'the whole exchange on both ends',
+    }).catch(() => undefined);
+    const w = worker();
+    assert.ok(w, `an nginx worker captured the connection: ${nginx.workerPids().join(', ')}`);
+    const settled = await r.settle({ pid: client.pid }, { pid: w });
+    assert.ok(r.stream(client.pid, 'egress').equals(request), `tstclnt's request (${r.bytes(client.pid, 'egress')} bytes captured)`);
+    assert.ok(r.stream(client.pid, 'ingress').equals(client.stdout), `what tstclnt read is what it printed (${r.bytes(client.pid, 'ingress')} bytes captured)`);
+    assert.ok(r.stream(w, 'ingress').equals(request), `nginx read exactly tstclnt's request (${settled})`);
+    assert.ok(r.stream(w, 'egress').equals(client.stdout), `nginx wrote exactly what tstclnt read (${settled})`);
+    const c = r.of(client.pid)[0]!.sock;
+    const s = r.of(w)[0]!.sock;
+    assert.strictEqual(c.role, 'client');
+    assert.strictEqual(s.role, 'server');
+    assert.deepStrictEqual([c.localPort, c.remotePort], [s.remotePort, s.localPort]);
     const k = await r.stop();
     rec = undefined;
     assert.strictEqual(k.bytesLost + k.bytesFaulted + k.callsMissed, 0, 'nothing lost');
