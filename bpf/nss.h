@@ -33,11 +33,36 @@ struct {
 	__type(value, __u8);
 } nss_accepts SEC(".maps");
 
+// An SSL descriptor this capture did not see made (before it started, or in a way not
+// probed) is told by NSS's own layout: the SSL layer's PRFileDesc (prio.h: methods, secret,
+// lower, higher, dtor, identity) has its sslSocket as secret, and an sslSocket's first field
+// points back to that PRFileDesc (sslimpl.h: struct sslSocketStr { PRFileDesc *fd; ... }). A
+// plain NSPR descriptor's secret is a PRFilePrivate, which starts with two small integers
+// (state, nonblocking), never a pointer to the descriptor. Once told, it is traced as if
+// SSL_ImportFD had returned it.
+static __always_inline bool nss_layout_ssl(__u64 fd)
+{
+	__u64 secret = 0, back = 0;
+
+	if (!fd || bpf_probe_read_user(&secret, sizeof(secret), (const void *)(fd + 8)) || !secret)
+		return false;
+	if (bpf_probe_read_user(&back, sizeof(back), (const void *)secret))
+		return false;
+	return back == fd;
+}
+
 static __always_inline bool nss_fd(void *fd)
 {
 	struct conn_key key = { .tgid = bpf_get_current_pid_tgid() >> 32, .ssl = (__u64)fd };
+	__u8 one = 1;
 
-	return nss_fds_seen && bpf_map_lookup_elem(&nss_fds, &key);
+	if (nss_fds_seen && bpf_map_lookup_elem(&nss_fds, &key))
+		return true;
+	if (!nss_layout_ssl((__u64)fd) || !traced(key.tgid))
+		return false;
+	bpf_map_update_elem(&nss_fds, &key, &one, BPF_ANY);
+	nss_fds_seen = 1;
+	return true;
 }
 
 // PR_Write(fd, buf, amount), PR_Send(fd, buf, amount, flags, timeout), and the reads alike:
