@@ -97,6 +97,40 @@ describe('NSS (tstclnt <-> selfserv, kernel)', function () {
     assert.strictEqual(k.bytesLost + k.bytesFaulted + k.callsMissed, 0, 'nothing lost');
   });
 
+  it('selfserv started before the capture: its connections are captured (its descriptors told by NSS layout)', async () => {
+    const port = await freePort();
+    // Its SSL_ImportFD of the listening descriptor happens now, with no capture to see it, and
+    // it waits inside PR_Accept when the capture starts.
+    const server = await startServer('selfserv', ['-d', `sql:${dir}`, '-e', 'server', '-p', String(port), '-V', 'tls1.2:tls1.3'], port, dir);
+    rec = new Recorder({ discovery: { pollMs: 0 } });
+    const r = rec;
+    const exchanges: { request: Buffer; response: Buffer }[] = [];
+    for (const name of ['first', 'second']) {
+      const request = Buffer.from(`GET /${name} HTTP/1.0\r\n\r\n`);
+      const client = await run('tstclnt', ['-h', '127.0.0.1', '-p', String(port), '-o', '-D', '-f'], { input: request, cwd: dir });
+      assert.strictEqual(client.code, 0, client.stderr.toString());
+      exchanges.push({ request, response: client.stdout });
+    }
+    const total = (k: 'request' | 'response'): number => exchanges.reduce((n, e) => n + e[k].length, 0);
+    await waitFor(() => r.bytes(server.pid, 'egress') >= total('response') && r.bytes(server.pid, 'ingress') >= total('request'), {
+      timeoutMs: 10_000,
+      what: "selfserv's side of both exchanges",
+    }).catch(() => undefined);
+    const conns = r.connections(server.pid);
+    assert.strictEqual(conns.length, 2, `two connections of selfserv: ${conns.join(', ')}`);
+    conns.forEach((id, i) => {
+      assert.ok(r.stream(server.pid, 'ingress', id).equals(exchanges[i]!.request), `connection ${i + 1}: selfserv read exactly the request`);
+      assert.ok(r.stream(server.pid, 'egress', id).equals(exchanges[i]!.response), `connection ${i + 1}: selfserv wrote exactly the response`);
+      assert.strictEqual(r.of(server.pid).find((d) => d.connId === id)!.sock.localPort, port);
+    });
+    // The first came out of a PR_Accept entered before the probes: its role is unknown. The
+    // second's PR_Accept was seen on the listening descriptor, told SSL by its layout.
+    assert.strictEqual(r.of(server.pid).find((d) => d.connId === conns[1])!.sock.role, 'server');
+    const k = await r.stop();
+    rec = undefined;
+    assert.strictEqual(k.bytesLost + k.bytesFaulted + k.callsMissed, 0, 'nothing lost');
+  });
+
   it('tstclnt <-> nginx: 300 KB down, what NSS read is what OpenSSL wrote, byte for byte', async () => {
     const body = pattern(300_000, 31);
     const nginx = await startNginx({ dir: path.join(dir, 'nginx'), files: { 'big.bin': body }, cert: await makeCert(dir) });
