@@ -24,6 +24,7 @@ char LICENSE[] SEC("license") = "GPL";
 #include "conn.h"
 #include "calls.h"
 #include "go.h"
+#include "nss.h"
 #include "discovery.h"
 #include "syscalls.h"
 
@@ -254,6 +255,171 @@ SEC("uprobe")
 int go_tls_server_handshake(struct pt_regs *ctx)
 {
 	return go_handshake(ctx, CAP_ROLE_SERVER);
+}
+
+// ---- NSS: PR_* on SSL descriptors only (helpers and why in nss.h) --------------------------
+
+SEC("uretprobe")
+int BPF_KRETPROBE(nss_import_fd_exit)
+{
+	struct conn_key key = { .tgid = bpf_get_current_pid_tgid() >> 32, .ssl = PT_REGS_RC(ctx) };
+	__u8 one = 1;
+
+	if (!key.ssl || !traced(key.tgid))
+		return 0;
+	bpf_map_update_elem(&nss_fds, &key, &one, BPF_ANY);
+	nss_fds_seen = 1;
+	return 0;
+}
+
+SEC("uprobe")
+int nss_write_enter(struct pt_regs *ctx)
+{
+	return nss_enter(ctx, CAP_FN_PR_WRITE);
+}
+
+SEC("uretprobe")
+int nss_write_exit(struct pt_regs *ctx)
+{
+	return nss_return(ctx, CAP_FN_PR_WRITE, CAP_DIR_EGRESS);
+}
+
+SEC("uprobe")
+int nss_send_enter(struct pt_regs *ctx)
+{
+	return nss_enter(ctx, CAP_FN_PR_SEND);
+}
+
+SEC("uretprobe")
+int nss_send_exit(struct pt_regs *ctx)
+{
+	return nss_return(ctx, CAP_FN_PR_SEND, CAP_DIR_EGRESS);
+}
+
+SEC("uprobe")
+int nss_read_enter(struct pt_regs *ctx)
+{
+	return nss_enter(ctx, CAP_FN_PR_READ);
+}
+
+SEC("uretprobe")
+int nss_read_exit(struct pt_regs *ctx)
+{
+	return nss_return(ctx, CAP_FN_PR_READ, CAP_DIR_INGRESS);
+}
+
+SEC("uprobe")
+int nss_recv_enter(struct pt_regs *ctx)
+{
+	return nss_enter(ctx, CAP_FN_PR_RECV);
+}
+
+SEC("uretprobe")
+int nss_recv_exit(struct pt_regs *ctx)
+{
+	return nss_return(ctx, CAP_FN_PR_RECV, CAP_DIR_INGRESS);
+}
+SEC("uprobe")
+int BPF_KPROBE(nss_writev_enter, void *fd, const void *iov, int iov_size)
+{
+	struct thread_state *t;
+
+	if (!nss_fd(fd) || iov_size <= 0 || iov_size > NSS_MAX_IOV)
+		return 0;
+	call_enter(fd, iov, (void *)(long)iov_size, CAP_FN_PR_WRITEV);
+	t = thread_now(false);
+	if (t && t->call.func == CAP_FN_PR_WRITEV && t->call.ssl == (__u64)fd)
+		t->call.sp = (__u32)PT_REGS_SP(ctx);
+	return 0;
+}
+
+SEC("uretprobe")
+int nss_writev_exit(struct pt_regs *ctx)
+{
+	struct thread_state *t;
+	struct nss_iov_ctx *c;
+	int rc = (int)PT_REGS_RC(ctx);
+	__u32 zero = 0;
+
+	if (!nss_fds_seen)
+		return 0;
+	t = thread_now(false);
+	if (!t || t->call.func != CAP_FN_PR_WRITEV || t->call.sp != (__u32)(PT_REGS_SP(ctx) - 8))
+		return 0;
+	c = bpf_map_lookup_elem(&nss_iov_scratch, &zero);
+	if (!c)
+		return 0;
+	c->a = t->call;
+	c->iov = c->a.buf;
+	c->n = c->a.outlen;
+	c->id = bpf_get_current_pid_tgid();
+	c->left = rc;
+	// As in call_return: the call this one ran inside is the one in progress again.
+	t->call = t->outer;
+	t->outer.func = 0;
+	if (t->call.func && t->call.fd < 0)
+		t->call.fd = c->a.fd;
+	for (__u32 i = 0; rc > 0 && i < NSS_MAX_IOV; i++)
+		if (nss_iov(c, i))
+			break;
+	return nss_iov_done(c);
+}
+
+SEC("uprobe")
+int BPF_KPROBE(nss_accept_enter, void *fd)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	__u8 one = 1;
+
+	if (nss_fd(fd))
+		bpf_map_update_elem(&nss_accepts, &id, &one, BPF_ANY);
+	return 0;
+}
+
+SEC("uretprobe")
+int BPF_KRETPROBE(nss_accept_exit)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	struct conn_key key = { .tgid = id >> 32, .ssl = PT_REGS_RC(ctx) };
+	__u8 one = 1;
+
+	if (!nss_fds_seen || !bpf_map_lookup_elem(&nss_accepts, &id))
+		return 0;
+	bpf_map_delete_elem(&nss_accepts, &id);
+	if (key.ssl) {
+		bpf_map_update_elem(&nss_fds, &key, &one, BPF_ANY);
+		set_role((void *)key.ssl, CAP_ROLE_SERVER);
+	}
+	return 0;
+}
+
+// SSL_ResetHandshake(fd, asServer): the role, as the program declares it.
+SEC("uprobe")
+int BPF_KPROBE(nss_reset_handshake, void *fd, int as_server)
+{
+	return set_role(fd, as_server ? CAP_ROLE_SERVER : CAP_ROLE_CLIENT);
+}
+
+// PR_Connect on an SSL descriptor: a client (NSS then starts a client handshake).
+SEC("uprobe")
+int BPF_KPROBE(nss_connect, void *fd)
+{
+	if (nss_fd(fd))
+		set_role(fd, CAP_ROLE_CLIENT);
+	return 0;
+}
+
+// PR_Close of an SSL descriptor frees it (a later descriptor may get its address).
+SEC("uprobe")
+int BPF_KPROBE(nss_close, void *fd)
+{
+	struct conn_key key = { .tgid = bpf_get_current_pid_tgid() >> 32, .ssl = (__u64)fd };
+
+	if (!nss_fd(fd))
+		return 0;
+	bpf_map_delete_elem(&nss_fds, &key);
+	conn_end(key.tgid, key.ssl, CAP_CLOSE_FREE);
+	return 0;
 }
 
 // GnuTLS's role: gnutls_init(gnutls_session_t *session, unsigned flags), GNUTLS_SERVER = 1.

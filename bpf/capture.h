@@ -59,6 +59,13 @@ enum cap_func {
 	/* Go crypto/tls: (*Conn).Write/(*Conn).Read; the *tls.Conn stands for the SSL* */
 	CAP_FN_GO_TLS_WRITE = 9,
 	CAP_FN_GO_TLS_READ = 10,
+	/* NSS: NSPR's PR_Write/PR_Send/PR_Read/PR_Recv on a descriptor SSL_ImportFD returned; the
+	 * PRFileDesc * stands for the SSL* */
+	CAP_FN_PR_WRITE = 11,
+	CAP_FN_PR_SEND = 12,
+	CAP_FN_PR_READ = 13,
+	CAP_FN_PR_RECV = 14,
+	CAP_FN_PR_WRITEV = 15, /* each vector's share a call of its own */
 };
 
 enum cap_dir {

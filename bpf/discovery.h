@@ -56,7 +56,8 @@ static long find_base(__u32 i, void *ctx)
 	return 0;
 }
 
-// Whether the last path component starts with "libssl.so" or "libgnutls.so": the loader and
+// Whether the last path component starts with "libssl.so", "libgnutls.so", "libssl3.so" or
+// "libnspr4.so" (NSS): the loader and
 // dlopen open a library before mapping it, so user space can attach to a new copy before it
 // is used.
 static __always_inline bool tls_library_name(const char *path, __u32 n)
@@ -72,6 +73,14 @@ static __always_inline bool tls_library_name(const char *path, __u32 n)
 		return false;
 	if (path[at + 3] == 's' && path[at + 4] == 's' && path[at + 5] == 'l' && path[at + 6] == '.' &&
 	    path[at + 7] == 's' && path[at + 8] == 'o')
+		return true;
+	// NSS: its SSL layer (libssl3.so) and NSPR (libnspr4.so), whose PR_Write/PR_Read carry it.
+	if (b.base + 10 <= n && path[at + 3] == 's' && path[at + 4] == 's' && path[at + 5] == 'l' &&
+	    path[at + 6] == '3' && path[at + 7] == '.' && path[at + 8] == 's' && path[at + 9] == 'o')
+		return true;
+	if (b.base + 11 <= n && path[at + 3] == 'n' && path[at + 4] == 's' && path[at + 5] == 'p' &&
+	    path[at + 6] == 'r' && path[at + 7] == '4' && path[at + 8] == '.' && path[at + 9] == 's' &&
+	    path[at + 10] == 'o')
 		return true;
 	return b.base + 12 <= n && path[at + 3] == 'g' && path[at + 4] == 'n' && path[at + 5] == 'u' &&
 	       path[at + 6] == 't' && path[at + 7] == 'l' && path[at + 8] == 's' && path[at + 9] == '.' &&

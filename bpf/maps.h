@@ -63,7 +63,7 @@ struct call_args {
 	__u32 func;
 	__s32 fd;     // fd of the first socket I/O syscall made inside the call, or -1
 	__u32 held;   // the call holds its connection open (conn_state.busy): it existed at entry
-	__u32 pad;
+	__u32 sp;     // NSS: low bits of the stack pointer at entry, to pair the return with it
 };
 
 // What one thread is doing with TLS, in the thread's own storage: the syscall hook on every

@@ -1,7 +1,7 @@
 // discovery.ts: keeps the probes on every OpenSSL library file (and executable with OpenSSL
 // linked in, such as /usr/bin/node) that matters, as files appear,
 // change and go. Sources, fastest first: the kernel's report of a process opening a file
-// named libssl.so* or libgnutls.so* (before the loader maps it), exec reports (targeted mode), a /proc scan at
+// named libssl.so*, libgnutls.so*, libssl3.so or libnspr4.so (before the loader maps it), exec reports (targeted mode), a /proc scan at
 // start and every `pollMs` as the safety net, the linker cache, and file watches (chokidar)
 // that notice a library replaced by an upgrade.
 //
@@ -339,7 +339,7 @@ export class Discovery {
       return; // not yet, or gone: its lib-open report or the next poll will do
     }
     for (const line of maps.split('\n')) {
-      const m = /^\S+ \S+ \S+ \S+ (\d+)\s+(\/.*lib(?:ssl|gnutls)\.so[^/]*)$/.exec(line);
+      const m = /^\S+ \S+ \S+ \S+ (\d+)\s+(\/.*lib(?:ssl|gnutls|ssl3|nspr4)\.so[^/]*)$/.exec(line);
       if (m) this.libraryOpened(pid, m[2]!);
     }
   }

@@ -17,13 +17,53 @@ export interface LibraryFile {
   kind: TlsKind;
 }
 
-export type TlsKind = 'openssl' | 'gnutls' | 'go';
+export type TlsKind = 'openssl' | 'boringssl' | 'gnutls' | 'nss' | 'go';
 
-const TLS_LIBRARY = /(^|\/)lib(ssl|gnutls)\.so(\.[0-9.]+)?$/;
+const TLS_LIBRARY = /(^|\/)lib(ssl|gnutls|ssl3|nspr4)\.so(\.[0-9.]+)?$/;
 
-/** The kind of a library file, from its name (libgnutls.so* is GnuTLS; the rest OpenSSL). */
+/**
+ * The kind of a library file: libgnutls.so* is GnuTLS; NSS's SSL layer libssl3.so and NSPR's
+ * libnspr4.so (whose PR_Write/PR_Read carry it) are NSS; a libssl.so* is BoringSSL when it has
+ * BoringSSL's own API (boringSslIn), else OpenSSL.
+ */
 export function libraryKind(path: string): TlsKind {
-  return /(^|\/)libgnutls\.so[^/]*$/.test(path) ? 'gnutls' : 'openssl';
+  if (/(^|\/)libgnutls\.so[^/]*$/.test(path)) return 'gnutls';
+  if (NSS_LIBRARY.test(path)) return 'nss';
+  return boringSslIn(path) ? 'boringssl' : 'openssl';
+}
+
+/** NSS's SSL layer (libssl3.so) and NSPR (libnspr4.so): both get probes for NSS. */
+export const NSS_LIBRARY = /(^|\/)lib(ssl3|nspr4)\.so[^/]*$/;
+
+/**
+ * A function only BoringSSL's libssl exports (since 2016; OpenSSL has no such name): Debian's
+ * android-libboringssl names its library libssl.so.0, like an old OpenSSL, so the name does not
+ * tell them apart.
+ */
+const BORINGSSL_MARK = 'SSL_CTX_set_strict_cipher_list';
+/** Verdicts by file version (device:inode:size:mtime): a libssl is read once. */
+const boringVerdicts = new Map<string, boolean>();
+
+/** Whether the libssl at `path` is BoringSSL (false when it cannot be read: OpenSSL's planner then says why). */
+export function boringSslIn(path: string): boolean {
+  const st = statKey(path);
+  if (!st) return false;
+  const k = `${st.dev}:${st.ino}:${fileVersion(path)}`;
+  let v = boringVerdicts.get(k);
+  if (v === undefined) {
+    let elf: ElfFile | undefined;
+    try {
+      elf = ElfFile.open(path);
+      v = elf.functions([BORINGSSL_MARK, 'SSL_write', 'SSL_read']).size === 3;
+    } catch {
+      v = false;
+    } finally {
+      elf?.close();
+    }
+    if (boringVerdicts.size > 4096) boringVerdicts.clear();
+    boringVerdicts.set(k, v);
+  }
+  return v;
 }
 
 /** (device, inode) of a regular file, or undefined if it is not one (or is gone). */
@@ -135,7 +175,7 @@ export function mappedFiles(wanted: Set<string>): Set<string> {
   return found;
 }
 
-/** Every OpenSSL and GnuTLS library file on the system, once each. `extra` are files the user named. */
+/** Every OpenSSL, BoringSSL, GnuTLS and NSS (libssl3, libnspr4) library file on the system, once each. `extra` are files the user named. */
 export function findTlsLibraries(extra: string[] = []): LibraryFile[] {
   const byFile = new Map<string, LibraryFile>();
   const add = (path: string, source: LibraryFile['source']): void => {
@@ -175,7 +215,8 @@ export function openSslIn(path: string): boolean | undefined {
 
 /**
 /**
- * What TLS code an executable has inside: 'openssl' (linked in, as node), 'go' (Go's
+ * What TLS code an executable has inside: 'openssl' (linked in, as node), 'boringssl' (the
+ * same API with BoringSSL's own functions, as Envoy links it), 'go' (Go's
  * crypto/tls), null for none (or not ELF), undefined when it cannot tell (the file could not be
  * opened: gone with its process, or not readable by us).
  */
@@ -189,7 +230,7 @@ export function tlsKindIn(path: string): TlsKind | null | undefined {
   // attaching; reading its whole symbol table for OpenSSL would only cost time.
   if (isGo(path)) return isGoTls(path) ? 'go' : null;
   const o = openSslIn(path);
-  return o === undefined ? undefined : o ? 'openssl' : null;
+  return o === undefined ? undefined : o ? (boringSslIn(path) ? 'boringssl' : 'openssl') : null;
 }
 
 /**

@@ -41,6 +41,19 @@ export const OPENSSL_CONN_PROBES: { func: string; prog: UprobeProgram; retprobe?
   { func: 'SSL_free', prog: 'ssl_free' },
 ];
 
+/**
+ * BoringSSL: OpenSSL's probe set on its exported functions (its internal functions have other
+ * signatures, so the planner's shape is never used), and SSL_connect/SSL_accept for the role:
+ * BoringSSL inlines SSL_set_connect_state/SSL_set_accept_state into them (measured in Debian's
+ * android-libboringssl 13.0.0: `SSL_connect` sets the handshake function itself, then jumps to
+ * `SSL_do_handshake`).
+ */
+export const BORINGSSL_CONN_PROBES: { func: string; prog: UprobeProgram; retprobe?: boolean }[] = [
+  ...OPENSSL_CONN_PROBES,
+  { func: 'SSL_connect', prog: 'ssl_set_connect_state' },
+  { func: 'SSL_accept', prog: 'ssl_set_accept_state' },
+];
+
 /** GnuTLS: its record functions, and the connection-life functions mapped onto the same programs. */
 export const GNUTLS_PROBES = [
   { func: 'gnutls_record_send', enter: 'gnutls_send_enter', exit: 'gnutls_send_exit' },
@@ -59,6 +72,40 @@ export const GNUTLS_CONN_PROBES: { func: string; prog: UprobeProgram; retprobe?:
   { func: 'gnutls_deinit', prog: 'ssl_free' },
 ];
 
+/**
+ * NSS: the plaintext moves through NSPR's PR_Write/PR_Send/PR_Read/PR_Recv (libnspr4.so) on the
+ * descriptors NSS's SSL_ImportFD returned (libssl3.so); the BPF programs trace only those
+ * descriptors (bpf/capture.bpf.c `nss_fds`), so plain files, pipes and sockets that go through
+ * the same functions are not read. The SSL layer's own read and write functions are static
+ * (in no symbol table of Debian's build), reached only through the descriptor's method table.
+ */
+export const NSPR_PROBES = [
+  { func: 'PR_Write', enter: 'nss_write_enter', exit: 'nss_write_exit' },
+  { func: 'PR_Send', enter: 'nss_send_enter', exit: 'nss_send_exit' },
+  { func: 'PR_Read', enter: 'nss_read_enter', exit: 'nss_read_exit' },
+  { func: 'PR_Recv', enter: 'nss_recv_enter', exit: 'nss_recv_exit' },
+  { func: 'PR_Writev', enter: 'nss_writev_enter', exit: 'nss_writev_exit' },
+] as const;
+
+export const NSPR_CONN_PROBES: { func: string; prog: UprobeProgram; retprobe?: boolean }[] = [
+  { func: 'PR_Connect', prog: 'nss_connect' },
+  // An SSL listening descriptor's PR_Accept returns a new SSL descriptor (selfserv's way).
+  { func: 'PR_Accept', prog: 'nss_accept_exit', retprobe: true },
+  { func: 'PR_Accept', prog: 'nss_accept_enter' },
+  { func: 'PR_Shutdown', prog: 'ssl_shutdown' },
+  { func: 'PR_Close', prog: 'nss_close' },
+];
+
+/** libssl3.so: where SSL descriptors are made (their PRFileDesc * is the connection), roles, handshakes. */
+export const NSS_SSL_PROBES: { func: string; prog: UprobeProgram; retprobe?: boolean }[] = [
+  { func: 'SSL_ImportFD', prog: 'nss_import_fd_exit', retprobe: true },
+  { func: 'DTLS_ImportFD', prog: 'nss_import_fd_exit', retprobe: true },
+  { func: 'SSL_ResetHandshake', prog: 'nss_reset_handshake' },
+  { func: 'SSL_ForceHandshake', prog: 'ssl_do_handshake_exit', retprobe: true },
+  { func: 'SSL_ForceHandshake', prog: 'ssl_do_handshake_enter' },
+  { func: 'SSL_ForceHandshakeWithTimeout', prog: 'ssl_do_handshake_exit', retprobe: true },
+  { func: 'SSL_ForceHandshakeWithTimeout', prog: 'ssl_do_handshake_enter' },
+];
 
 export interface CaptureOptions {
   /** Only these processes (and any process whose name is in `comms`). */
@@ -277,15 +324,16 @@ export class Capture {
    * does not export are reported in `failed`; it throws only if nothing could be attached.
    */
   attachOpenSsl(library: LibraryFile, mode: ProbeMode = 'auto', pid = -1): AttachResult {
-    const plan = this.plan(library, mode);
+    const boring = library.kind === 'boringssl';
+    const plan = this.plan(library, boring ? 'exported' : mode);
     const data: DataProbe[] =
       plan.kind === 'internal'
         ? [
             { name: 'ssl_write_internal', enter: plan.writeCountArg === 5 ? 'ssl_write_internal_flags_enter' : 'ssl_write_internal_enter', exit: 'ssl_write_internal_exit', where: { offset: plan.write } },
             { name: 'ssl_read_internal', enter: 'ssl_read_internal_enter', exit: 'ssl_read_internal_exit', where: { offset: plan.read } },
           ]
-        : OPENSSL_PROBES.map((p) => ({ name: p.func, enter: p.enter, exit: p.exit, where: at(plan, p.func) }));
-    return this.attachSet(library, plan, data, OPENSSL_CONN_PROBES, pid);
+        : OPENSSL_PROBES.filter((p) => !boring || plan.offsets.has(p.func)).map((p) => ({ name: p.func, enter: p.enter, exit: p.exit, where: at(plan, p.func) }));
+    return this.attachSet(library, plan, data, boring ? BORINGSSL_CONN_PROBES : OPENSSL_CONN_PROBES, pid);
   }
 
   /** Attaches the GnuTLS probe set (gnutls_record_send/recv and the connection's life). */
@@ -339,9 +387,28 @@ export class Capture {
     return result;
   }
 
-  /** The probe set that fits the file: OpenSSL, GnuTLS or Go. */
+  /**
+   * Attaches NSS's probes to one of its two files: NSPR's data functions (libnspr4.so), or the
+   * SSL layer's descriptor, role and handshake functions (libssl3.so). Either is of use only
+   * with the other; each is found and attached as any library file.
+   */
+  attachNss(library: LibraryFile, pid = -1): AttachResult {
+    const nspr = /(^|\/)libnspr4\.so[^/]*$/.test(library.path.replace(/ \(replaced [0-9:]+\)$/, ''));
+    const k = `${library.dev}:${library.ino}:${fileVersion(library.path)}:nss`;
+    let plan = this.plans.get(k);
+    const names = nspr ? [...NSPR_PROBES.map((p) => p.func), ...NSPR_CONN_PROBES.map((p) => p.func)] : NSS_SSL_PROBES.map((p) => p.func);
+    if (!plan) {
+      plan = { kind: 'exported', reason: nspr ? 'NSS: NSPR on SSL descriptors' : 'NSS: SSL layer', offsets: exportedOffsets(library.path, names) };
+      this.plans.set(k, plan);
+    }
+    if (nspr) return this.attachSet(library, plan, NSPR_PROBES.map((p) => ({ name: p.func, enter: p.enter, exit: p.exit, where: at(plan!, p.func) })), NSPR_CONN_PROBES, pid);
+    return this.attachSet(library, plan, [], NSS_SSL_PROBES, pid);
+  }
+
+  /** The probe set that fits the file: OpenSSL, BoringSSL, GnuTLS, NSS or Go. */
   attachLibrary(library: LibraryFile, mode: ProbeMode = 'auto', pid = -1): AttachResult {
     if (library.kind === 'go') return this.attachGo(library, pid);
+    if (library.kind === 'nss') return this.attachNss(library, pid);
     return library.kind === 'gnutls' ? this.attachGnutls(library, pid) : this.attachOpenSsl(library, mode, pid);
   }
 
@@ -360,10 +427,12 @@ export class Capture {
         result.failed.push({ func: p.name, reason: e instanceof BridgeError ? `${e.code}: ${e.message}` : String(e) });
       }
     }
-    if (ids.length > 0) {
+    // A set with no data probes (NSS's libssl3.so) attaches its other probes all the same.
+    if (ids.length > 0 || probes.length === 0) {
       for (const p of conn) {
         try {
           ids.push(this.uprobe(p.prog, library.path, { ...at(plan, p.func), pid, retprobe: p.retprobe === true }));
+          if (probes.length === 0 && !result.attached.includes(p.func)) result.attached.push(p.func);
         } catch (e) {
           result.failed.push({ func: p.func, reason: e instanceof BridgeError ? `${e.code}: ${e.message}` : String(e) });
         }
@@ -386,13 +455,14 @@ export class Capture {
   /** Works out a file's probe plan ahead of time, so that attaching later is quick. */
   prepare(library: LibraryFile, mode: ProbeMode = 'auto'): void {
     if (library.kind === 'openssl') this.plan(library, mode);
+    if (library.kind === 'boringssl') this.plan(library, 'exported');
     if (library.kind === 'go') planGoCached(library.path);
   }
 
   /** The probe plan of a file, worked out once per version of it (device, inode, size, mtime) and mode. */
   private plan(library: LibraryFile, mode: ProbeMode): ProbePlan {
     // Size and mtime too: a plan of a file read while being written must not outlive it.
-    const k = `${library.dev}:${library.ino}:${fileVersion(library.path)}:${mode}`;
+    const k = `${library.dev}:${library.ino}:${fileVersion(library.path)}:${mode}:${library.kind}`;
     let plan = this.plans.get(k);
     if (!plan) {
       // A copy of a build already planned (a private libssl, a container's layer: another
@@ -401,9 +471,10 @@ export class Capture {
       const b = build && `${build}:${mode}`;
       plan = b ? this.plansByBuild.get(b) : undefined;
       if (!plan) {
-        const names = [...OPENSSL_PROBES.map((p) => p.func), ...OPENSSL_CONN_PROBES.map((p) => p.func)];
+        const names = [...OPENSSL_PROBES.map((p) => p.func), ...BORINGSSL_CONN_PROBES.map((p) => p.func)];
         plan = planOpenSsl(library.path, names);
-        if (mode === 'exported') plan = { kind: 'exported', reason: 'asked for', offsets: plan.offsets };
+        if (library.kind === 'boringssl') plan = { kind: 'exported', reason: 'BoringSSL', offsets: plan.offsets };
+        else if (mode === 'exported') plan = { kind: 'exported', reason: 'asked for', offsets: plan.offsets };
         // (A reason that names this file's path is this file's alone.)
         if (b && !('reason' in plan && plan.reason.includes(library.path))) this.plansByBuild.set(b, plan);
       }

@@ -11,6 +11,8 @@ export const UPROBE_PROGRAMS = [
   'ssl_set_fd', 'ssl_set_connect_state', 'ssl_set_accept_state', 'ssl_do_handshake_enter', 'ssl_do_handshake_exit',
   'ssl_shutdown', 'ssl_free',
   'gnutls_send_enter', 'gnutls_send_exit', 'gnutls_recv_enter', 'gnutls_recv_exit', 'gnutls_init_enter', 'gnutls_init_exit',
+  'nss_import_fd_exit', 'nss_write_enter', 'nss_write_exit', 'nss_send_enter', 'nss_send_exit', 'nss_read_enter', 'nss_read_exit', 'nss_recv_enter', 'nss_recv_exit',
+  'nss_writev_enter', 'nss_writev_exit', 'nss_accept_enter', 'nss_accept_exit', 'nss_reset_handshake', 'nss_connect', 'nss_close',
   'go_tls_write_enter', 'go_tls_write_ret', 'go_tls_read_enter', 'go_tls_read_ret', 'go_tls_client_handshake', 'go_tls_server_handshake',
   // The probe floor (--probe-floor): the same places, a program that does nothing.
   'floor_uprobe',

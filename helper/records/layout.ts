@@ -2,7 +2,7 @@
 /* eslint-disable */
 
 /** sha256 of the capture.h this was generated from (test/unit/records.test.ts compares). */
-export const CAPTURE_H_SHA256 = 'e334e68b197163e7e4c3ecb76678e6ed7a089dc51f52e54db448b6e4c644afe5';
+export const CAPTURE_H_SHA256 = '8740d5e1670c15faef6512100a9683dedc6490d2badb09aed0f95fc5ba156908';
 
 /** Sizes of the structs and byte offsets of their fields. */
 export const OFFSETS = {
@@ -99,6 +99,11 @@ export const enum cap_func {
   CAP_FN_GNUTLS_RECORD_RECV = 8,
   CAP_FN_GO_TLS_WRITE = 9,
   CAP_FN_GO_TLS_READ = 10,
+  CAP_FN_PR_WRITE = 11,
+  CAP_FN_PR_SEND = 12,
+  CAP_FN_PR_READ = 13,
+  CAP_FN_PR_RECV = 14,
+  CAP_FN_PR_WRITEV = 15,
 }
 
 export const enum cap_dir {

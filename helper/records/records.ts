@@ -60,7 +60,12 @@ export type TlsFunction =
   | 'gnutls_record_send'
   | 'gnutls_record_recv'
   | 'crypto/tls.(*Conn).Write'
-  | 'crypto/tls.(*Conn).Read';
+  | 'crypto/tls.(*Conn).Read'
+  | 'PR_Write'
+  | 'PR_Send'
+  | 'PR_Read'
+  | 'PR_Recv'
+  | 'PR_Writev';
 
 const FUNCS: Record<number, TlsFunction> = {
   [cap_func.CAP_FN_SSL_WRITE]: 'SSL_write',
@@ -73,6 +78,11 @@ const FUNCS: Record<number, TlsFunction> = {
   [cap_func.CAP_FN_GNUTLS_RECORD_RECV]: 'gnutls_record_recv',
   [cap_func.CAP_FN_GO_TLS_WRITE]: 'crypto/tls.(*Conn).Write',
   [cap_func.CAP_FN_GO_TLS_READ]: 'crypto/tls.(*Conn).Read',
+  [cap_func.CAP_FN_PR_WRITE]: 'PR_Write',
+  [cap_func.CAP_FN_PR_SEND]: 'PR_Send',
+  [cap_func.CAP_FN_PR_READ]: 'PR_Read',
+  [cap_func.CAP_FN_PR_RECV]: 'PR_Recv',
+  [cap_func.CAP_FN_PR_WRITEV]: 'PR_Writev',
 };
 
 

@@ -122,7 +122,7 @@ describe('records: layout of bpf/capture.h', function () {
   it('encodeData writes size, kind, flags, dir and func as capture.h defines them', function () {
     const funcs = cEnum(header, 'cap_func');
     const dirs = cEnum(header, 'cap_dir');
-    assert.strictEqual(funcs.size, 10);
+    assert.strictEqual(funcs.size, 15);
     // Name in records.ts → enumerator in capture.h.
     const names: [TlsFunction, string][] = [
       ['SSL_write', 'CAP_FN_SSL_WRITE'],
@@ -135,6 +135,11 @@ describe('records: layout of bpf/capture.h', function () {
       ['gnutls_record_recv', 'CAP_FN_GNUTLS_RECORD_RECV'],
       ['crypto/tls.(*Conn).Write', 'CAP_FN_GO_TLS_WRITE'],
       ['crypto/tls.(*Conn).Read', 'CAP_FN_GO_TLS_READ'],
+      ['PR_Write', 'CAP_FN_PR_WRITE'],
+      ['PR_Send', 'CAP_FN_PR_SEND'],
+      ['PR_Read', 'CAP_FN_PR_READ'],
+      ['PR_Recv', 'CAP_FN_PR_RECV'],
+      ['PR_Writev', 'CAP_FN_PR_WRITEV'],
     ];
     for (const [func, enumerator] of names) {
       const want = funcs.get(enumerator);
