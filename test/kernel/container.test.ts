@@ -55,9 +55,10 @@ interface Conn {
   pid: number;
   comm: string;
   role: string;
-  local: string;
-  remote: string;
+  local: { ip: string; port: number };
+  remote: { ip: string; port: number };
 }
+const addr = (a: { ip: string; port: number }): string => `${a.ip}:${a.port}`;
 interface Exchange {
   type: string;
   conn: Conn;
@@ -155,12 +156,14 @@ describe('container: the image under podman with the DaemonSet settings (kernel,
     // captured.
     const c = await podman(['run', '-d', '--name', clientName, ...q.run, '--network=host', CLIENT_IMAGE, 'sleep', '600']);
     assert.strictEqual(c.code, 0, c.stderr.toString());
+    const before = err.length;
     const first = await podman(['exec', clientName, 'curl', '-sS', '-k', '--http1.1', '--noproxy', '*', '-o', '/dev/null', `https://127.0.0.1:${nginx.port}/container.txt?first`]);
     assert.strictEqual(first.code, 0, first.stderr.toString());
-    await waitFor(() => /attached to .*libssl\.so\.3.*\(/.test(err) && err.split('\n').filter((l) => /attached to .*libssl\.so\.3/.test(l)).length >= 2, {
-      timeoutMs: 30_000,
-      what: "the helper to attach to the client container's libssl.so.3",
-    }).catch(() => undefined);
+    // The helper names the file it attached to: the container's libssl, through /proc/<pid>/root.
+    await waitFor(() => /attached to \/proc\/\d+\/root\/\S*libssl\.so\.3: /.test(err.slice(before)), {
+      timeoutMs: 20_000,
+      what: `the helper to attach to the client container's libssl.so.3:\n${err}`,
+    });
     const second = await podman(['exec', clientName, 'curl', '-sS', '-k', '--http1.1', '--noproxy', '*', '-o', '/dev/null', `https://127.0.0.1:${nginx.port}/container.txt`]);
     assert.strictEqual(second.code, 0, second.stderr.toString());
 
@@ -188,8 +191,8 @@ describe('container: the image under podman with the DaemonSet settings (kernel,
       const client = peer(target);
       const [cx] = got(target, 'client');
       const [sx] = got(target, 'server');
-      assert.deepStrictEqual([cx!.conn.local, cx!.conn.remote], [client, server], `${target}: curl's 4-tuple is the one nginx logged`);
-      assert.deepStrictEqual([sx!.conn.local, sx!.conn.remote], [server, client], `${target}: nginx's 4-tuple is the one it logged`);
+      assert.deepStrictEqual([addr(cx!.conn.local), addr(cx!.conn.remote)], [client, server], `${target}: curl's 4-tuple is the one nginx logged`);
+      assert.deepStrictEqual([addr(sx!.conn.local), addr(sx!.conn.remote)], [server, client], `${target}: nginx's 4-tuple is the one it logged`);
       assert.strictEqual(cx!.conn.comm, comm);
       assert.strictEqual(sx!.conn.comm, 'nginx');
       for (const e of [cx!, sx!]) {
