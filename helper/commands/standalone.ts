@@ -136,9 +136,6 @@ export async function runStandalone(o: StandaloneOptions): Promise<number> {
   }
   let failed = (): void => {};
   session.start(() => failed());
-  // A container's readiness check (deploy/kubernetes): the file exists while capture is live.
-  if (o.readyFile) fs.rmSync(o.readyFile, { force: true }); // a stale one, with its own mode
-  if (o.readyFile) fs.writeFileSync(o.readyFile, `${JSON.stringify(ready, (_k, v: unknown) => (typeof v === 'bigint' ? v.toString() : v))}\n`, { mode: 0o600 });
   const named = [...o.pids, ...o.comms].join(', ');
   const who = o.targeted ? `processes ${named} (probes only in them)` : named ? `processes ${named} (filtered in the kernel)` : 'all processes';
   log(`capturing TLS plaintext of ${who}${o.output ? ` into ${o.output}` : ''} as ${o.format}${o.redact ? '' : ' (not redacted)'}${o.record ? `, frames into ${o.record}` : ''}; Ctrl-C to stop`);
@@ -154,6 +151,17 @@ export async function runStandalone(o: StandaloneOptions): Promise<number> {
     process.once('SIGHUP', done);
     if (o.duration) setTimeout(() => resolve('shutdown'), o.duration * 1000).unref();
     failed = () => resolve('fatal_error'); // the error is on stderr already
+    // A container's readiness check (deploy/kubernetes): the file exists while capture is
+    // live, and only once SIGTERM is handled (a kubelet may stop the pod as soon as it is ready).
+    if (o.readyFile) {
+      try {
+        fs.rmSync(o.readyFile, { force: true }); // a stale one, with its own mode
+        fs.writeFileSync(o.readyFile, `${JSON.stringify(ready, (_k, v: unknown) => (typeof v === 'bigint' ? v.toString() : v))}\n`, { mode: 0o600 });
+      } catch (e) {
+        log(`error: cannot write the ready file ${o.readyFile} (${(e as Error).message}): name a file in a writable directory with --ready-file`);
+        resolve('fatal_error');
+      }
+    }
   });
   clearInterval(ticker);
   status.clear();
