@@ -30,6 +30,7 @@ interface Options {
   ipc?: boolean;
   validate?: boolean;
   record?: string;
+  readyFile?: string;
   maxQueueBytes: number;
   pollInterval: number;
   targeted?: boolean;
@@ -74,6 +75,7 @@ function program(): Command {
     .option('--no-color', 'no colors, even on a terminal')
     .option('--ipc', 'plugin mode for apidump: length-prefixed msgpack frames on stdout, control frames on stdin (docs/protocol.md)')
     .option('--validate', 'with --ipc: check every frame against schemas/ before writing it')
+    .option('--ready-file <file>', 'without --ipc: create this file (mode 0600, the ready frame as JSON) once every TLS file found at start has its probes, and remove it at exit: a readiness check for containers')
     .option('--record <file>', 'save the exact frame stream (docs/protocol.md) to this file (mode 0600), for https-capture replay; with --ipc the same frames also go to stdout')
     .option(
       '--max-queue-bytes <bytes>',
@@ -129,7 +131,7 @@ async function main(argv: string[]): Promise<number> {
   const opts = cli.opts<Options>();
   if (opts.targeted && !opts.pid.length && !opts.comm.length) throw new UserError('--targeted needs --pid or --comm', 'name the processes to plant probes in', 2);
   if (opts.ipc) {
-    for (const o of ['format', 'output', 'redact', 'printLimit']) {
+    for (const o of ['format', 'output', 'redact', 'printLimit', 'readyFile']) {
       if (cli.getOptionValueSource(o) === 'cli') {
         throw new UserError(`--${o.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`).replace('redact', 'no-redact')} is for people and --ipc writes frames for a host`, 'drop it, or record with --record FILE and render it with https-capture replay FILE --format F', 2);
       }
@@ -174,6 +176,7 @@ async function main(argv: string[]): Promise<number> {
     color: opts.color !== false && !opts.output && process.stdout.isTTY === true,
     validate: opts.validate === true,
     ...(opts.record ? { record: opts.record } : {}),
+    ...(opts.readyFile ? { readyFile: opts.readyFile } : {}),
     maxQueueBytes: opts.maxQueueBytes,
     pollMs: opts.pollInterval,
     // Per-process probes: for --pid (processes that exist), or when asked. New processes found

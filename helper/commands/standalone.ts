@@ -1,6 +1,7 @@
 // standalone.ts: `https-capture` without --ipc, for a person: the session's frames rendered in
 // the chosen format (the same renderers as replay), a status line on a terminal, and a summary
 // of what was captured, cut and lost at the end. With --record the same frames are saved.
+import * as fs from 'fs';
 import { Writable } from 'stream';
 import { createRenderer, Format } from '../formats';
 import { Sink } from '../formats/output';
@@ -30,6 +31,8 @@ export interface StandaloneOptions {
   color: boolean;
   validate: boolean;
   record?: string;
+  /** Created (0600) with the ready frame once capture is live, removed at exit. */
+  readyFile?: string;
   maxQueueBytes?: number;
   pollMs: number;
   targeted: boolean;
@@ -87,6 +90,7 @@ export async function runStandalone(o: StandaloneOptions): Promise<number> {
   // A renderer or an output that falls behind sheds bodies the way the kernel does.
   const shed = new BehindShed({ pending: () => out.pending(), high: OUTPUT_SHED_HIGH, low: OUTPUT_SHED_LOW, head: o.shedHead ?? DEFAULT_SHED_HEAD });
   const writer = new FrameWriter(stream, { maxQueueBytes: o.maxQueueBytes ?? DEFAULT_MAX_QUEUE_BYTES, validate: o.validate });
+  let ready: unknown;
   const session = new Session(
     {
       pids: o.pids,
@@ -105,9 +109,18 @@ export async function runStandalone(o: StandaloneOptions): Promise<number> {
       lossIntervalMs: 0,
       log,
     },
-    { writer, encode: recording !== undefined || o.validate, onFrame: (f) => renderer.push(shed.pass(f)), ...(recording ? { recording } : {}) },
+    {
+      writer,
+      encode: recording !== undefined || o.validate,
+      onFrame: (f) => {
+        if (f.type === 'ready') ready = f;
+        renderer.push(shed.pass(f));
+      },
+      ...(recording ? { recording } : {}),
+    },
   );
   const end = async (reason: ByeReason): Promise<KernelCounters | undefined> => {
+    if (o.readyFile) fs.rmSync(o.readyFile, { force: true }); // not ready any more, first
     const k = await session.stop(reason);
     renderer.end(); // HAR is written whole here
     await out.close();
@@ -138,6 +151,17 @@ export async function runStandalone(o: StandaloneOptions): Promise<number> {
     process.once('SIGHUP', done);
     if (o.duration) setTimeout(() => resolve('shutdown'), o.duration * 1000).unref();
     failed = () => resolve('fatal_error'); // the error is on stderr already
+    // A container's readiness check (deploy/kubernetes): the file exists while capture is
+    // live, and only once SIGTERM is handled (a kubelet may stop the pod as soon as it is ready).
+    if (o.readyFile) {
+      try {
+        fs.rmSync(o.readyFile, { force: true }); // a stale one, with its own mode
+        fs.writeFileSync(o.readyFile, `${JSON.stringify(ready, (_k, v: unknown) => (typeof v === 'bigint' ? v.toString() : v))}\n`, { mode: 0o600 });
+      } catch (e) {
+        log(`error: cannot write the ready file ${o.readyFile} (${(e as Error).message}): name a file in a writable directory with --ready-file`);
+        resolve('fatal_error');
+      }
+    }
   });
   clearInterval(ticker);
   status.clear();

@@ -1,6 +1,7 @@
 // capture.ts: one capture session. Loads bpf/capture.bpf.o through the bridge, sets the
 // filters and the per-call cap, attaches the OpenSSL probe set to library files, drains the
 // ring buffer into decoded records, and reads the kernel-side counters.
+import * as fs from 'fs';
 import { BpfObject, BPF_OBJECT_PATH, BridgeError, monotonicToWallOffset, RingStats, UprobeOptions } from './bridge';
 import { fileVersion, LibraryFile } from '../discovery/libraries';
 import { GO_READ, GO_WRITE, planGoCached } from '../discovery/golang';
@@ -228,6 +229,8 @@ export class Capture {
   /** Add to a record's tsNs (CLOCK_MONOTONIC) to get Unix time in ns. */
   readonly wallOffsetNs: bigint;
   private readonly links = new Map<string, number[]>();
+  /** Files held open while their probes are attached: path → /proc/self/fd/N (pin()). */
+  private readonly pinned = new Map<string, string>();
   private running = false;
   private readonly plans = new Map<string, ProbePlan>();
   /** The same plans by build id, size and mode (plan()). */
@@ -366,6 +369,7 @@ export class Capture {
     const add = (prog: UprobeProgram, offset: number): void => {
       ids.push(this.uprobe(prog, library.path, { offset, pid }));
     };
+    const unpin = this.pin(library);
     try {
       for (const [fn, p, enter, ret] of [
         [GO_WRITE, plan.write, 'go_tls_write_enter', 'go_tls_write_ret'],
@@ -381,6 +385,8 @@ export class Capture {
     } catch (e) {
       this.bpf.detachMany(ids);
       throw e;
+    } finally {
+      unpin();
     }
     this.links.set(linkKey(library.path, pid), ids);
     this.kinds.set(library.path, 'go');
@@ -413,6 +419,15 @@ export class Capture {
   }
 
   private attachSet(library: LibraryFile, plan: ProbePlan, probes: DataProbe[], conn: typeof OPENSSL_CONN_PROBES, pid: number): AttachResult {
+    const unpin = this.pin(library);
+    try {
+      return this.attachSetPinned(library, plan, probes, conn, pid);
+    } finally {
+      unpin();
+    }
+  }
+
+  private attachSetPinned(library: LibraryFile, plan: ProbePlan, probes: DataProbe[], conn: typeof OPENSSL_CONN_PROBES, pid: number): AttachResult {
     const result: AttachResult = { library, plan, attached: [], failed: [] };
     const ids: number[] = [];
     for (const p of probes) {
@@ -449,7 +464,39 @@ export class Capture {
 
   /** One uprobe of `prog`, or of the do-nothing program at the same place (the floor). */
   private uprobe(prog: UprobeProgram, file: string, opts: UprobeOptions): number {
-    return this.bpf.attachUprobe(this.floor ? 'floor_uprobe' : prog, file, opts);
+    const fdPath = this.pinned.get(file);
+    try {
+      return this.bpf.attachUprobe(this.floor ? 'floor_uprobe' : prog, fdPath ?? file, opts);
+    } catch (e) {
+      if (fdPath && e instanceof Error) e.message = e.message.split(fdPath).join(file);
+      throw e;
+    }
+  }
+
+  /**
+   * Holds the file open while its probes are attached, and has them attached through
+   * /proc/self/fd/N. A file found through /proc/<pid>/root of a short-lived process (curl in a
+   * container) is otherwise gone from that path between one probe and the next (ENOENT), when
+   * the process exits; the kernel keeps the inode of each probe, so the fd is closed after.
+   * Not pinned when the path now opens another file than the one planned (replaced).
+   */
+  private pin(library: LibraryFile): () => void {
+    let fd: number;
+    try {
+      fd = fs.openSync(library.path, 'r');
+    } catch {
+      return () => {}; // gone already: the attach names the error
+    }
+    const st = fs.fstatSync(fd);
+    if (st.dev !== library.dev || st.ino !== library.ino || this.pinned.has(library.path)) {
+      fs.closeSync(fd);
+      return () => {};
+    }
+    this.pinned.set(library.path, `/proc/self/fd/${fd}`);
+    return () => {
+      this.pinned.delete(library.path);
+      fs.closeSync(fd);
+    };
   }
 
   /** Works out a file's probe plan ahead of time, so that attaching later is quick. */
