@@ -4,6 +4,7 @@
 // kernel/bridge.ts throws BridgeError, defined here so that explain() needs no addon.
 import * as fs from 'fs';
 import * as os from 'os';
+import { btfNames, missingKernelFeatures, versionAbove } from './btf';
 import { ADDON_PATH, BPF_OBJECT_PATH } from './package';
 
 export class UserError extends Error {
@@ -75,46 +76,29 @@ export function preflight(): void {
       'use a kernel built with CONFIG_DEBUG_INFO_BTF=y (Debian, Ubuntu, Fedora and RHEL kernels since 2021 have it)',
     );
   }
-  const lacking = missingKernelFeatures(fs.readFileSync('/sys/kernel/btf/vmlinux'));
-  if (lacking.length > 0) {
-    const newest = lacking.reduce((a, b) => (versionAbove(b.since, a.since) ? b : a)).since;
-    throw new UserError(
-      `this kernel (${os.release()}) lacks ${lacking.map((f) => `${f.what} (Linux ${f.since})`).join(', ')}, which the helper's eBPF program needs`,
-      `run it on Linux ${newest} or later (Debian 12's 6.1 works); docs/kernels.md lists what each kernel feature is for`,
-    );
-  }
+  const problem = kernelFeatureProblem(fs.readFileSync('/sys/kernel/btf/vmlinux'), os.release());
+  if (problem) throw problem;
 }
 
 /**
- * The kernel features the BPF program relies on, each found by a name in the kernel's BTF:
- * a helper is a BTF function of that name, and a tp_btf tracepoint a btf_trace_<name>
- * typedef. Looked up by name rather than by version, because distributions backport BPF
- * features (RHEL 9's 5.14 has bpf_loop); docs/kernels.md has the same table.
+ * The UserError for a kernel whose BTF lacks a BPF feature the program uses (btf.ts), or
+ * undefined when it has them all or its BTF cannot be read (then loading says what is wrong).
  */
-export const KERNEL_FEATURES = [
-  { name: 'btf_trace_sys_enter', what: 'BTF-typed tracepoints (tp_btf)', since: '5.5' },
-  { name: 'bpf_ringbuf_reserve', what: 'the BPF ring buffer', since: '5.8' },
-  { name: 'bpf_task_storage_get', what: 'task local storage', since: '5.11' },
-  { name: 'bpf_get_current_task_btf', what: 'bpf_get_current_task_btf', since: '5.11' },
-  { name: 'bpf_loop', what: 'bpf_loop', since: '5.17' },
-] as const;
-
-/** Which KERNEL_FEATURES a raw BTF blob (/sys/kernel/btf/vmlinux) has no name for. */
-export function missingKernelFeatures(btf: Buffer): (typeof KERNEL_FEATURES)[number][] {
-  // struct btf_header: magic u16 (0xeB9F), version u8, flags u8, hdr_len u32, type_off u32,
-  // type_len u32, str_off u32, str_len u32; offsets count from the end of the header.
-  if (btf.length < 24 || btf.readUInt16LE(0) !== 0xeb9f) return [];
-  const hdrLen = btf.readUInt32LE(4);
-  const start = hdrLen + btf.readUInt32LE(16);
-  const strings = btf.subarray(start, start + btf.readUInt32LE(20));
-  return KERNEL_FEATURES.filter((f) => strings.indexOf(Buffer.from(`\0${f.name}\0`)) < 0);
+export function kernelFeatureProblem(vmlinux: Buffer, release: string): UserError | undefined {
+  let names;
+  try {
+    names = btfNames(vmlinux);
+  } catch {
+    return undefined;
+  }
+  const lacking = missingKernelFeatures(names);
+  if (lacking.length === 0) return undefined;
+  const newest = lacking.map((l) => l.feature.since).reduce((a, b) => (versionAbove(b, a) ? b : a));
+  return new UserError(
+    `this kernel (${release}) lacks ${lacking.map((l) => `${l.feature.what} (Linux ${l.feature.since}; no ${l.missing} in its BTF)`).join(', ')}, which the helper's eBPF program needs`,
+    `run it on Linux ${newest} or later (Debian 12's 6.1 works); docs/kernels.md lists what each kernel feature is for`,
+  );
 }
-
-const versionAbove = (a: string, b: string): boolean => {
-  const [x, y] = [a, b].map((v) => v.split('.').map(Number));
-  return x[0] !== y[0] ? x[0] > y[0] : x[1] > y[1];
-};
-
 
 /**
  * What the helper cannot do with the capabilities it has, though it runs: one line each,
