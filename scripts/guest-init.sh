@@ -28,12 +28,14 @@ echo "guest: $(uname -r), up in ${up1}s (${up0}s at init); running $(wc -l <$out
 cd "$repo"
 # CI=true: a kernel path that cannot be used fails the suite instead of skipping it.
 export CI=true
+# Waits in the tests (test/lib/servers.ts TIME_SCALE): longer under emulation.
+[ -f $out/time-scale ] && export HTTPS_CAPTURE_TEST_TIME_SCALE=$(cat $out/time-scale)
 # One mocha per file, so that each file's time and result are its own (results: one line each).
 t0=$(date +%s)
 rc=0
 for t in $(cat $out/tests); do
   s=$(date +%s)
-  node_modules/.bin/mocha --no-config --reporter test/reporter.js --timeout "$(cat $out/timeout)" --slow 30000 \
+  node_modules/.bin/mocha --no-config --require test/lib/time-scale.js --reporter test/reporter.js --timeout 60000 --slow 30000 \
     "dist/test/kernel/$t.test.js" >$out/$t.log 2>&1
   r=$?
   [ $r = 0 ] || rc=1

@@ -9,10 +9,13 @@
 #   test-kernels.sh                 the smoke subset (SMOKE below; docs/kernels.md has its times)
 #   test-kernels.sh --all           every file in test/kernel/
 #   test-kernels.sh FILE…           these files (test/kernel/capture.test.ts, kernel/capture, capture)
+#   test-kernels.sh --kernel 5.10 [FILE…]   Debian 11's kernel instead (installed into the root
+#                                   file system from bullseye on first use); it lacks task
+#                                   storage and bpf_loop, so the default there is
+#                                   kernel-features, which checks that the helper says so
 # Environment: HTTPS_CAPTURE_GUEST_CACHE (default /var/cache/https-capture-guest),
 # GUEST_MEM (default 3G), GUEST_CPUS (default 2 with KVM, 1 with TCG), GUEST_ACCEL (kvm or tcg:
-# force one), GUEST_TIMEOUT (seconds for the whole guest), GUEST_KERNEL (a vmlinuz in the root
-# file system's /boot to boot instead of 6.1, e.g. vmlinuz-5.10.0-35-amd64: GUEST_EXTRA_KERNEL).
+# force one), GUEST_TIMEOUT (seconds for the whole guest).
 # Prints each file's result and time, then "guest <release>: N passed, N failed, N skipped",
 # and exits non-zero when a test failed or the guest did not report.
 set -euo pipefail
@@ -30,8 +33,14 @@ mem=${GUEST_MEM:-3G}
 # The smoke subset, by file: curl <-> nginx (OpenSSL), wget (GnuTLS), python and s_client
 # (capture); Go, node and GnuTLS roles (runtimes); SIGKILL leaves nothing behind (cli);
 # 4-tuples of 250 connections (connections); the capabilities 6.1 asks for (privileges).
-SMOKE=(capture runtimes cli connections privileges)
+SMOKE=(capture runtimes cli connections privileges kernel-features)
 tests=()
+series=6.1
+if [ "${1:-}" = --kernel ]; then
+  series=${2:?--kernel needs a version: 6.1 or 5.10}; shift 2
+  case "$series" in 6.1|5.10) ;; *) say "--kernel $series: this script knows 6.1 (Debian 12) and 5.10 (Debian 11)"; exit 2 ;; esac
+  [ "$series" = 5.10 ] && [ $# = 0 ] && set -- kernel-features
+fi
 case "${1:-}" in
   --all) shift; for f in test/kernel/*.test.ts; do tests+=("$(basename "$f" .test.ts)"); done ;;
   --smoke) shift; tests=("${SMOKE[@]}") ;;
@@ -98,8 +107,30 @@ modprobe 9pnet_virtio; modprobe 9p
 mkdir -p /mnt/hc && mount -t 9p -o trans=virtio,version=9p2000.L,msize=524288 run /mnt/hc && exec /bin/sh /mnt/hc/init.sh
 echo "https-capture-guest-init: could not mount the run directory over 9p" >/dev/console
 echo o >/proc/sysrq-trigger'
+# Debian 11's kernel, for --kernel 5.10: bullseye's linux-image-amd64, fetched with apt-get from
+# a private list (this host's sources stay as they are) and installed into the root file system
+# with dpkg in a chroot (its postinst makes the initrd, with the 9p and virtio modules of 5.10).
+if [ "$series" = 5.10 ] && ! ls "$r"/boot/vmlinuz-5.10.* >/dev/null 2>&1; then
+  d=$cache/bullseye
+  mkdir -p "$d/lists/partial"
+  echo "deb http://deb.debian.org/debian bullseye main" >"$d/sources.list"
+  apto=(-o Dir::Etc::SourceList="$d/sources.list" -o Dir::Etc::SourceParts=/nonexistent -o Dir::State::Lists="$d/lists")
+  apt-get -qq "${apto[@]}" update
+  kp=$(apt-cache "${apto[@]}" depends linux-image-amd64 | awk '$1 == "Depends:" && $2 ~ /^linux-image-5\.10/ { print $2; exit }')
+  [ -n "$kp" ] || { say "bullseye's linux-image-amd64 names no 5.10 kernel"; exit 1; }
+  say "installing $kp (Debian 11) into $r"
+  (cd "$d" && apt-get -qq "${apto[@]}" download "$kp" 2>/dev/null)
+  cp "$d/${kp}"_*.deb "$r/tmp/kernel.deb"
+  mount -t proc proc "$r/proc"
+  chroot "$r" dpkg -i /tmp/kernel.deb >"$d/dpkg.log" 2>&1 || { umount "$r/proc"; say "dpkg -i $kp failed: see $d/dpkg.log"; exit 1; }
+  umount "$r/proc"
+  rm -f "$r/tmp/kernel.deb"
+fi
+kernel=$(cd "$r/boot" && ls vmlinuz-"$series".* 2>/dev/null | grep -v -- -cloud- | sort -V | tail -1 || true)
+[ -n "$kernel" ] || { say "no $series kernel in $r/boot: remove $cache/stamp to rebuild the root file system"; exit 1; }
+initrd=$r/boot/initrd.img-${kernel#vmlinuz-}
 # The ext4 image, made from the directory without mounting it (mkfs.ext4 -d); the directory
-# stays, for the kernels and initrds it holds and for scripts/guest-extra-kernel.sh.
+# stays, for the kernels and initrds it holds and for --kernel 5.10 to install into.
 istamp=$(printf '%s\n%s\n%s\n' "$stamp" "$stub" "$(ls "$r/boot")" | sha256sum | cut -d' ' -f1)
 if [ ! -f "$cache/rootfs.img" ] || [ "$(cat "$cache/image-stamp" 2>/dev/null)" != "$istamp" ]; then
   printf '%s\n' "$stub" >"$r/usr/sbin/https-capture-guest-init"; chmod 0755 "$r/usr/sbin/https-capture-guest-init"
@@ -108,9 +139,6 @@ if [ ! -f "$cache/rootfs.img" ] || [ "$(cat "$cache/image-stamp" 2>/dev/null)" !
   echo "$istamp" >"$cache/image-stamp"
   say "guest image $cache/rootfs.img made from $r"
 fi
-kernel=${GUEST_KERNEL:-$(cd "$r/boot" && ls vmlinuz-6.1.* 2>/dev/null | grep -v -- -cloud- | sort -V | tail -1 || true)}
-[ -n "$kernel" ] && [ -f "$r/boot/$kernel" ] || { say "no kernel ${kernel:-6.1} in $r/boot: remove $cache/stamp to rebuild the root file system"; exit 1; }
-initrd=$r/boot/initrd.img-${kernel#vmlinuz-}
 
 # Go's build cache, shared with the guest: test/kernel/runtimes.test.ts builds its Go programs
 # (HTTPS_CAPTURE_GOCACHE), and compiling Go's standard library under emulation takes longer
@@ -136,8 +164,9 @@ shares=(-virtfs "local,path=$tree,mount_tag=project,security_model=none,multidev
 shares+=(-virtfs "local,path=$gocache,mount_tag=gocache,security_model=none")
 ossl=/var/cache/https-capture/openssl
 [ -d "$ossl" ] && { shares+=(-virtfs "local,path=$ossl,mount_tag=openssl,security_model=none,readonly=on"); echo "$ossl" >"$run/openssl"; }
-# Mocha's default timeout, scaled for emulation (tests that set their own keep theirs).
-if [ "$accel" = tcg ]; then echo 600000 >"$run/timeout"; else echo 60000 >"$run/timeout"; fi
+# Under emulation every timeout and wait of the tests is five times longer (mocha's through
+# test/lib/time-scale.js, the test library's through HTTPS_CAPTURE_TEST_TIME_SCALE).
+if [ "$accel" = tcg ]; then echo 5 >"$run/time-scale"; fi
 limit=${GUEST_TIMEOUT:-$(( ${#tests[@]} * 1200 + 600 ))}
 say "accelerator: $accel ($why); -smp $cpus, -m $mem, qemu at nice 10"
 say "booting $kernel with ${#tests[@]} test files: ${tests[*]} (at most $limit s)"
