@@ -19,7 +19,15 @@
 # Prints each file's result and time, then "guest <release>: N passed, N failed, N skipped",
 # and exits non-zero when a test failed or the guest did not report.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+# Bash reads a script while it runs it: run a copy, so that editing this file during a run (it
+# takes minutes) cannot change what the running one does.
+if [ -z "${TEST_KERNELS_REPO:-}" ]; then
+  TEST_KERNELS_REPO=$(cd "$(dirname "$0")/.." && pwd); export TEST_KERNELS_REPO
+  copy=$(mktemp /tmp/test-kernels.XXXXXX); cp "$0" "$copy"
+  exec bash "$copy" "$@"
+fi
+[ "$(basename "$0")" = test-kernels.sh ] || trap 'rm -f "$0"' EXIT
+cd "$TEST_KERNELS_REPO"
 repo=$(pwd)
 say() { echo "test-kernels: $*" >&2; }
 
@@ -72,6 +80,11 @@ if [ ${#need[@]} -gt 0 ]; then
   say "installing ${need[*]}"
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
+
+# One run per kernel series at a time (each has its own run directory and tree copy).
+mkdir -p "$cache"
+exec 9>"$cache/lock-$series"
+flock -n 9 || { say "another test-kernels.sh run on $series is using $cache: wait for it to end"; exit 1; }
 
 # 1. The project, built on this host with the test programs (BPF object, addon, dist/).
 bash scripts/setup.sh --test
@@ -149,7 +162,7 @@ mkdir -p "$gocache"
   go build -o /dev/null . ) || say "could not warm Go's build cache: the Go tests build from scratch in the guest"
 
 # 3. Boot it. The run directory (a second 9p share) carries the test list in and the logs out.
-run=$cache/run
+run=$cache/run-$series
 rm -rf "$run"; mkdir -p "$run"
 printf '%s\n' "${tests[@]}" >"$run/tests"
 echo "$repo" >"$run/repo"
@@ -157,7 +170,7 @@ cp scripts/guest-init.sh "$run/init.sh"
 echo "$gocache" >"$run/gocache"
 # The guest runs a copy of the built tree (about 100 MB, seconds to copy), mounted at the same
 # path: edits and rebuilds here during a run cannot reach it half-written.
-tree=$cache/tree
+tree=$cache/tree-$series
 rm -rf "$tree"; mkdir -p "$tree"
 tar -C "$repo" --exclude=./.git -cf - . | tar -C "$tree" -xf -
 shares=(-virtfs "local,path=$tree,mount_tag=project,security_model=none,multidevs=remap")
