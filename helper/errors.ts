@@ -3,6 +3,8 @@
 // built artifacts) and translates BridgeError codes into the same form. Loads no kernel code:
 // kernel/bridge.ts throws BridgeError, defined here so that explain() needs no addon.
 import * as fs from 'fs';
+import * as os from 'os';
+import { btfNames, missingKernelFeatures, versionAbove } from './btf';
 import { ADDON_PATH, BPF_OBJECT_PATH } from './package';
 
 export class UserError extends Error {
@@ -74,8 +76,29 @@ export function preflight(): void {
       'use a kernel built with CONFIG_DEBUG_INFO_BTF=y (Debian, Ubuntu, Fedora and RHEL kernels since 2021 have it)',
     );
   }
+  const problem = kernelFeatureProblem(fs.readFileSync('/sys/kernel/btf/vmlinux'), os.release());
+  if (problem) throw problem;
 }
 
+/**
+ * The UserError for a kernel whose BTF lacks a BPF feature the program uses (btf.ts), or
+ * undefined when it has them all or its BTF cannot be read (then loading says what is wrong).
+ */
+export function kernelFeatureProblem(vmlinux: Buffer, release: string): UserError | undefined {
+  let names;
+  try {
+    names = btfNames(vmlinux);
+  } catch {
+    return undefined;
+  }
+  const lacking = missingKernelFeatures(names);
+  if (lacking.length === 0) return undefined;
+  const newest = lacking.map((l) => l.feature.since).reduce((a, b) => (versionAbove(b, a) ? b : a));
+  return new UserError(
+    `this kernel (${release}) lacks ${lacking.map((l) => `${l.feature.what} (Linux ${l.feature.since}; no ${l.missing} in its BTF)`).join(', ')}, which the helper's eBPF program needs`,
+    `run it on Linux ${newest} or later (Debian 12's 6.1 works); docs/kernels.md lists what each kernel feature is for`,
+  );
+}
 
 /**
  * What the helper cannot do with the capabilities it has, though it runs: one line each,

@@ -82,12 +82,14 @@ describe('least privilege: uid 65534 with only the documented capabilities (kern
     const x = await Promise.race([host.exited, waitFor(() => host!.stderr.includes('capturing TLS plaintext') && 'capturing', { timeoutMs: 30_000, what: 'attach or exit' })]);
     if (x === 'capturing') {
       // A kernel without the CVE-2025-38466 fix: CAP_PERFMON is enough for uprobes there.
+      process.stdout.write('      this kernel lets CAP_PERFMON create uprobes (no CVE-2025-38466 fix)\n');
       const ex: Exchange[] = [];
       host.on('exchange', (e) => ex.push(e));
       const r = await curl(`https://127.0.0.1:${nginx.port}/b.bin`, ['-o', '/dev/null']);
       await waitFor(() => ex.find((e) => e.pid === r.pid), { what: "curl's exchange" });
       return;
     }
+    process.stdout.write('      this kernel wants CAP_SYS_ADMIN for uprobes (the CVE-2025-38466 fix)\n');
     assert.strictEqual((x as { code: number }).code, 1);
     const fatal = errors.find((e) => e.fatal);
     assert.ok(fatal, `a fatal error frame; stderr: ${host.stderr}`);

@@ -26,7 +26,7 @@ function goProblem(): string | undefined {
 /** Builds test/lib/gotls into `out` (and a stripped copy), offline, with a private build cache. */
 function buildGo(dir: string, out: string, stripped = false): void {
   const src = path.dirname(testLibFile('gotls/main.go'));
-  const env = { ...process.env, HOME: dir, GOCACHE: path.join(dir, 'gocache'), GOPATH: path.join(dir, 'gopath'), GOFLAGS: '-mod=mod', GOPROXY: 'off', CGO_ENABLED: '0' };
+  const env = { ...process.env, HOME: dir, GOCACHE: process.env.HTTPS_CAPTURE_GOCACHE ?? path.join(dir, 'gocache'), GOPATH: path.join(dir, 'gopath'), GOFLAGS: '-mod=mod', GOPROXY: 'off', CGO_ENABLED: '0' };
   const args = ['build', '-o', out, ...(stripped ? ['-ldflags=-s -w'] : []), '.'];
   const r = spawnSync('go', args, { cwd: src, env, encoding: 'utf8' });
   if (r.status !== 0) throw new Error(`go build failed: ${r.stderr}${r.error ?? ''}`);

@@ -43,7 +43,13 @@ export interface NginxServer extends Server {
 
 const PYTHON = '/usr/bin/python3';
 const NGINX = '/usr/sbin/nginx';
-const START_TIMEOUT_MS = 10_000;
+/**
+ * How much longer than here every wait of the tests may take: HTTPS_CAPTURE_TEST_TIME_SCALE,
+ * which scripts/test-kernels.sh sets in an emulated (TCG) guest, where programs start and run
+ * about ten times slower. 1 everywhere else.
+ */
+export const TIME_SCALE = Math.max(1, Number(process.env.HTTPS_CAPTURE_TEST_TIME_SCALE) || 1);
+const START_TIMEOUT_MS = 10_000 * TIME_SCALE;
 
 interface Proc {
   child: ChildProcess;
@@ -170,12 +176,13 @@ export async function waitFor<T>(
   fn: () => T | undefined | null | false | Promise<T | undefined | null | false>,
   opts: { timeoutMs?: number; intervalMs?: number; what?: string } = {},
 ): Promise<T> {
-  const deadline = Date.now() + (opts.timeoutMs ?? 10_000);
+  const ms = (opts.timeoutMs ?? 10_000) * TIME_SCALE;
+  const deadline = Date.now() + ms;
   for (;;) {
     const v = await fn();
     if (v !== undefined && v !== null && v !== false) return v;
     if (Date.now() >= deadline) {
-      throw new Error(`timed out after ${opts.timeoutMs ?? 10_000} ms waiting for ${opts.what ?? 'condition'}`);
+      throw new Error(`timed out after ${ms} ms waiting for ${opts.what ?? 'condition'}`);
     }
     await sleep(opts.intervalMs ?? 50);
   }
@@ -188,7 +195,7 @@ export function run(cmd: string, args: string[], opts: RunOptions = {}): Promise
     const stdout: Buffer[] = [];
     const stderr: Buffer[] = [];
     let settled = false;
-    const timeoutMs = opts.timeoutMs ?? 30_000;
+    const timeoutMs = (opts.timeoutMs ?? 30_000) * TIME_SCALE;
     const timer = setTimeout(() => {
       settled = true;
       void terminate(proc).then(() =>

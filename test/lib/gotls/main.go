@@ -111,8 +111,9 @@ func closeWrite(cert, key string, size int) {
 	}
 	peer := <-accepted
 	done := make(chan int)
+	b := body(size) // made before the Write starts: under emulation making it takes longer than the sleep
 	go func() {
-		n, _ := c.Write(body(size))
+		n, _ := c.Write(b)
 		done <- n
 	}()
 	time.Sleep(500 * time.Millisecond) // the Write fills the socket buffers and blocks
