@@ -210,22 +210,25 @@ function textCounters(stderr: string): Record<string, number> {
   return out;
 }
 
-async function startHelper(v: Variant, mode: Mode, out: string, filter: string[]): Promise<{ child: ChildProcess; stderr: () => string; stop: () => Promise<void>; peak: () => number; cpu: () => number }> {
+async function startHelper(v: Variant, mode: Mode, out: string, filter: string[], wrap: string[]): Promise<{ child: ChildProcess; stderr: () => string; stop: () => Promise<void>; peak: () => number; cpu: () => number }> {
   const args = [v.cli, ...filter, ...v.args];
+  // --wrap: the helper runs under another program (heaptrack, env MALLOC_ARENA_MAX=1, ...).
+  const spawnNode = (argv: string[], o: Parameters<typeof spawn>[2]): ChildProcess =>
+    wrap.length ? spawn(wrap[0]!, [...wrap.slice(1), process.execPath, ...argv], o) : spawn(process.execPath, argv, o);
   let child: ChildProcess;
   if (mode === 'ipc') {
     const fd = fs.openSync(out, 'w', 0o600);
-    child = spawn(process.execPath, [...args, '--ipc'], { stdio: ['pipe', fd, 'pipe'] });
+    child = spawnNode([...args, '--ipc'], { stdio: ['pipe', fd, 'pipe'] });
     fs.closeSync(fd);
   } else {
-    child = spawn(process.execPath, [...args, '--format', mode, '--print-limit', '0', '--no-color', '-o', out], { stdio: ['ignore', 'ignore', 'pipe'] });
+    child = spawnNode([...args, '--format', mode, '--print-limit', '0', '--no-color', '-o', out], { stdio: ['ignore', 'ignore', 'pipe'] });
   }
   let err = '';
   child.stderr!.on('data', (b: Buffer) => (err += b.toString()));
   const exited = new Promise<void>((r) => child.once('exit', () => r()));
   const t0 = Date.now();
   while (!err.includes('capturing TLS plaintext')) {
-    if (child.exitCode !== null || Date.now() - t0 > 30_000) throw new Error(`the helper (${v.name}, ${mode}) did not start:\n${err}`);
+    if (child.exitCode !== null || Date.now() - t0 > 120_000) throw new Error(`the helper (${v.name}, ${mode}) did not start:\n${err}`);
     await sleep(50);
   }
   let peak = 0;
@@ -276,9 +279,10 @@ async function main(): Promise<void> {
     .option('--before <cli.js>', "another build's dist/helper/cli.js: the variant 'before'")
     .option('--shed-fill <f>', 'the shed variant: --shed-fill (default: the helper default)')
     .option('--keep', 'keep the output files (they hold test traffic only)')
+    .option('--wrap <command>', 'run the helper under this command (space-separated, e.g. "env MALLOC_ARENA_MAX=1" or "heaptrack -o FILE")')
     .option('-o, --out <file>', 'also write the rows as JSON here')
     .parse()
-    .opts<{ duration: number; workloads: string; modes: string; variants: string; before?: string; shedFill?: string; keep?: boolean; out?: string }>();
+    .opts<{ duration: number; workloads: string; modes: string; variants: string; before?: string; shedFill?: string; keep?: boolean; wrap?: string; out?: string }>();
   const cli = path.join(PACKAGE_ROOT, 'dist', 'helper', 'cli.js');
   const all: Record<string, Variant> = {
     before: { name: 'before', cli: opts.before ? path.resolve(opts.before) : '', args: [] },
@@ -305,7 +309,7 @@ async function main(): Promise<void> {
         for (const v of variants) {
           const out = path.join(dir, `${w.name}-${mode}-${v.name}.out`);
           // Only this run's traffic: nginx and wrk on this port (other programs on the machine may use TLS too).
-          const h = await startHelper(v, mode, out, ['--comm', 'nginx,wrk', '--port', String(nginx.port)]);
+          const h = await startHelper(v, mode, out, ['--comm', 'nginx,wrk', '--port', String(nginx.port)], opts.wrap ? opts.wrap.split(' ').filter(Boolean) : []);
           await sleep(500);
           const req0 = nginx.requests();
           const load = await runLoad(w.argv(nginx.port, opts.duration, dir));

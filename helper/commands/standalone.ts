@@ -59,8 +59,8 @@ class StatusLine {
  * renderers get segments cut like shed calls, and below which they get whole ones again: what
  * bounds the standalone command's memory when the output cannot keep up (formats/shed.ts).
  */
-export const OUTPUT_SHED_HIGH = 32 << 20;
-export const OUTPUT_SHED_LOW = 8 << 20;
+export const OUTPUT_SHED_HIGH = 8 << 20;
+export const OUTPUT_SHED_LOW = 2 << 20;
 
 export function summary(k: KernelCounters, outputShed = 0): string {
   const lost = k.bytesLost + k.bytesFaulted;
