@@ -16,6 +16,7 @@
 #include <bpf/bpf_core_read.h>
 #include <bpf/bpf_endian.h>
 #include "capture.h"
+#include "arch.h"
 
 char LICENSE[] SEC("license") = "GPL";
 
@@ -500,18 +501,20 @@ int BPF_PROG(sys_enter, struct pt_regs *regs, long nr)
 	case NR_read: case NR_readv: case NR_recvfrom: case NR_recvmsg: case NR_recvmmsg:
 		break;
 	case NR_close:
-		fd_closed((int)regs->di);
+		fd_closed((int)SYS_ARG1(regs));
 		return 0;
+#ifdef NR_open
 	case NR_open:
-		lib_open((const char *)regs->di);
+		lib_open((const char *)SYS_ARG1(regs));
 		return 0;
+#endif
 	case NR_openat:
-		lib_open((const char *)regs->si);
+		lib_open((const char *)SYS_ARG2(regs));
 		return 0;
 	default:
 		return 0;
 	}
-	fd = (int)regs->di;
+	fd = (int)SYS_ARG1(regs);
 	// Threads that never made a TLS call have no state: this is all they pay.
 	t = thread_now(false);
 	if (t) {
@@ -533,7 +536,7 @@ int BPF_PROG(sys_enter, struct pt_regs *regs, long nr)
 	if (go_procs_seen) {
 		tgid = bpf_get_current_pid_tgid() >> 32;
 		if (bpf_map_lookup_elem(&go_procs, &tgid))
-			go_syscall(tgid, regs->r14, fd);
+			go_syscall(tgid, GO_G(regs), fd);
 	}
 	return 0;
 }

@@ -8,7 +8,8 @@
 #include "calls.h"
 
 // ---- Go crypto/tls -------------------------------------------------------------------------
-// Go >= 1.17 passes arguments and results in registers (ABIInternal, amd64): the receiver
+// Go >= 1.17 passes arguments and results in registers (ABIInternal, amd64; arch.h has the
+// registers, arm64's too): the receiver
 // (*tls.Conn) in rax, the []byte in rbx (pointer) and rcx (length); n in rax at return; the
 // current goroutine's g in r14. There is no return probe: Go moves goroutine stacks, which
 // breaks the return address a uretprobe plants, so helper/discovery/golang.ts probes every RET
@@ -27,10 +28,10 @@ static __always_inline void go_proc_seen(__u32 tgid)
 static __always_inline int go_enter(struct pt_regs *ctx, __u32 func)
 {
 	__u64 id = bpf_get_current_pid_tgid();
-	struct go_key gk = { .tgid = id >> 32, .g = ctx->r14 };
+	struct go_key gk = { .tgid = id >> 32, .g = GO_G(ctx) };
 	struct call_args args = {
-		.ssl = ctx->ax,
-		.buf = ctx->bx,
+		.ssl = GO_ARG1(ctx),
+		.buf = GO_ARG2(ctx),
 		.func = func,
 		.fd = -1,
 	};
@@ -56,10 +57,10 @@ static __always_inline int go_enter(struct pt_regs *ctx, __u32 func)
 static __always_inline int go_return(struct pt_regs *ctx, __u32 func, __u32 dir)
 {
 	__u64 id = bpf_get_current_pid_tgid();
-	struct go_key gk = { .tgid = id >> 32, .g = ctx->r14 };
+	struct go_key gk = { .tgid = id >> 32, .g = GO_G(ctx) };
 	struct call_args *ap = bpf_map_lookup_elem(&go_calls, &gk);
 	struct call_args a;
-	long n = (long)ctx->ax;
+	long n = (long)GO_RET1(ctx);
 
 	if (!ap || ap->func != func)
 		return 0;
@@ -76,10 +77,10 @@ static __always_inline int go_return(struct pt_regs *ctx, __u32 func, __u32 dir)
 static __always_inline int go_handshake(struct pt_regs *ctx, __u8 role)
 {
 	__u64 id = bpf_get_current_pid_tgid();
-	struct go_key gk = { .tgid = id >> 32, .g = ctx->r14 };
-	struct call_args args = { .ssl = ctx->ax, .fd = -1 };
+	struct go_key gk = { .tgid = id >> 32, .g = GO_G(ctx) };
+	struct call_args args = { .ssl = GO_ARG1(ctx), .fd = -1 };
 
-	set_role((void *)ctx->ax, role);
+	set_role((void *)GO_ARG1(ctx), role);
 	if (!traced(id >> 32))
 		return 0;
 	go_proc_seen(gk.tgid);

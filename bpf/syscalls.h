@@ -8,20 +8,8 @@
 #include "go.h"
 
 // Syscalls: the fd of socket I/O made inside a TLS call or handshake, and close() of a
-// connection's socket. tp_btf attaches without tracefs. x86-64 syscall numbers.
-#define NR_read 0
-#define NR_write 1
-#define NR_open 2
-#define NR_close 3
-#define NR_openat 257
-#define NR_readv 19
-#define NR_writev 20
-#define NR_sendto 44
-#define NR_recvfrom 45
-#define NR_sendmsg 46
-#define NR_recvmsg 47
-#define NR_recvmmsg 299
-#define NR_sendmmsg 307
+// connection's socket. tp_btf attaches without tracefs. The syscall numbers are the arch's
+// (arch.h).
 
 // The socket write that follows a call on a connection without socket (pending_ssl): it names
 // the connection's socket if it is a TCP/IP one. Only the first is taken: a mapped connection

@@ -22,7 +22,7 @@
 // instruction after it, which every call still passes with the return address on top of the
 // stack, so the return probe works the same.
 import { Code, Decoder, DecoderOptions, FlowControl, Instruction, Mnemonic, OpKind, Register } from 'iced-x86';
-import { ElfError, ElfFile, EM_X86_64 } from './elf';
+import { ElfError, ElfFile, EM_AARCH64, EM_X86_64 } from './elf';
 
 export type ProbePlan = (
   | {
@@ -121,6 +121,9 @@ export function planOpenSsl(path: string, exported: string[] = []): ProbePlan {
       const off = s && elf.execOffset(s.addr);
       if (off !== undefined) offsets.set(name, off);
     }
+    // The internal functions are found by decoding x86-64 code (iced-x86); on arm64 the
+    // exported functions' entries and returns are probed, which captures the same bytes.
+    if (elf.machine === EM_AARCH64) return { kind: 'exported', reason: 'arm64: the internal functions are found on x86-64 only', offsets };
     if (elf.machine !== EM_X86_64) return { kind: 'exported', reason: `machine ${elf.machine} is not x86-64`, offsets };
     // The internal function both wrappers call first, and which of its arguments the int
     // wrapper (`a`) points at its local count.

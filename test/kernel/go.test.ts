@@ -1,4 +1,4 @@
-// go.test.ts: runs the Go package for apidump (integrations/apidump) and its tests, which spawn
+// go.test.ts (kernel): runs the Go package for apidump (integrations/apidump) and its tests, which spawn
 // the real helper (dist/helper/cli.js) and drive curl and python on 127.0.0.1. Built offline
 // from Debian's golang-go and golang-github-vmihailenco-msgpack.v5-dev by offline.sh. Without
 // go: skipped loudly, or failed under CI=true.
@@ -6,6 +6,7 @@ import * as assert from 'assert';
 import { spawn, spawnSync } from 'child_process';
 import * as fs from 'fs';
 import * as path from 'path';
+import { requireKernel } from '../lib/kernel';
 import { ROOT } from '../lib/paths';
 
 const PKG = path.join(ROOT, 'integrations', 'apidump');
@@ -21,6 +22,8 @@ describe('Go package for apidump (integrations/apidump)', function () {
   this.timeout(180_000);
 
   before(function () {
+    // Its tests spawn the real helper and capture curl and python: the kernel path.
+    requireKernel(this);
     const problem = goProblem();
     if (!problem) return;
     if (process.env.CI === 'true') throw new Error(`Go tests cannot run under CI=true: ${problem}`);
