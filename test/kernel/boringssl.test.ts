@@ -9,7 +9,8 @@ import * as path from 'path';
 import { libraryKind } from '../../helper/discovery/libraries';
 import { DataRecord } from '../../helper/records/records';
 import { Recorder, requireKernel } from '../lib/kernel';
-import { CertPair, freePort, makeCert, pattern, run, startServer, stopAll, testLibFile, tmpDir, waitFor } from '../lib/servers';
+import { CertPair, freePort, makeCert, pattern, run, startServer, testLibFile, tmpDir, waitFor } from '../lib/servers';
+import { recorderHooks } from '../lib/hooks';
 
 const ANDROID = '/usr/lib/x86_64-linux-gnu/android';
 const LIBSSL = `${ANDROID}/libssl.so.0`;
@@ -35,15 +36,7 @@ describe('BoringSSL (Debian android-libboringssl, kernel)', function () {
     fs.writeFileSync(path.join(dir, 'body.bin'), BODY);
   });
 
-  afterEach(async () => {
-    if (rec) await rec.stop();
-    rec = undefined;
-    await stopAll();
-  });
-
-  after(() => {
-    if (dir) fs.rmSync(dir, { recursive: true, force: true });
-  });
+  recorderHooks(() => rec, () => (rec = undefined), () => dir);
 
   it("is told from OpenSSL by its own API, though both are named libssl.so*", () => {
     assert.strictEqual(libraryKind(LIBSSL), 'boringssl');

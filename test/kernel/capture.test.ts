@@ -1,7 +1,6 @@
 // capture.test.ts: the kernel path end to end, against real programs on loopback: what was
 // captured must be byte-identical to what was sent, on both ends of each exchange.
 import * as assert from 'assert';
-import * as fs from 'fs';
 import { DataRecord } from '../../helper/records/records';
 import { Recorder, requireKernel } from '../lib/kernel';
 import {
@@ -17,10 +16,10 @@ import {
   startPyProxy,
   startPyServer,
   startSServer,
-  stopAll,
   tmpDir,
   waitFor,
 } from '../lib/servers';
+import { cleanUpAfter } from '../lib/hooks';
 
 const MiB = 1 << 20;
 
@@ -44,10 +43,7 @@ describe('capture (kernel, real programs)', function () {
     rec = undefined;
   });
 
-  after(async () => {
-    await stopAll();
-    if (dir) fs.rmSync(dir, { recursive: true, force: true });
-  });
+  cleanUpAfter(() => dir);
 
   /** Waits until the records of pid/dir hold at least n bytes. */
   const until = (r: Recorder, pid: number, dir: 'egress' | 'ingress', n: number): Promise<boolean> =>

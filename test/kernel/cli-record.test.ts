@@ -8,8 +8,9 @@ import * as path from 'path';
 import { replayExchanges, replayFrames } from '../../helper/commands/replay';
 import { RawFrame } from '../../helper/protocol/wire';
 import { requireKernel } from '../lib/kernel';
-import { curl, pattern, run, Server, startPyServer, stopAll, tmpDir, waitFor, makeCert } from '../lib/servers';
+import { curl, pattern, run, Server, startPyServer, tmpDir, waitFor, makeCert } from '../lib/servers';
 import { CLI } from '../lib/paths';
+import { cleanUpAfter } from '../lib/hooks';
 
 
 describe('https-capture --record (standalone, kernel)', function () {
@@ -22,10 +23,7 @@ describe('https-capture --record (standalone, kernel)', function () {
     py = await startPyServer({ dir, ...(await makeCert(dir)) });
   });
 
-  after(async () => {
-    await stopAll();
-    if (dir) fs.rmSync(dir, { recursive: true, force: true });
-  });
+  cleanUpAfter(() => dir);
 
   it('prints the capture and saves the same traffic as frames that replay rebuilds', async function () {
     this.timeout(40_000);

@@ -6,8 +6,9 @@ import { ChildProcess, spawn } from 'child_process';
 import * as fs from 'fs';
 import * as path from 'path';
 import { heldByProcess, noneLeft, requireKernel } from '../lib/kernel';
-import { CertPair, curl, makeCert, run, Server, startSServer, stopAll, TIME_SCALE, tmpDir, waitFor } from '../lib/servers';
+import { CertPair, curl, makeCert, run, Server, startSServer, TIME_SCALE, tmpDir, waitFor } from '../lib/servers';
 import { CLI } from '../lib/paths';
+import { cleanUpAfter } from '../lib/hooks';
 
 
 interface Running {
@@ -65,10 +66,7 @@ describe('https-capture command', function () {
     for (const child of running) child.kill('SIGKILL');
   });
 
-  after(async () => {
-    await stopAll();
-    if (dir) fs.rmSync(dir, { recursive: true, force: true });
-  });
+  cleanUpAfter(() => dir);
 
   it('prints a curl request and its response (text: read until the close) with curl\'s pid and name; SIGINT exits 0', async () => {
     const r = start([]);

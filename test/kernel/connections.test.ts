@@ -6,7 +6,8 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { ConnRecord } from '../../helper/records/records';
 import { Recorder, requireKernel } from '../lib/kernel';
-import { CertPair, curl, makeCert, NginxServer, run, startNginx, startPyServer, stopAll, testLibFile, tmpDir, waitFor } from '../lib/servers';
+import { CertPair, curl, makeCert, NginxServer, run, startNginx, startPyServer, testLibFile, tmpDir, waitFor } from '../lib/servers';
+import { cleanUpAfter } from '../lib/hooks';
 
 interface LogLine {
   ip: string;
@@ -44,10 +45,7 @@ describe('connections (kernel, real programs)', function () {
     rec = undefined;
   });
 
-  after(async () => {
-    await stopAll();
-    if (dir) fs.rmSync(dir, { recursive: true, force: true });
-  });
+  cleanUpAfter(() => dir);
 
   const opens = (r: Recorder, pid: number): ConnRecord[] => {
     // The last open of each conn_id holds the most complete socket information.

@@ -7,7 +7,8 @@ import * as path from 'path';
 import { devNumber, mappedFiles } from '../../helper/discovery/libraries';
 import { planOpenSsl } from '../../helper/discovery/openssl';
 import { Recorder, requireKernel } from '../lib/kernel';
-import { CertPair, curl, makeCert, NginxServer, run, Server, startNginx, startPyServer, startRequester, stopAll, tmpDir, waitFor } from '../lib/servers';
+import { CertPair, curl, makeCert, NginxServer, run, Server, startNginx, startPyServer, startRequester, tmpDir, waitFor } from '../lib/servers';
+import { cleanUpAfter } from '../lib/hooks';
 
 const SYSTEM_LIBSSL = '/usr/lib/x86_64-linux-gnu/libssl.so.3';
 
@@ -84,10 +85,7 @@ describe('discovery (kernel, real processes)', function () {
     rec = undefined;
   });
 
-  after(async () => {
-    await stopAll();
-    if (dir) fs.rmSync(dir, { recursive: true, force: true });
-  });
+  cleanUpAfter(() => dir);
 
   it('100 curl processes started one after another after the helper: every request and response', async function () {
     this.timeout(120000);

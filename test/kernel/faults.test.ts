@@ -11,9 +11,10 @@ import { ByeFrame, ConnCloseFrame, ConnOpenFrame, ProcessFrame, SegmentFrame } f
 import { Exchange, HelperHost } from '../../helper/host/host';
 import { FrameDecoder, FrameError, RawFrame } from '../../helper/protocol/wire';
 import { heldByProcess, noneLeft, requireKernel } from '../lib/kernel';
-import { curl, NginxServer, pattern, run, startNginx, startRequester, stopAll, testLibFile, tmpDir, waitFor } from '../lib/servers';
+import { curl, NginxServer, pattern, run, startNginx, startRequester, testLibFile, tmpDir, waitFor } from '../lib/servers';
 import { statusKiB } from '../lib/procfs';
 import { CLI } from '../lib/paths';
+import { cleanUpAfter } from '../lib/hooks';
 
 const SYSTEM_LIBSSL = '/usr/lib/x86_64-linux-gnu/libssl.so.3';
 const MiB = 1 << 20;
@@ -120,10 +121,7 @@ describe('faults (kernel, real programs)', function () {
     }
   });
 
-  after(async () => {
-    await stopAll();
-    if (dir) fs.rmSync(dir, { recursive: true, force: true });
-  });
+  cleanUpAfter(() => dir);
 
   it('the host is killed (SIGKILL) with the pipes it holds: the helper detaches everything and exits', async function () {
     this.timeout(40_000);

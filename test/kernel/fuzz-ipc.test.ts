@@ -5,15 +5,15 @@
 // nothing), and afterwards it still captures a curl exchange whole.
 import * as assert from 'assert';
 import fc from 'fast-check';
-import * as fs from 'fs';
 import { ConfigState, ErrorFrame, StatsFrame } from '../../helper/protocol/generated';
 import { Exchange, HelperHost } from '../../helper/host/host';
 import { SUPPORTED_LIBRARIES } from '../../helper/protocol/hello';
 import { frameSchemas } from '../../helper/protocol/schema';
 import { FrameEncoder, RawFrame } from '../../helper/protocol/wire';
 import { requireKernel } from '../lib/kernel';
-import { curl, NginxServer, pattern, startNginx, stopAll, tmpDir, waitFor } from '../lib/servers';
+import { curl, NginxServer, pattern, startNginx, tmpDir, waitFor } from '../lib/servers';
 import { IPC_CHILD } from '../lib/paths';
+import { cleanUpAfter, closeAfterEach } from '../lib/hooks';
 
 const startHelper = (opts: object): HelperHost => new HelperHost({ command: process.execPath, args: [IPC_CHILD, JSON.stringify({ validate: true, ...opts })], validate: true });
 
@@ -46,14 +46,8 @@ describe('fuzz: control frames of a running --ipc helper (kernel)', function () 
     dir = tmpDir('https-capture-fuzz-ipc-');
     nginx = await startNginx({ dir, files: { 'f.bin': pattern(70_000, 3) } });
   });
-  afterEach(async () => {
-    await host?.close();
-    host = undefined;
-  });
-  after(async () => {
-    await stopAll();
-    if (dir) fs.rmSync(dir, { recursive: true, force: true });
-  });
+  closeAfterEach(() => host, () => (host = undefined));
+  cleanUpAfter(() => dir);
 
   it(`${FRAMES} generated config frames: each applied or refused alone, the state follows the model, capture goes on`, async function () {
     this.timeout(60_000);

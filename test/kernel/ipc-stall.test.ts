@@ -3,13 +3,13 @@
 // running, every byte it could not deliver is accounted exactly (lost_before and the ends in
 // conn_close against the loss and bye counters), and capture resumes byte-identical.
 import * as assert from 'assert';
-import * as fs from 'fs';
 import { StatsFrame, ByeFrame, ConnCloseFrame, LossFrame, SegmentFrame } from '../../helper/protocol/generated';
 import { Exchange, HelperHost } from '../../helper/host/host';
 import { requireKernel } from '../lib/kernel';
-import { curl, NginxServer, pattern, startNginx, stopAll, tmpDir, waitFor } from '../lib/servers';
+import { curl, NginxServer, pattern, startNginx, tmpDir, waitFor } from '../lib/servers';
 import { statusKiB } from '../lib/procfs';
 import { CLI } from '../lib/paths';
+import { cleanUpAfter } from '../lib/hooks';
 
 const MAX_QUEUE = 4 << 20;
 /**
@@ -47,10 +47,7 @@ describe('--ipc helper with a host that stops reading (kernel, nginx and curl)',
     host = undefined;
   });
 
-  after(async () => {
-    await stopAll();
-    if (dir) fs.rmSync(dir, { recursive: true, force: true });
-  });
+  cleanUpAfter(() => dir);
 
   it(`stalled ${STALL_MS / 1000} s under 16 MiB of traffic: RSS bounded, losses exact, capture resumes`, async function () {
     this.timeout(40_000);

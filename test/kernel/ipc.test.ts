@@ -10,8 +10,9 @@ import { IpcOptions } from '../../helper/commands/ipc';
 import { replayFrames } from '../../helper/commands/replay';
 import { FrameEncoder, RawFrame } from '../../helper/protocol/wire';
 import { requireKernel } from '../lib/kernel';
-import { CertPair, curl, makeCert, pattern, pyClient, Server, startPyServer, stopAll, tmpDir, waitFor } from '../lib/servers';
+import { CertPair, curl, makeCert, pattern, pyClient, Server, startPyServer, tmpDir, waitFor } from '../lib/servers';
 import { IPC_CHILD } from '../lib/paths';
+import { cleanUpAfter, closeAfterEach } from '../lib/hooks';
 
 
 export function startHelper(opts: IpcOptions): HelperHost {
@@ -31,15 +32,9 @@ describe('--ipc helper (kernel, real programs)', function () {
     py = await startPyServer({ dir, ...cert });
   });
 
-  afterEach(async () => {
-    await host?.close();
-    host = undefined;
-  });
+  closeAfterEach(() => host, () => (host = undefined));
 
-  after(async () => {
-    await stopAll();
-    if (dir) fs.rmSync(dir, { recursive: true, force: true });
-  });
+  cleanUpAfter(() => dir);
 
   it('hello first, then curl and python exchanges byte-identical to what was sent; bye last; a private recording of the same stream', async () => {
     const record = path.join(dir, 'run.frames');

@@ -11,7 +11,8 @@ import * as path from 'path';
 import { libraryKind } from '../../helper/discovery/libraries';
 import { DataRecord } from '../../helper/records/records';
 import { Recorder, requireKernel } from '../lib/kernel';
-import { freePort, makeCert, pattern, run, startNginx, startServer, stopAll, tmpDir, waitFor } from '../lib/servers';
+import { freePort, makeCert, pattern, run, startNginx, startServer, tmpDir, waitFor } from '../lib/servers';
+import { recorderHooks } from '../lib/hooks';
 
 describe('NSS (tstclnt <-> selfserv, kernel)', function () {
   let dir: string;
@@ -35,15 +36,7 @@ describe('NSS (tstclnt <-> selfserv, kernel)', function () {
     }
   });
 
-  afterEach(async () => {
-    if (rec) await rec.stop();
-    rec = undefined;
-    await stopAll();
-  });
-
-  after(() => {
-    if (dir) fs.rmSync(dir, { recursive: true, force: true });
-  });
+  recorderHooks(() => rec, () => (rec = undefined), () => dir);
 
   it('libssl3.so and libnspr4.so are kind nss; libssl.so.3 is not', () => {
     assert.strictEqual(libraryKind('/usr/lib/x86_64-linux-gnu/libssl3.so'), 'nss');

@@ -11,7 +11,8 @@ import * as path from 'path';
 import { planOpenSsl } from '../../helper/discovery/openssl';
 import { DataRecord } from '../../helper/records/records';
 import { Recorder, requireKernel } from '../lib/kernel';
-import { CertPair, freePort, makeCert, pattern, run, RunResult, Server, startServer, stopAll, tmpDir, waitFor } from '../lib/servers';
+import { CertPair, freePort, makeCert, pattern, run, RunResult, Server, startServer, tmpDir, waitFor } from '../lib/servers';
+import { recorderHooks } from '../lib/hooks';
 
 const CACHE = `${process.env.HTTPS_CAPTURE_CACHE ?? '/var/cache/https-capture'}/openssl`;
 const LIBDIR = 'usr/lib/x86_64-linux-gnu';
@@ -64,15 +65,7 @@ describe('OpenSSL 1.1.1 and 3.5 (Debian 11 and 13 libraries, kernel)', function 
     fs.writeFileSync(path.join(dir, 'body.bin'), BODY);
   });
 
-  afterEach(async () => {
-    if (rec) await rec.stop();
-    rec = undefined;
-    await stopAll();
-  });
-
-  after(() => {
-    if (dir) fs.rmSync(dir, { recursive: true, force: true });
-  });
+  recorderHooks(() => rec, () => (rec = undefined), () => dir);
 
   async function sServer(v: Version): Promise<Server> {
     const port = await freePort();

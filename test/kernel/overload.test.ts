@@ -7,14 +7,14 @@
 // every exchange keeps its request line, status and headers, bytes_shed is exact (in bye, loss
 // and conn_close frames), and the bytes around each cut are where their offsets say.
 import * as assert from 'assert';
-import * as fs from 'fs';
 import { ByeFrame, ConnCloseFrame, HelperFrame, LossFrame, SegmentFrame, StatsFrame } from '../../helper/protocol/generated';
 import { HttpExchange, Session } from '../../helper/http/exchanges';
 import { Exchange, HelperHost } from '../../helper/host/host';
 import { requireKernel } from '../lib/kernel';
-import { curl, NginxServer, pattern, startNginx, stopAll, tmpDir, waitFor } from '../lib/servers';
+import { curl, NginxServer, pattern, startNginx, tmpDir, waitFor } from '../lib/servers';
 import { statusKiB } from '../lib/procfs';
 import { CLI } from '../lib/paths';
+import { cleanUpAfter, closeAfterEach } from '../lib/hooks';
 
 const MiB = 1 << 20;
 
@@ -107,15 +107,9 @@ describe('--ipc helper under overload (kernel, nginx and curl)', function () {
     nginx = await startNginx({ dir, files: { 'big.bin': body } });
   });
 
-  afterEach(async () => {
-    await host?.close();
-    host = undefined;
-  });
+  closeAfterEach(() => host, () => (host = undefined));
 
-  after(async () => {
-    await stopAll();
-    if (dir) fs.rmSync(dir, { recursive: true, force: true });
-  });
+  cleanUpAfter(() => dir);
 
   it('a 32 KiB ring under 8 MiB of responses: kernel drops = gaps in the segments, reported in loss and stats frames; RSS flat', async function () {
     this.timeout(40_000);

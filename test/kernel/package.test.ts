@@ -8,8 +8,9 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { spawn } from 'child_process';
 import { requireKernel } from '../lib/kernel';
-import { curl, NginxServer, run, startNginx, stopAll, tmpDir, waitFor } from '../lib/servers';
+import { curl, NginxServer, run, startNginx, tmpDir, waitFor } from '../lib/servers';
 import { ROOT } from '../lib/paths';
+import { cleanUpAfter } from '../lib/hooks';
 
 const TOOLS = ['node', 'sh', 'env', 'ldconfig', 'curl'];
 
@@ -23,10 +24,7 @@ describe('package: npm pack, install without a compiler, capture (kernel, npm, n
     dir = tmpDir('https-capture-pkg-');
     nginx = await startNginx({ dir, files: { 'p.txt': Buffer.from(text) } });
   });
-  after(async () => {
-    await stopAll();
-    if (dir) fs.rmSync(dir, { recursive: true, force: true });
-  });
+  cleanUpAfter(() => dir);
 
   it('packs, installs into a clean prefix with no compiler on PATH, and captures curl <-> nginx', async function () {
     this.timeout(300_000);

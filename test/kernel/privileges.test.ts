@@ -6,8 +6,9 @@ import * as fs from 'fs';
 import { ErrorFrame } from '../../helper/protocol/generated';
 import { Exchange, HelperHost } from '../../helper/host/host';
 import { requireKernel } from '../lib/kernel';
-import { curl, NginxServer, pattern, run, startNginx, stopAll, tmpDir, waitFor } from '../lib/servers';
+import { curl, NginxServer, pattern, run, startNginx, tmpDir, waitFor } from '../lib/servers';
 import { CLI } from '../lib/paths';
+import { cleanUpAfter, closeAfterEach } from '../lib/hooks';
 
 const NOBODY = 65534;
 /** The documented set (docs/security.md). */
@@ -45,14 +46,8 @@ describe('least privilege: uid 65534 with only the documented capabilities (kern
     dir = tmpDir('https-capture-priv-');
     nginx = await startNginx({ dir, files: { 'b.bin': body } });
   });
-  afterEach(async () => {
-    await host?.close();
-    host = undefined;
-  });
-  after(async () => {
-    await stopAll();
-    if (dir) fs.rmSync(dir, { recursive: true, force: true });
-  });
+  closeAfterEach(() => host, () => (host = undefined));
+  cleanUpAfter(() => dir);
 
   it(`captures curl <-> nginx (both root) with only CAP_SYS_ADMIN and CAP_SYS_PTRACE, as uid ${NOBODY}`, async function () {
     this.timeout(60_000);

@@ -8,8 +8,9 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { Exchange, HelperHost } from '../../helper/host/host';
 import { requireKernel } from '../lib/kernel';
-import { curl, NginxServer, pattern, run, startNginx, stopAll, tmpDir, waitFor } from '../lib/servers';
+import { curl, NginxServer, pattern, run, startNginx, tmpDir, waitFor } from '../lib/servers';
 import { CLI } from '../lib/paths';
+import { cleanUpAfter, closeAfterEach } from '../lib/hooks';
 
 
 /** Inodes of the sockets a process holds (fd -> inode), from /proc/<pid>/fd. */
@@ -54,14 +55,8 @@ describe('security: where plaintext goes (kernel, strace, nginx, curl)', functio
     dir = tmpDir('https-capture-sec-');
     nginx = await startNginx({ dir, files: { 'b.bin': body } });
   });
-  afterEach(async () => {
-    await host?.close();
-    host = undefined;
-  });
-  after(async () => {
-    await stopAll();
-    if (dir) fs.rmSync(dir, { recursive: true, force: true });
-  });
+  closeAfterEach(() => host, () => (host = undefined));
+  cleanUpAfter(() => dir);
 
   it('opens no network socket and writes no file but the recording (0600), while it captures curl <-> nginx', async function () {
     this.timeout(60_000);

@@ -13,9 +13,10 @@ import * as assert from 'assert';
 import * as fs from 'fs';
 import * as path from 'path';
 import { requireKernel } from '../lib/kernel';
-import { curl, NginxServer, run, startNginx, stopAll, tmpDir, waitFor } from '../lib/servers';
+import { curl, NginxServer, run, startNginx, tmpDir, waitFor } from '../lib/servers';
 import { spawn } from 'child_process';
 import { ROOT, CLI } from '../lib/paths';
+import { cleanUpAfter } from '../lib/hooks';
 
 const UNIT = path.join(ROOT, 'deploy', 'systemd', 'https-capture.service');
 const STAND_IN_UID = 65534;
@@ -73,10 +74,7 @@ describe('systemd unit: deploy/systemd/https-capture.service run with its own pr
     fs.chmodSync(dir, 0o755);
     nginx = await startNginx({ dir, files: { 's.txt': Buffer.from(text) } });
   });
-  after(async () => {
-    await stopAll();
-    if (dir) fs.rmSync(dir, { recursive: true, force: true });
-  });
+  cleanUpAfter(() => dir);
 
   it('systemd-analyze verify accepts the unit (ExecStart pointed at this clone)', async function () {
     this.timeout(30_000);

@@ -12,8 +12,9 @@ import { IpcOptions } from '../../helper/commands/ipc';
 import { tlsKindIn, unknownTlsIn } from '../../helper/discovery/libraries';
 import { RawFrame } from '../../helper/protocol/wire';
 import { requireKernel } from '../lib/kernel';
-import { CertPair, curl, makeCert, run, Server, startSServer, stopAll, tmpDir, waitFor } from '../lib/servers';
+import { CertPair, curl, makeCert, run, Server, startSServer, tmpDir, waitFor } from '../lib/servers';
 import { CLI, IPC_CHILD, ROOT } from '../lib/paths';
+import { cleanUpAfter } from '../lib/hooks';
 
 const SOURCE = path.join(ROOT, 'test', 'lib', 'static_tls.c');
 
@@ -37,10 +38,7 @@ describe('TLS code the helper does not know', function () {
     cert = await makeCert(dir);
   });
 
-  after(async () => {
-    await stopAll();
-    if (dir) fs.rmSync(dir, { recursive: true, force: true });
-  });
+  cleanUpAfter(() => dir);
 
   describe('the heuristic (no kernel)', () => {
     it('a static, stripped OpenSSL client: no known symbols, the TLS 1.3 key-schedule labels in its data', () => {
