@@ -266,14 +266,14 @@ func TestCurlAndPythonAgainstTLSServer(t *testing.T) {
 			t.Logf("helper stderr:\n%s", stderr.String())
 		}
 	}()
-	col.waitFor(t, "probes attached", 15*time.Second, func(evs []Event) bool {
-		for _, ev := range evs {
-			if p, ok := ev.(*Process); ok && p.State == "attached" {
-				return true
-			}
-		}
-		return false
-	})
+	// Ready: every TLS file found at start has its probes. The first attached Process event
+	// alone is not enough: curl could start while libssl's connection probes (SSL_set_fd, the
+	// role) are still going in, and its connection would have no socket or role.
+	rctx, rcancel := context.WithTimeout(ctx, 15*time.Second)
+	defer rcancel()
+	if _, err := c.WaitReady(rctx); err != nil {
+		t.Fatalf("WaitReady: %v", err)
+	}
 
 	// curl: a POST of 40000 bytes, then on the same connection a GET of 70000 (both over 16 KiB).
 	url := fmt.Sprintf("https://127.0.0.1:%d", port)
