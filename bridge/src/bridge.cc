@@ -81,18 +81,10 @@ Napi::TypeError ArgError(Napi::Env env, const std::string &what) {
   return Napi::TypeError::New(env, "bridge: " + what);
 }
 
-// A batch starts small and grows with the records it takes (a busy ring fills whole ones).
-constexpr size_t kBatchStart = 64 << 10;
-
-struct Batch {
-  std::vector<uint8_t> bytes;
-  uint32_t records = 0;
-};
-
 class Capture;
 
-// With startRing's `reuse` option: a batch is written into one of a few buffers allocated once
-// (slots), and handed back when JavaScript's callback returns. No allocation per batch, and no
+// A batch is written into one of a few buffers allocated once (startRing's `reuse` slots), and
+// handed back when JavaScript's callback returns. No allocation per batch, and no
 // external memory for V8 to account for (it started a full collection every few batches).
 struct SlotBatch {
   Capture *self;
@@ -188,10 +180,8 @@ class Capture : public Napi::ObjectWrap<Capture> {
   int ring_err_ = 0;
   const char *ring_err_op_ = "";
   Napi::FunctionReference on_error_;
-  Batch cur_;
   std::atomic<uint64_t> batches_{0}, records_{0}, bytes_{0};
-  // Reuse mode (slots): the buffers, who may write them, and the batch being filled.
-  bool reuse_ = false;
+  // The slots: the buffers, who may write them, and the batch being filled.
   size_t slot_cap_ = 0;
   std::vector<uint8_t *> slot_data_;                          // written by the ring thread
   std::vector<Napi::Reference<Napi::Buffer<uint8_t>>> slot_ref_;  // JS thread only
@@ -413,43 +403,13 @@ class Capture : public Napi::ObjectWrap<Capture> {
     uint32_t used = 0;
     if (size >= sizeof(uint32_t)) memcpy(&used, data, sizeof(used));
     if (used < sizeof(uint32_t) || used > size) used = static_cast<uint32_t>(size);
-    if (self->reuse_) {
-      if (self->cur_slot_ >= 0 && self->cur_used_ + used > self->slot_cap_) self->Flush();
-      if (self->cur_slot_ < 0) self->AcquireSlot();
-      memcpy(self->slot_data_[self->cur_slot_] + self->cur_used_, data, used);
-      self->cur_used_ += used;
-      self->cur_records_++;
-      if (self->cur_used_ >= self->batch_bytes_) self->Flush();
-      return 0;
-    }
-    Batch &b = self->cur_;
-    b.bytes.insert(b.bytes.end(), static_cast<uint8_t *>(data), static_cast<uint8_t *>(data) + used);
-    b.records++;
-    if (b.bytes.size() >= self->batch_bytes_) self->Flush();
+    if (self->cur_slot_ >= 0 && self->cur_used_ + used > self->slot_cap_) self->Flush();
+    if (self->cur_slot_ < 0) self->AcquireSlot();
+    memcpy(self->slot_data_[self->cur_slot_] + self->cur_used_, data, used);
+    self->cur_used_ += used;
+    self->cur_records_++;
+    if (self->cur_used_ >= self->batch_bytes_) self->Flush();
     return 0;
-  }
-
-  static void CallJs(Napi::Env env, Napi::Function cb, Batch *batch) {
-    if (env == nullptr) {  // the function is being torn down
-      delete batch;
-      return;
-    }
-    // V8 does not see memory outside its heap: told about it, it collects batches as fast as
-    // they come, instead of letting RSS grow until something else triggers a collection.
-    int64_t size = static_cast<int64_t>(batch->bytes.capacity());
-    Napi::MemoryManagement::AdjustExternalMemory(env, size);
-    Napi::Buffer<uint8_t> buf = Napi::Buffer<uint8_t>::New(
-        env, batch->bytes.data(), batch->bytes.size(),
-        [size](Napi::Env e, uint8_t *, Batch *b) {
-          Napi::MemoryManagement::AdjustExternalMemory(e, -size);
-          delete b;
-        },
-        batch);
-    try {
-      cb.Call({buf, Napi::Number::New(env, batch->records)});
-    } catch (const Napi::Error &e) {
-      napi_fatal_exception(env, e.Value());
-    }
   }
 
   static void CallJsSlot(Napi::Env env, Napi::Function cb, SlotBatch *b) {
@@ -486,32 +446,21 @@ class Capture : public Napi::ObjectWrap<Capture> {
   // Runs on the ring thread. Blocks while JavaScript has `queue` batches pending: that is
   // the back-pressure that makes the ring buffer fill, where BPF counts every lost record.
   void Flush() {
-    if (reuse_) {
-      if (cur_slot_ < 0) return;
-      if (cur_used_ == 0) {
-        ReleaseSlot(cur_slot_);
-        cur_slot_ = -1;
-        return;
-      }
-      auto *b = new SlotBatch{this, cur_slot_, cur_used_, cur_records_};
+    if (cur_slot_ < 0) return;
+    if (cur_used_ == 0) {
+      ReleaseSlot(cur_slot_);
       cur_slot_ = -1;
-      batches_++;
-      records_ += b->records;
-      bytes_ += b->used;
-      if (tsfn_.BlockingCall(b, CallJsSlot) != napi_ok) {
-        ReleaseSlot(b->slot);
-        delete b;
-      }
       return;
     }
-    if (cur_.bytes.empty()) return;
-    auto *b = new Batch(std::move(cur_));
-    cur_ = Batch();
-    cur_.bytes.reserve(kBatchStart);
+    auto *b = new SlotBatch{this, cur_slot_, cur_used_, cur_records_};
+    cur_slot_ = -1;
     batches_++;
     records_ += b->records;
-    bytes_ += b->bytes.size();
-    if (tsfn_.BlockingCall(b, CallJs) != napi_ok) delete b;
+    bytes_ += b->used;
+    if (tsfn_.BlockingCall(b, CallJsSlot) != napi_ok) {
+      ReleaseSlot(b->slot);
+      delete b;
+    }
   }
 
   // Ends the thread's loop early: what failed is told to JavaScript when the thread is done.
@@ -557,10 +506,10 @@ class Capture : public Napi::ObjectWrap<Capture> {
     tsfn_.Release();
   }
 
-  // startRing(map, onBatch(buffer, records[, used]), { batchBytes?, queue?, reuse?, drainMs? })
+  // startRing(map, onBatch(buffer, records, used), { batchBytes?, queue?, reuse?, drainMs? })
   // drainMs: also drain the ring this often (for BPF programs that submit with NO_WAKEUP).
-  // reuse: N slots of batchBytes (+ one record) allocated once; onBatch then gets a slot and
-  // the bytes used in it, valid only until it returns.
+  // reuse: N slots (default 4) of batchBytes (+ one record) allocated once; onBatch gets a slot
+  // and the bytes used in it, valid only until it returns. No allocation per batch.
   Napi::Value StartRing(const Napi::CallbackInfo &info) {
     Napi::Env env = info.Env();
     CheckOpen(env);
@@ -572,26 +521,24 @@ class Capture : public Napi::ObjectWrap<Capture> {
     if (o.Has("batchBytes")) batch_bytes_ = o.Get("batchBytes").As<Napi::Number>().Uint32Value();
     uint32_t queue = o.Has("queue") ? o.Get("queue").As<Napi::Number>().Uint32Value() : 16;
     drain_ms_ = o.Has("drainMs") ? o.Get("drainMs").As<Napi::Number>().Int32Value() : 0;
-    uint32_t slots = o.Has("reuse") ? o.Get("reuse").As<Napi::Number>().Uint32Value() : 0;
+    uint32_t slots = o.Has("reuse") ? o.Get("reuse").As<Napi::Number>().Uint32Value() : 4;
+    if (slots < 1 || slots > 64) throw ArgError(env, "startRing: reuse must be 1..64");
     ring_err_ = 0;
     on_error_.Reset();
     if (o.Has("onError") && o.Get("onError").IsFunction()) on_error_ = Napi::Persistent(o.Get("onError").As<Napi::Function>());
-    reuse_ = slots > 0;
-    if (reuse_) {
-      // Room for a full batch plus the largest record (a 16 KiB chunk and its header).
-      slot_cap_ = batch_bytes_ + sizeof(struct cap_data) + CAP_CHUNK_MAX;
-      slot_data_.clear();
-      slot_ref_.clear();
-      free_slots_.clear();
-      for (uint32_t i = 0; i < slots; i++) {
-        Napi::Buffer<uint8_t> b = Napi::Buffer<uint8_t>::New(env, slot_cap_);
-        slot_data_.push_back(b.Data());
-        slot_ref_.push_back(Napi::Persistent(b));
-        free_slots_.push_back(static_cast<int>(i));
-      }
-      cur_slot_ = -1;
-      if (queue < slots) queue = slots;
+    // Room for a full batch plus the largest record (a 16 KiB chunk and its header).
+    slot_cap_ = batch_bytes_ + sizeof(struct cap_data) + CAP_CHUNK_MAX;
+    slot_data_.clear();
+    slot_ref_.clear();
+    free_slots_.clear();
+    for (uint32_t i = 0; i < slots; i++) {
+      Napi::Buffer<uint8_t> b = Napi::Buffer<uint8_t>::New(env, slot_cap_);
+      slot_data_.push_back(b.Data());
+      slot_ref_.push_back(Napi::Persistent(b));
+      free_slots_.push_back(static_cast<int>(i));
     }
+    cur_slot_ = -1;
+    if (queue < slots) queue = slots;
 
     bpf_map *map = FindMap(env, name);
     LogReset();
@@ -604,7 +551,6 @@ class Capture : public Napi::ObjectWrap<Capture> {
       rb_ = nullptr;
       throw BridgeError(env, "eventfd", name, err);
     }
-    cur_.bytes.reserve(kBatchStart);
     // The finalizer runs on the JS thread once the ring thread has released the function
     // and every batch it sent has been handled: then the thread is joined.
     tsfn_ = Napi::ThreadSafeFunction::New(env, info[1].As<Napi::Function>(), "https-capture ring", queue, 1,
@@ -619,7 +565,6 @@ class Capture : public Napi::ObjectWrap<Capture> {
     if (thread_.joinable()) thread_.join();
     slot_ref_.clear();
     slot_data_.clear();
-    reuse_ = false;
     ring_buffer__free(rb_);
     rb_ = nullptr;
     close(stop_fd_);

@@ -25,7 +25,7 @@ export interface RingOptions {
   /** Batches JavaScript may have pending before the ring thread waits (default 16). */
   queue?: number;
   /**
-   * Fill this many buffers, allocated once, instead of a new one per batch: `onBatch` then gets
+   * How many buffers (default 4), allocated once, the ring thread fills in turn: `onBatch` gets
    * a view that is valid only until it returns (copy what must outlive the call).
    */
   reuse?: number;
@@ -53,7 +53,7 @@ interface NativeCapture {
   mapUpdate(map: string, key: Buffer, value: Buffer): void;
   mapDelete(map: string, key: Buffer): boolean;
   mapKeys(map: string): Buffer[];
-  startRing(map: string, onBatch: (batch: Buffer, records: number, used?: number) => void, opts: RingOptions): void;
+  startRing(map: string, onBatch: (batch: Buffer, records: number, used: number) => void, opts: RingOptions): void;
   stopRing(): Promise<void>;
   ringStats(): RingStats;
   close(): void;
@@ -181,9 +181,9 @@ export class BpfObject {
    */
   startRing(map: string, onBatch: (batch: Buffer, records: number) => void, opts: RingOptions = {}): void {
     if (opts.reuse !== undefined && (!Number.isInteger(opts.reuse) || opts.reuse < 1 || opts.reuse > 64)) throw new TypeError(`startRing: reuse must be 1..64, not ${opts.reuse}`);
-    const safe = (batch: Buffer, records: number, used?: number): void => {
+    const safe = (batch: Buffer, records: number, used: number): void => {
       try {
-        onBatch(used === undefined ? batch : batch.subarray(0, used), records);
+        onBatch(batch.subarray(0, used), records);
       } catch (e) {
         process.nextTick(() => {
           throw e;
