@@ -10,7 +10,8 @@
 //   - *Loss, *Stats, *Process, *Bye: accounting and probe attachment;
 //   - *HelperError: an error frame of the helper (it also implements error).
 //
-// Read Events until it is closed, then call Wait for the helper's exit as an
+// With Options.Batch the same events come in slices on Batches instead (one
+// channel operation per slice). Read Events (or Batches) until it is closed, then call Wait for the helper's exit as an
 // error (nil after a clean bye and exit status 0). When the context given to
 // Start ends, the helper is asked to stop with a shutdown frame, then SIGTERM,
 // then SIGKILL; its last frames (conn_close of every open connection, bye) are

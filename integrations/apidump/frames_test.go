@@ -7,6 +7,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"reflect"
 	"testing"
 	"time"
 
@@ -183,5 +184,71 @@ func TestWaitReady(t *testing.T) {
 	var he *HelperError
 	if r != nil || !errors.As(err, &he) || he.Code != "attach_failed" {
 		t.Errorf("WaitReady without ready: %+v, %v; want the fatal attach_failed error", r, err)
+	}
+}
+
+// Batches carries the same events as Events, in the same order, on every recorded fixture
+// stream (frames of real captures); a segment's Data stays its own when neighbours share a slab.
+func TestBatchesDeliverWhatEventsDo(t *testing.T) {
+	files, err := filepath.Glob(filepath.Join("..", "..", "fixtures", "*.frames"))
+	if err != nil || len(files) == 0 {
+		t.Fatalf("no fixture streams (%v)", err)
+	}
+	read := func(file string, batch int) []Event {
+		c, err := Start(context.Background(), Options{Command: []string{"sh", "-c", `exec cat "$1"`, "sh", file}, Batch: batch})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []Event
+		if batch > 0 {
+			if _, open := <-c.Events; open {
+				t.Fatal("Events must be closed when events go out on Batches")
+			}
+			for b := range c.Batches {
+				if len(b) == 0 || len(b) > batch {
+					t.Fatalf("a batch of %d events (Batch %d)", len(b), batch)
+				}
+				got = append(got, b...)
+			}
+		} else {
+			if c.Batches != nil {
+				t.Fatal("Batches must be nil without Options.Batch")
+			}
+			for ev := range c.Events {
+				got = append(got, ev)
+			}
+		}
+		if err := c.Wait(); err != nil {
+			t.Fatalf("%s: %v", file, err)
+		}
+		return got
+	}
+	for _, file := range files {
+		want := read(file, 0)
+		// Appending to one segment's Data must not reach the next frame's bytes.
+		tail := bytes.Repeat([]byte("appended"), 128) // fits in the rest of a shared buffer
+		mine := read(file, 0)
+		segments := 0
+		for _, ev := range mine {
+			if s, ok := ev.(*SSLEvent); ok {
+				s.Data = append(s.Data, tail...)
+			}
+		}
+		for i, ev := range mine {
+			if s, ok := ev.(*SSLEvent); ok {
+				segments++
+				if w := want[i].(*SSLEvent).Data; !bytes.Equal(s.Data, append(append([]byte(nil), w...), tail...)) {
+					t.Fatalf("%s: event %d's Data changed by an append to another's", file, i)
+				}
+			}
+		}
+		if segments == 0 {
+			t.Fatalf("%s: no segments", file)
+		}
+		for _, batch := range []int{1, 3, 256} {
+			if got := read(file, batch); !reflect.DeepEqual(got, want) {
+				t.Fatalf("%s, Batch %d: %d events differ from Events' %d", file, batch, len(got), len(want))
+			}
+		}
 	}
 }

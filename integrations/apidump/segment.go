@@ -31,7 +31,7 @@ func (r *mpReader) take(n int) ([]byte, error) {
 	if n < 0 || r.i+n > len(r.b) {
 		return nil, errSlowPath
 	}
-	s := r.b[r.i : r.i+n]
+	s := r.b[r.i : r.i+n : r.i+n] // capped: an append to a field reallocates, never writes past it
 	r.i += n
 	return s, nil
 }
@@ -158,7 +158,7 @@ func (r *mpReader) boolean() (bool, error) {
 
 // decodeSegment fills e from a segment frame's body; errSlowPath when the frame holds
 // something it does not read (the caller then uses msgpack.Unmarshal).
-func decodeSegment(body []byte, e *SSLEvent) error {
+func decodeSegment(body []byte, e *SSLEvent, strs *interner) error {
 	r := mpReader{b: body}
 	n, err := r.mapLen()
 	if err != nil {
@@ -178,11 +178,11 @@ func decodeSegment(body []byte, e *SSLEvent) error {
 			if s, err = r.str(); err == nil {
 				switch string(k) {
 				case "comm":
-					e.Comm = string(s)
+					e.Comm = strs.get(s)
 				case "local_ip":
-					e.LocalIP = string(s)
+					e.LocalIP = strs.get(s)
 				default:
-					e.RemoteIP = string(s)
+					e.RemoteIP = strs.get(s)
 				}
 			}
 		case "data":
@@ -265,4 +265,26 @@ func setInt(e *SSLEvent, k string, v int64) bool {
 		}
 	}
 	return true
+}
+
+// interner hands out one string per distinct comm and address: every segment of a connection
+// carries the same three, and a new string each was three allocations per segment. Bounded:
+// it starts over past internMax entries. A nil interner makes new strings.
+type interner struct{ m map[string]string }
+
+const internMax = 4096
+
+func (in *interner) get(b []byte) string {
+	if in == nil {
+		return string(b)
+	}
+	if s, ok := in.m[string(b)]; ok { // no allocation: the compiler looks up in place
+		return s
+	}
+	if in.m == nil || len(in.m) >= internMax {
+		in.m = make(map[string]string, 64)
+	}
+	s := string(b)
+	in.m[s] = s
+	return s
 }

@@ -25,6 +25,7 @@ func TestSegmentDecoderAgreesWithMsgpack(t *testing.T) {
 		return rng.Uint64()
 	}
 	fast, slow := 0, 0
+	shared := &interner{}
 	for i := 0; i < 3000; i++ {
 		data := make([]byte, rng.Intn([]int{1, 10, 300, 70000}[rng.Intn(4)]))
 		rng.Read(data)
@@ -56,7 +57,16 @@ func TestSegmentDecoderAgreesWithMsgpack(t *testing.T) {
 			t.Fatal(err)
 		}
 		var got SSLEvent
-		if err := decodeSegment(body, &got); err != nil {
+		// Strings new, or from an interner shared by every case (its hits must give the
+		// same strings), or from a fresh one.
+		var strs *interner
+		switch i % 3 {
+		case 1:
+			strs = shared
+		case 2:
+			strs = &interner{}
+		}
+		if err := decodeSegment(body, &got, strs); err != nil {
 			if _, later := m["from_a_later_version"]; !later {
 				t.Fatalf("case %d: the fast decoder refused a plain segment: %v", i, err)
 			}
@@ -73,7 +83,7 @@ func TestSegmentDecoderAgreesWithMsgpack(t *testing.T) {
 		// Cut anywhere: an error, never a panic or a wrong event.
 		cut := body[:rng.Intn(len(body))]
 		var e SSLEvent
-		if decodeSegment(cut, &e) == nil {
+		if decodeSegment(cut, &e, nil) == nil {
 			t.Fatalf("case %d: a segment cut at %d of %d bytes decoded", i, len(cut), len(body))
 		}
 	}

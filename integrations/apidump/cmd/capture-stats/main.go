@@ -160,7 +160,7 @@ func main() {
 		fmt.Fprintln(os.Stderr, "capture-stats: give the helper's command after --, e.g. -- node dist/helper/cli.js")
 		os.Exit(2)
 	}
-	opts := apidump.Options{Command: command, Stderr: os.Stderr, StatsInterval: time.Hour}
+	opts := apidump.Options{Command: command, Stderr: os.Stderr, StatsInterval: time.Hour, Batch: 256} // in slices, as a busy host would take them
 	for _, p := range strings.Split(pids, ",") {
 		if n, err := strconv.Atoi(p); err == nil {
 			opts.Pids = append(opts.Pids, n)
@@ -184,7 +184,7 @@ func main() {
 	}()
 	go func() {
 		<-stop
-		// Shutdown, not Stop: Stop reads Events itself, and every event must reach the loop below.
+		// Shutdown, not Stop: Stop reads Batches itself, and every event must reach the loop below.
 		_ = c.Shutdown()
 		<-stop
 		cancel() // a second signal: the package stops the helper harder (SIGTERM, then SIGKILL)
@@ -201,77 +201,79 @@ func main() {
 		}
 		return p
 	}
-	for ev := range c.Events {
-		switch e := ev.(type) {
-		case *apidump.Process:
-			sum.Processes = append(sum.Processes, fmt.Sprintf("%s %s pid %d: %s", e.State, e.Library, e.Pid, e.Reason))
-			if e.State == "attached" && !ready {
-				ready = true
-				fmt.Printf("ready %d\n", c.Hello.Pid)
-			}
-		case *apidump.ConnOpen:
-			proc(e.Pid, e.Comm).Conns++
-			sum.Conns[e.ConnID] = &connSummary{pid: e.Pid}
-		case *apidump.SSLEvent:
-			p := proc(e.Pid, e.Comm)
-			cs := sum.Conns[e.ConnID]
-			if cs == nil {
-				cs = &connSummary{pid: e.Pid}
-				sum.Conns[e.ConnID] = cs
-			}
-			d := e.Dir & 1
-			p.Segments++
-			p.Bytes[d] += uint64(len(e.Data))
-			p.LostBefore += e.LostBefore
-			if e.Seq > cs.next[d] && !cs.truncd[d] {
-				// A gap that lost_before does not explain would be a helper bug: count it as lost.
-				if gap := e.Seq - cs.next[d]; gap > e.LostBefore {
-					p.LostBefore += gap - e.LostBefore
+	for batch := range c.Batches {
+		for _, ev := range batch {
+			switch e := ev.(type) {
+			case *apidump.Process:
+				sum.Processes = append(sum.Processes, fmt.Sprintf("%s %s pid %d: %s", e.State, e.Library, e.Pid, e.Reason))
+				if e.State == "attached" && !ready {
+					ready = true
+					fmt.Printf("ready %d\n", c.Hello.Pid)
 				}
-			} else if e.Seq > cs.next[d] && cs.shedd[d] {
-				p.Shed += e.Seq - cs.next[d] - e.LostBefore
-			} else if e.Seq > cs.next[d] {
-				p.Truncated += e.Seq - cs.next[d] - e.LostBefore
-			}
-			if e.Seq > cs.next[d] {
-				cs.h2[d].broken = true // missing bytes, lost or cut off: frame headers can no longer be followed
-			}
-			cs.next[d] = e.Seq + uint64(len(e.Data))
-			cs.truncd[d] = e.Truncated
-			cs.shedd[d] = e.Truncated && e.Shed
-			p.RequestLines += cs.h1[d][0].count(e.Data, []byte("HTTP/1.1\r\n"))
-			p.StatusLines += cs.h1[d][1].count(e.Data, []byte("HTTP/1.1 "))
-			cs.h2[d].feed(e.Data, &p.H2Headers[d])
-		case *apidump.ConnClose:
-			cs := sum.Conns[e.ConnID]
-			if cs == nil || cs.ended {
-				continue
-			}
-			cs.ended = true
-			p := proc(cs.pid, "")
-			ends := [2]uint64{e.EgressEnd, e.IngressEnd}
-			for d := 0; d < 2; d++ {
-				p.Moved[d] += ends[d]
-				if ends[d] > cs.next[d] {
-					// The tail: past the last call's cap, or lost at the very end.
-					if cs.shedd[d] {
-						p.Shed += ends[d] - cs.next[d]
-					} else if cs.truncd[d] {
-						p.Truncated += ends[d] - cs.next[d]
-					} else {
-						p.LostBefore += ends[d] - cs.next[d]
+			case *apidump.ConnOpen:
+				proc(e.Pid, e.Comm).Conns++
+				sum.Conns[e.ConnID] = &connSummary{pid: e.Pid}
+			case *apidump.SSLEvent:
+				p := proc(e.Pid, e.Comm)
+				cs := sum.Conns[e.ConnID]
+				if cs == nil {
+					cs = &connSummary{pid: e.Pid}
+					sum.Conns[e.ConnID] = cs
+				}
+				d := e.Dir & 1
+				p.Segments++
+				p.Bytes[d] += uint64(len(e.Data))
+				p.LostBefore += e.LostBefore
+				if e.Seq > cs.next[d] && !cs.truncd[d] {
+					// A gap that lost_before does not explain would be a helper bug: count it as lost.
+					if gap := e.Seq - cs.next[d]; gap > e.LostBefore {
+						p.LostBefore += gap - e.LostBefore
+					}
+				} else if e.Seq > cs.next[d] && cs.shedd[d] {
+					p.Shed += e.Seq - cs.next[d] - e.LostBefore
+				} else if e.Seq > cs.next[d] {
+					p.Truncated += e.Seq - cs.next[d] - e.LostBefore
+				}
+				if e.Seq > cs.next[d] {
+					cs.h2[d].broken = true // missing bytes, lost or cut off: frame headers can no longer be followed
+				}
+				cs.next[d] = e.Seq + uint64(len(e.Data))
+				cs.truncd[d] = e.Truncated
+				cs.shedd[d] = e.Truncated && e.Shed
+				p.RequestLines += cs.h1[d][0].count(e.Data, []byte("HTTP/1.1\r\n"))
+				p.StatusLines += cs.h1[d][1].count(e.Data, []byte("HTTP/1.1 "))
+				cs.h2[d].feed(e.Data, &p.H2Headers[d])
+			case *apidump.ConnClose:
+				cs := sum.Conns[e.ConnID]
+				if cs == nil || cs.ended {
+					continue
+				}
+				cs.ended = true
+				p := proc(cs.pid, "")
+				ends := [2]uint64{e.EgressEnd, e.IngressEnd}
+				for d := 0; d < 2; d++ {
+					p.Moved[d] += ends[d]
+					if ends[d] > cs.next[d] {
+						// The tail: past the last call's cap, or lost at the very end.
+						if cs.shedd[d] {
+							p.Shed += ends[d] - cs.next[d]
+						} else if cs.truncd[d] {
+							p.Truncated += ends[d] - cs.next[d]
+						} else {
+							p.LostBefore += ends[d] - cs.next[d]
+						}
 					}
 				}
+			case *apidump.Loss:
+				sum.Losses[e.Source] += e.Bytes
+			case *apidump.Stats:
+				cfg := e.Config
+				sum.Config = &cfg
+			case *apidump.HelperError:
+				sum.Errors = append(sum.Errors, e.Error())
+			case *apidump.Bye:
+				sum.Bye = e
 			}
-		case *apidump.Loss:
-			sum.Losses[e.Source] += e.Bytes
-		case *apidump.Stats:
-			cfg := e.Config
-			sum.Config = &cfg
-		case *apidump.HelperError:
-			sum.Errors = append(sum.Errors, e.Error())
-		case *apidump.Bye:
-			sum.Bye = e
 		}
 	}
 	if err := c.Wait(); err != nil {
