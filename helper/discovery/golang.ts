@@ -84,10 +84,10 @@ function uvarint(b: Buffer, at: number): [number, number] {
   throw new ElfError('bad build info: unterminated length');
 }
 
-/** Whether a Go version has the register ABI on amd64 (go1.17 and later; devel builds too). */
-export function hasRegisterAbi(version: string): boolean {
+/** Whether a Go version has the register ABI: amd64 from go1.17, arm64 from go1.18 (devel builds too). */
+export function hasRegisterAbi(version: string, machine: number = EM_X86_64): boolean {
   const m = /^go1\.(\d+)/.exec(version);
-  return m ? Number(m[1]) >= 17 : version.startsWith('devel');
+  return m ? Number(m[1]) >= (machine === EM_AARCH64 ? 18 : 17) : version.startsWith('devel');
 }
 
 /** Address and size of the named functions from the Go runtime's function table. */
@@ -136,10 +136,38 @@ export function pclntabFunctions(elf: ElfFile, names: string[]): Map<string, { a
   return found;
 }
 
+/**
+ * The same on arm64, where every instruction is one aligned 32-bit word: the few encodings
+ * needed are matched by hand (a decoder would add a dependency for three masks).
+ * LDR Xt, [X28, #16] (64-bit, unsigned offset: imm12 = 2, Rn = 28) loads g.stackguard0;
+ * B.cond is 0x54000000 | imm19 << 5 | cond; RET Xn is 0xd65f0000 | Rn << 5 (RET = RET X30).
+ * Both branches are simulated by arm64's uprobes (no step out of line).
+ */
+function planArm64Function(name: string, addr: number, code: Buffer): { entry: number; emulated: boolean; rets: number[] } {
+  if (addr % 4 !== 0 || code.length % 4 !== 0) throw new GoPlanError(`${name}: arm64 code not on 4-byte boundaries (0x${addr.toString(16)}, ${code.length} bytes)`);
+  const rets: number[] = [];
+  let entry = addr;
+  let emulated = false;
+  let sawCheck = false;
+  for (let i = 0; i < code.length; i += 4) {
+    const insn = code.readUInt32LE(i);
+    if (i < 4 * 4 && !emulated) {
+      if ((insn & 0xffffffe0) >>> 0 === 0xf9400b80) sawCheck = true; // >>> 0: JS's & gives a signed result
+      else if (sawCheck && (insn & 0xff000010) >>> 0 === 0x54000000) {
+        entry = addr + i;
+        emulated = true;
+      }
+    }
+    if ((insn & 0xfffffc1f) >>> 0 === 0xd65f0000) rets.push(addr + i);
+  }
+  return { entry, emulated, rets };
+}
+
 /** Entry probe site and RET instructions of one function. */
 function planFunction(elf: ElfFile, name: string, addr: number, size: number): GoFunctionPlan {
   if (size <= 0 || size > 1 << 20) throw new GoPlanError(`${name} has an implausible size (${size} bytes)`);
   const code = elf.code(addr, size);
+  if (elf.machine === EM_AARCH64) return sites(elf, name, planArm64Function(name, addr, code));
   const decoder = new Decoder(64, code, DecoderOptions.None);
   const instr = new Instruction();
   const rets: number[] = [];
@@ -167,30 +195,37 @@ function planFunction(elf: ElfFile, name: string, addr: number, size: number): G
     instr.free();
     decoder.free();
   }
-  if (rets.length === 0) throw new GoPlanError(`${name}: no RET instruction found in its ${size} bytes`);
+  return sites(elf, name, { entry, emulated, rets });
+}
+
+/** A function's sites as file offsets, where the probes are attached. */
+function sites(elf: ElfFile, name: string, at: { entry: number; emulated: boolean; rets: number[] }): GoFunctionPlan {
+  if (at.rets.length === 0) throw new GoPlanError(`${name}: no RET instruction found in its code`);
   const off = (a: number): number => {
     const o = elf.execOffset(a);
     if (o === undefined) throw new GoPlanError(`${name}: 0x${a.toString(16)} is outside executable code`);
     return o;
   };
-  return { entry: off(entry), emulated, rets: rets.map(off) };
+  return { entry: off(at.entry), emulated: at.emulated, rets: at.rets.map(off) };
 }
 
 /**
  * Where to probe crypto/tls in the Go executable at `path`. Throws GoPlanError (or ElfError)
- * with the reason when it cannot be probed: not Go, too old for the register ABI, not
- * x86-64, or without crypto/tls.
+ * with the reason when it cannot be probed: not Go, too old for the register ABI, not this
+ * machine's architecture (`planningOnly`: plan another's, for tests), or without crypto/tls.
  */
-export function planGo(path: string): GoPlan {
+export function planGo(path: string, planningOnly = false): GoPlan {
   const elf = ElfFile.open(path);
   try {
     const version = goVersion(elf);
     if (!version) throw new GoPlanError(`${path} is not a Go executable (no Go build info)`);
-    // Go on arm64 (register ABI from 1.18, g in x28, RET sites) is not planned yet: such a
-    // binary is reported and left alone rather than probed at x86-64's offsets.
-    if (elf.machine === EM_AARCH64) throw new GoPlanError(`${path} is an arm64 Go executable: Go's crypto/tls is captured on x86-64 only for now (issue #17)`);
-    if (elf.machine !== EM_X86_64) throw new GoPlanError(`${path} is not x86-64 (machine ${elf.machine})`);
-    if (!hasRegisterAbi(version)) throw new GoPlanError(`${path} was built by ${version}; crypto/tls is probed in Go 1.17 and later (register ABI)`);
+    if (elf.machine !== EM_X86_64 && elf.machine !== EM_AARCH64) throw new GoPlanError(`${path} is neither x86-64 nor arm64 (machine ${elf.machine})`);
+    // The BPF object reads the registers of the architecture it was built for.
+    const host = process.arch === 'arm64' ? EM_AARCH64 : EM_X86_64;
+    if (elf.machine !== host && !planningOnly) throw new GoPlanError(`${path} is an ${elf.machine === EM_AARCH64 ? 'arm64' : 'x86-64'} executable; this helper runs on ${process.arch}`);
+    if (!hasRegisterAbi(version, elf.machine)) {
+      throw new GoPlanError(`${path} was built by ${version}; crypto/tls is probed in Go ${elf.machine === EM_AARCH64 ? '1.18' : '1.17'} and later on this architecture (register ABI)`);
+    }
     let symbols: GoPlan['symbols'] = 'symtab';
     let syms: Map<string, { addr: number; size: number }> = elf.functions(WANTED);
     if (!syms.has(GO_WRITE) || !syms.has(GO_READ)) {

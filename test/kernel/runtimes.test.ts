@@ -6,6 +6,7 @@
 import * as assert from 'assert';
 import { spawnSync } from 'child_process';
 import * as fs from 'fs';
+import * as os from 'os';
 import * as path from 'path';
 import { planGo } from '../../helper/discovery/golang';
 import { ConnRecord, DataRecord, Direction } from '../../helper/records/records';
@@ -23,10 +24,14 @@ function goProblem(): string | undefined {
   return spawnSync('go', ['version']).error ? 'go is not installed (apt-get install -y golang-go)' : undefined;
 }
 
-/** Builds test/lib/gotls into `out` (and a stripped copy), offline, with a private build cache. */
-function buildGo(dir: string, out: string, stripped = false): void {
+/**
+ * Builds test/lib/gotls into `out` (stripped, or for another GOARCH), offline. The build cache is
+ * shared between runs (Go's cache is keyed by content): the arm64 standard library is compiled
+ * once per machine, not per run (about a minute).
+ */
+function buildGo(dir: string, out: string, stripped = false, goarch?: string): void {
   const src = path.dirname(testLibFile('gotls/main.go'));
-  const env = { ...process.env, HOME: dir, GOCACHE: process.env.HTTPS_CAPTURE_GOCACHE ?? path.join(dir, 'gocache'), GOPATH: path.join(dir, 'gopath'), GOFLAGS: '-mod=mod', GOPROXY: 'off', CGO_ENABLED: '0' };
+  const env = { ...process.env, HOME: dir, GOCACHE: process.env.HTTPS_CAPTURE_GOCACHE ?? path.join(os.tmpdir(), 'https-capture-gocache'), GOPATH: path.join(dir, 'gopath'), GOFLAGS: '-mod=mod', GOPROXY: 'off', CGO_ENABLED: '0', ...(goarch ? { GOARCH: goarch } : {}) };
   const args = ['build', '-o', out, ...(stripped ? ['-ldflags=-s -w'] : []), '.'];
   const r = spawnSync('go', args, { cwd: src, env, encoding: 'utf8' });
   if (r.status !== 0) throw new Error(`go build failed: ${r.stderr}${r.error ?? ''}`);
@@ -114,6 +119,31 @@ describe('Go probe planning (no kernel needed)', function () {
     const bytes = fs.readFileSync(path.join(dir, 'gotls'));
     for (const r of [...full.write.rets, ...full.read.rets]) assert.strictEqual(bytes[r], 0xc3, `RET at ${r}`);
     assert.ok(bytes[full.write.entry] === 0x0f || (bytes[full.write.entry]! & 0xf0) === 0x70, 'a jcc at the entry site');
+  });
+
+  it('plans an arm64 build the same way: b.ls of the stack check, every RET, symtab and pclntab agree', function () {
+    this.timeout(300_000); // the first cross build compiles the standard library for arm64
+    const other = process.arch === 'arm64' ? 'amd64' : 'arm64';
+    buildGo(dir, path.join(dir, 'gotls-arm64'), false, 'arm64');
+    buildGo(dir, path.join(dir, 'gotls-arm64-stripped'), true, 'arm64');
+    const plan = (f: string): ReturnType<typeof planGo> => planGo(path.join(dir, f), other === 'arm64');
+    const full = plan('gotls-arm64');
+    const stripped = plan('gotls-arm64-stripped');
+    assert.strictEqual(stripped.symbols, 'pclntab');
+    assert.deepStrictEqual({ ...stripped, symbols: 'symtab' }, full);
+    assert.ok(full.write.emulated && full.read.emulated, 'entry probes on the stack check\'s b.ls');
+    assert.ok(full.clientHandshake !== undefined && full.serverHandshake !== undefined);
+    const bytes = fs.readFileSync(path.join(dir, 'gotls-arm64'));
+    const word = (at: number): number => bytes.readUInt32LE(at);
+    for (const f of [full.write, full.read]) {
+      assert.ok(f.rets.length > 0);
+      for (const r of f.rets) assert.strictEqual(word(r), 0xd65f03c0, `RET (ret x30) at ${r}`);
+      assert.strictEqual((word(f.entry) & 0xff00001f) >>> 0, 0x54000009, `b.ls at the entry site ${f.entry}: 0x${word(f.entry).toString(16)}`);
+      // Before it: the load of g.stackguard0 (ldr x16, [x28, #16]) and a compare.
+      assert.ok([4, 8, 12].some((d) => word(f.entry - d) === 0xf9400b90), 'ldr x16, [x28, #16] before the b.ls');
+    }
+    // Where the helper runs on the other architecture, it refuses to probe the file.
+    if (other === 'arm64') assert.throws(() => planGo(path.join(dir, 'gotls-arm64')), /arm64 executable; this helper runs on x64/);
   });
 
   it('refuses files that are not Go, with the reason', () => {
