@@ -42,6 +42,8 @@ export interface Arm64Insn {
 /** Waits this long for capstone to start (WebAssembly compile; slow under emulation) and for one answer. */
 const START_MS = 120_000;
 const ANSWER_MS = 30_000;
+/** The shared decoder ends after this long unused. */
+const IDLE_MS = 60_000;
 
 /**
  * Capstone's arm64 decoder, used synchronously: it runs in a worker thread (arm64-worker.ts)
@@ -73,6 +75,38 @@ export class Arm64Decoder {
   close(): void {
     this.port.close();
     void this.worker.terminate();
+  }
+
+  private static shared: { decoder: Arm64Decoder; timer?: NodeJS.Timeout } | undefined;
+
+  /**
+   * One decoder for the whole process, ended after IDLE_MS without use: starting capstone
+   * (compiling its 3 MB of WebAssembly) takes 0.3–1 s here and much longer in an emulated
+   * guest, and every Capture plans its files anew. done() after each use starts the idle clock.
+   */
+  static acquire(): { decoder: Arm64Decoder; done: () => void } {
+    const s = (Arm64Decoder.shared ??= { decoder: new Arm64Decoder() });
+    clearTimeout(s.timer);
+    return {
+      decoder: s.decoder,
+      done: () => {
+        clearTimeout(s.timer);
+        s.timer = setTimeout(() => {
+          if (Arm64Decoder.shared === s) Arm64Decoder.shared = undefined;
+          s.decoder.close();
+        }, IDLE_MS).unref();
+      },
+    };
+  }
+
+  /** Ends the shared decoder now (after an error, so that the next plan starts a fresh one). */
+  static discard(): void {
+    const s = Arm64Decoder.shared;
+    Arm64Decoder.shared = undefined;
+    if (s) {
+      clearTimeout(s.timer);
+      s.decoder.close();
+    }
   }
 
   private wait(ms: number, what: string): unknown {
