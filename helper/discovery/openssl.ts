@@ -113,7 +113,8 @@ function probeAddress(elf: ElfFile, addr: number): number {
  */
 export function planOpenSsl(path: string, exported: string[] = []): ProbePlan {
   let elf: ElfFile;
-  let arm64: Arm64Decoder | undefined;
+  let arm64: { decoder: Arm64Decoder; done: () => void } | undefined;
+  let decoder: Arm64Decoder | undefined;
   const offsets = new Map<string, number>();
   try {
     elf = ElfFile.open(path);
@@ -129,12 +130,15 @@ export function planOpenSsl(path: string, exported: string[] = []): ProbePlan {
     }
     if (elf.machine !== EM_X86_64 && elf.machine !== EM_AARCH64) return { kind: 'exported', reason: `machine ${elf.machine} is neither x86-64 nor arm64`, offsets };
     // x86-64 code is decoded with iced-x86, arm64 code with capstone (arm64.ts).
-    if (elf.machine === EM_AARCH64) arm64 = new Arm64Decoder();
+    if (elf.machine === EM_AARCH64) {
+      arm64 = Arm64Decoder.acquire();
+      decoder = arm64.decoder;
+    }
     const sites = new Map<number, Arm64Site>();
-    const call = (addr: number, size: number) => (arm64 ? firstCallArm64(arm64, elf, addr, size) : firstCall(elf, addr, size));
+    const call = (addr: number, size: number) => (decoder ? firstCallArm64(decoder, elf, addr, size) : firstCall(elf, addr, size));
     const site = (addr: number): number => {
-      if (!arm64) return probeAddress(elf, addr);
-      const s = probeSiteArm64(arm64, elf, addr);
+      if (!decoder) return probeAddress(elf, addr);
+      const s = probeSiteArm64(decoder, elf, addr);
       sites.set(s.addr, s);
       return s.addr;
     };
@@ -168,13 +172,14 @@ export function planOpenSsl(path: string, exported: string[] = []): ProbePlan {
       const s = sites.get(at)!;
       return `${name}+${s.delta} ${s.insn} (${s.simulated ? `simulated ${s.simulated}` : 'stepped'})`;
     };
-    const placement = arm64 ? { placement: `${placed('ssl_write_internal', write.at)}, ${placed('ssl_read_internal', read.at)}` } : {};
+    const placement = decoder ? { placement: `${placed('ssl_write_internal', write.at)}, ${placed('ssl_read_internal', read.at)}` } : {};
     return { kind: 'internal', write: write.off, read: read.off, writeCountArg: write.countArg, ...placement, offsets };
   } catch (e) {
+    if (e instanceof Arm64DecoderError) Arm64Decoder.discard();
     if (e instanceof ElfError || e instanceof Arm64DecoderError) return { kind: 'exported', reason: e.message, offsets };
     throw e;
   } finally {
-    arm64?.close();
+    arm64?.done();
     elf.close();
   }
 }
