@@ -21,7 +21,6 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import { MessageChannel, MessagePort, receiveMessageOnPort, Worker } from 'worker_threads';
-import { ElfFile } from './elf';
 
 /** The decoder could not start or answer (the planner then probes the exported functions). */
 export class Arm64DecoderError extends Error {
@@ -153,12 +152,12 @@ function full(r: string): string {
 }
 
 /**
- * The first direct call (`bl`) in a wrapper's body, and the argument then carrying a pointer
+ * The first direct call (`bl`) in a wrapper's body (`code`, linked at `addr`), and the argument then carrying a pointer
  * into the wrapper's frame (x3: the 4th, x4: the 5th), the count the wrapper returns. Undefined
  * when the body returns, jumps away or calls through a register first.
  */
-export function firstCallArm64(d: Arm64Decoder, elf: ElfFile, addr: number, size: number): { target: number; stackArg?: 4 | 5 } | undefined {
-  const insns = d.decode(elf.code(addr, Math.min(size || 128, 256)), addr);
+export function firstCallArm64(d: Arm64Decoder, code: Buffer, addr: number): { target: number; stackArg?: 4 | 5 } | undefined {
+  const insns = d.decode(code, addr);
   const toStack = new Map<string, boolean>();
   for (const i of insns) {
     if (i.mnemonic === 'bl') {
@@ -187,12 +186,12 @@ export interface Arm64Site {
 }
 
 /**
- * Where to probe a function entered by `bl` for entry and return alike: its first simulated
+ * Where to probe a function (`code` from its start at `addr`) entered by `bl`, for entry and return alike: its first simulated
  * instruction, if every instruction before it leaves the arguments and x30 alone (the file's
  * header says why that is enough); else its first instruction.
  */
-export function probeSiteArm64(d: Arm64Decoder, elf: ElfFile, addr: number): Arm64Site {
-  const insns = d.decode(elf.code(addr, 64), addr, 16);
+export function probeSiteArm64(d: Arm64Decoder, code: Buffer, addr: number): Arm64Site {
+  const insns = d.decode(code.subarray(0, 64), addr, 16);
   const at = (i: Arm64Insn): Arm64Site => ({ addr: i.addr, delta: i.addr - addr, insn: `${i.mnemonic} ${i.ops}`.trim(), simulated: simulated(i.word) });
   for (const i of insns) {
     if (simulated(i.word)) return at(i);
