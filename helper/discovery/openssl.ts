@@ -135,10 +135,10 @@ export function planOpenSsl(path: string, exported: string[] = []): ProbePlan {
       decoder = arm64.decoder;
     }
     const sites = new Map<number, Arm64Site>();
-    const call = (addr: number, size: number) => (decoder ? firstCallArm64(decoder, elf, addr, size) : firstCall(elf, addr, size));
+    const call = (addr: number, size: number) => (decoder ? firstCallArm64(decoder, elf.code(addr, Math.min(size || 128, 256)), addr) : firstCall(elf, addr, size));
     const site = (addr: number): number => {
       if (!decoder) return probeAddress(elf, addr);
-      const s = probeSiteArm64(decoder, elf, addr);
+      const s = probeSiteArm64(decoder, elf.code(addr, 64), addr);
       sites.set(s.addr, s);
       return s.addr;
     };
