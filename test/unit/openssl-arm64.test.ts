@@ -6,7 +6,7 @@
 import * as assert from 'assert';
 import { execFileSync } from 'child_process';
 import * as fs from 'fs';
-import { Arm64Decoder, simulated } from '../../helper/discovery/arm64';
+import { Arm64Decoder, firstCallArm64, probeSiteArm64, simulated } from '../../helper/discovery/arm64';
 import { ElfFile, EM_AARCH64 } from '../../helper/discovery/elf';
 import { planOpenSsl, ProbePlan } from '../../helper/discovery/openssl';
 
@@ -60,6 +60,14 @@ function wordAt(file: string, offset: number): number {
   } finally {
     fs.closeSync(fd);
   }
+}
+
+/** Machine code of arm64 assembly lines, assembled by llvm-mc (LLVM's assembler, not capstone). */
+function asm(lines: string[]): Buffer {
+  const out = execFileSync('llvm-mc', ['-triple=aarch64', '-mattr=+bti,+pauth', '-show-encoding'], { input: lines.join('\n') + '\n', encoding: 'utf8' });
+  const bytes = [...out.matchAll(/encoding: \[([^\]]*)\]/g)].flatMap((m) => m[1]!.split(',').map((b) => parseInt(b, 16)));
+  assert.strictEqual(bytes.length, lines.length * 4, `llvm-mc assembled ${lines.join('; ')}`);
+  return Buffer.from(bytes);
 }
 
 /** bl's target, decoded from the word by hand: imm26, in words, signed, from the bl's address. */
@@ -161,6 +169,53 @@ describe('openssl: probe plan on arm64 builds (Debian 12 libssl3, node-linux-arm
       return blTarget(bl.addr, bl.word);
     };
     assert.strictEqual(firstBl('SSL_write'), firstBl('SSL_read'));
+  });
+
+  describe('on prologues assembled here (llvm-mc)', function () {
+    let d: Arm64Decoder;
+    before(function () {
+      d = new Arm64Decoder();
+    });
+    after(function () {
+      d?.close();
+    });
+    const site = (lines: string[]) => probeSiteArm64(d, asm(lines), 0x1000);
+
+    it('the probe goes past sub sp, mov x29, bti and stores of other registers to the first simulated instruction', function () {
+      assert.deepStrictEqual(site(['sub sp, sp, #0x60', 'adrp x4, 0', 'ret']), { addr: 0x1004, delta: 4, insn: 'adrp x4, #0x1000', simulated: 'adr/adrp' });
+      const s = site(['bti c', 'sub sp, sp, #0x40', 'stp x19, x20, [sp, #16]', 'add x29, sp, #0x10', 'cbz x0, 0x40', 'ret']);
+      assert.strictEqual(s.delta, 16);
+      assert.strictEqual(s.simulated, 'cbz/cbnz');
+    });
+
+    it('stays at the entry (stepped) when x30 is saved or signed, or an argument register written, first', function () {
+      for (const lines of [
+        ['stp x29, x30, [sp, #-16]!', 'mov x29, sp', 'adrp x4, 0'],
+        ['paciasp', 'sub sp, sp, #0x20', 'adrp x4, 0'],
+        ['sub sp, sp, #0x20', 'str x30, [sp, #8]', 'adrp x4, 0'],
+        ['ldr x0, [x0]', 'adrp x4, 0'],
+        ['mov x1, x2', 'b 0x40'],
+      ]) {
+        const s = site(lines);
+        assert.strictEqual(s.addr, 0x1000, lines.join('; '));
+        assert.strictEqual(s.simulated, undefined, lines.join('; '));
+      }
+      // An entry that is itself simulated is probed there.
+      assert.deepStrictEqual(site(['adrp x4, 0', 'ret']).delta, 0);
+    });
+
+    it('firstCallArm64: the bl target and the register pointed into the frame (x3: 4th, x4: 5th)', function () {
+      const call = (lines: string[]) => firstCallArm64(d, asm(lines), 0x2000);
+      assert.deepStrictEqual(call(['sub sp, sp, #32', 'mov x3, sp', 'bl 0x100', 'ret']), { target: 0x2108, stackArg: 4 });
+      assert.deepStrictEqual(call(['sub sp, sp, #32', 'add x4, sp, #8', 'mov w3, #0', 'bl 0x100', 'ret']), { target: 0x210c, stackArg: 5 });
+      assert.deepStrictEqual(call(['stp x29, x30, [sp, #-16]!', 'bl 0x100']), { target: 0x2104, stackArg: undefined });
+      // x3 loaded from the stack, not with its address: no count pointer
+      assert.deepStrictEqual(call(['mov x3, sp', 'ldr x3, [sp, #8]', 'bl 0x100']), { target: 0x2108, stackArg: undefined });
+      // a jump, a return or an indirect call before any bl: not the wrapper shape
+      assert.strictEqual(call(['b 0x100', 'bl 0x100']), undefined);
+      assert.strictEqual(call(['ret', 'bl 0x100']), undefined);
+      assert.strictEqual(call(['blr x8', 'bl 0x100']), undefined);
+    });
   });
 
   it('ElfFile reads the arm64 machine; the decoder stops at an undefined word and ends with close()', function () {
