@@ -61,7 +61,12 @@ export class Arm64Decoder {
     this.port = port1;
     this.worker = new Worker(script, { workerData: { port: port2, signal: this.signal }, transferList: [port2] });
     this.worker.unref();
-    this.wait(START_MS, 'start');
+    try {
+      this.wait(START_MS, 'start');
+    } catch (e) {
+      this.close();
+      throw e;
+    }
   }
 
   /** Decodes `code` (at virtual address `addr`), at most `max` instructions, up to the first undecodable word. */
