@@ -31,7 +31,6 @@ const reply = (message: unknown): void => {
 
 let load: Promise<CsModule>;
 try {
-  // eslint-disable-next-line @typescript-eslint/no-require-imports
   load = (require('@alexaltea/capstone-js') as () => Promise<CsModule>)();
 } catch (e) {
   load = Promise.reject(e);
