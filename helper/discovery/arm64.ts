@@ -4,8 +4,9 @@
 //
 // Where a uprobe goes on arm64: the kernel (arch/arm64/kernel/probes/decode-insn.c) simulates
 // the branches and PC-relative instructions (b, bl, b.cond, cbz/cbnz, tbz/tbnz, adr/adrp,
-// br/blr/ret; on 6.1 also ldr literal, no longer for uprobes on later kernels) and steps every
-// other instruction out of line, which costs a second exception. An internal function starts
+// br/blr/ret; ldr literal once, refused for uprobes since the fix of CVE-2024-50099 in 6.1.114,
+// 6.6.58 and 6.11.5; kernels newer than 6.1 add nop and `stp x29, x30, [sp, #-N]!`, not counted
+// here: 6.1's set is the floor) and steps every other instruction out of line, which costs a second exception. An internal function starts
 // with `sub sp, sp, #N` (stepped) and then, in Debian 12's libssl3, `adrp x4, …` (simulated).
 // The probe goes on that first simulated instruction when every instruction before it only
 // moves sp or stores registers other than x30 to the frame: there the arguments (x0–x7) are
@@ -125,8 +126,8 @@ export class Arm64Decoder {
 /**
  * Whether the arm64 kernel simulates this instruction word when a uprobe hits it (no step out
  * of line): the encoding classes decode-insn.c gives a simulate_* handler, by the same masks as
- * arch/arm64/include/asm/insn.h. ldr (literal) is left out: simulated on 6.1, refused for
- * uprobes from 6.12.
+ * arch/arm64/include/asm/insn.h. ldr (literal) is left out: refused for uprobes since the fix
+ * of CVE-2024-50099 (6.1.114, 6.6.58, 6.11.5).
  */
 export function simulated(word: number): string | undefined {
   const w = word >>> 0;
