@@ -6,8 +6,9 @@
 // the branches and PC-relative instructions (b, bl, b.cond, cbz/cbnz, tbz/tbnz, adr/adrp,
 // br/blr/ret; ldr literal once, refused for uprobes since the fix of CVE-2024-50099 in 6.1.114,
 // 6.6.58 and 6.11.5; kernels newer than 6.1 add nop and `stp x29, x30, [sp, #-N]!`, not counted
-// here: 6.1's set is the floor) and steps every other instruction out of line, which costs a second exception. An internal function starts
-// with `sub sp, sp, #N` (stepped) and then, in Debian 12's libssl3, `adrp x4, …` (simulated).
+// here: 6.1's set is the floor) and steps every other instruction out of line, which costs a
+// second exception. An internal function starts with `sub sp, sp, #N` (stepped) and then, in
+// Debian 12's libssl3, `adrp x4, …` (simulated).
 // The probe goes on that first simulated instruction when every instruction before it only
 // moves sp or stores registers other than x30 to the frame: there the arguments (x0–x7) are
 // still the caller's and x30 still holds the return address, which the return probe replaces
