@@ -22,26 +22,36 @@ work=/var/cache/https-capture-vmlinux/$arch
 mkdir -p "$work"
 cd "$work"
 
+# Debian 12's package lists for that architecture, read into a private apt state (its own
+# sources file and lists directory, as scripts/fetch-openssl.sh does): the system's apt and
+# dpkg setup is untouched, no `dpkg --add-architecture` needed.
+keyring=/usr/share/keyrings/debian-archive-keyring.gpg
+[ -f "$keyring" ] || { echo "gen-vmlinux.sh: $keyring not found: apt-get install debian-archive-keyring" >&2; exit 1; }
+mkdir -p apt/lists/partial apt/cache/archives/partial
+cat > apt/sources.list <<EOF
+deb [arch=$deb_arch signed-by=$keyring] http://deb.debian.org/debian bookworm main
+deb [arch=$deb_arch signed-by=$keyring] http://deb.debian.org/debian-security bookworm-security main
+EOF
+apt=(-o "Dir::Etc::sourcelist=$work/apt/sources.list" -o Dir::Etc::sourceparts=- -o "Dir::State::Lists=$work/apt/lists"
+  -o "Dir::Cache=$work/apt/cache" -o APT::Sandbox::User=root -o "APT::Architecture=$deb_arch" -o "APT::Architectures::=$deb_arch" -qq)
+apt-get "${apt[@]}" update >&2
 # The kernel package the metapackage points at (linux-image-amd64 -> linux-image-6.1.0-N-amd64).
-if [ "$deb_arch" != "$(dpkg --print-architecture)" ] && ! dpkg --print-foreign-architectures | grep -qx "$deb_arch"; then
-  echo "gen-vmlinux.sh: apt does not know $deb_arch packages: dpkg --add-architecture $deb_arch && apt-get update" >&2
-  exit 1
-fi
-pkg=$(apt-cache depends "linux-image-$deb_arch:$deb_arch" | awk '/Depends: linux-image-[0-9]/ { print $2; exit }')
-[ -n "$pkg" ] || { echo "gen-vmlinux.sh: no linux-image-$deb_arch in apt's lists (apt-get update?)" >&2; exit 1; }
-ls ./*.deb >/dev/null 2>&1 || apt-get download "$pkg" >&2
-rm -rf x && dpkg-deb -x ./*.deb x
+pkg=$(apt-cache "${apt[@]}" depends "linux-image-$deb_arch" | awk '/Depends: linux-image-[0-9]/ { print $2; exit }')
+[ -n "$pkg" ] || { echo "gen-vmlinux.sh: no linux-image-$deb_arch in Debian 12's package lists (deb.debian.org reachable?)" >&2; exit 1; }
+ls ./"${pkg}"_*.deb >/dev/null 2>&1 || apt-get "${apt[@]}" download "$pkg" >&2
+rm -rf x && dpkg-deb -x ./"${pkg}"_*.deb x
 image=$(ls x/boot/vmlinuz-*)
 version=$(basename "$image" | sed 's/^vmlinuz-//')
 
 # The kernel's BTF (.BTF, the same bytes /sys/kernel/btf/vmlinux shows on that kernel) is
-# inside the compressed image: find the compressed stream by its magic and unpack it, then
+# inside the image, compressed on x86 (bzImage): find the compressed stream by its magic and unpack it, then
 # take the BTF blob out of the result by its header (magic 0xeb9f, version 1, 24-byte header),
 # which works for an ELF vmlinux (x86's bzImage payload) and a raw Image (arm64) alike.
 python3 - "$image" btf.raw <<'EOF'
 import lzma, gzip, struct, sys, zlib
 data = open(sys.argv[1], 'rb').read()
-kernel = None
+# arm64's Image is not compressed (Debian's is an EFI-signed PE): the BTF is in it as it is.
+kernel = data if data.find(b'\x9f\xeb\x01\x00\x18\x00\x00\x00') >= 0 else None
 for magic, unpack in ((b'\xfd7zXZ\x00', lambda b: lzma.LZMADecompressor().decompress(b)),
                       (b'\x1f\x8b\x08', lambda b: zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(b))):
     at = data.find(magic)

@@ -51,8 +51,11 @@ fi
 if [ "$mode" = --test ] || [ "$mode" = --bench ]; then
   if [ "$(id -u)" = 0 ]; then
     bash scripts/fetch-openssl.sh || say "could not fetch OpenSSL 1.1.1 and 3.5 for the tests: test/kernel/openssl-versions.test.ts will fail until scripts/fetch-openssl.sh works"
+    # arm64 builds for the arm64 planner's unit test (test/unit/openssl-arm64.test.ts); on an
+    # arm64 machine too (it reads them, never runs them).
+    bash scripts/fetch-arm64.sh || say "could not fetch the arm64 libssl3 and node: test/unit/openssl-arm64.test.ts will fail until scripts/fetch-arm64.sh works"
   else
-    say "not root: OpenSSL 1.1.1 and 3.5 for the tests are not fetched; run sudo bash scripts/fetch-openssl.sh"
+    say "not root: OpenSSL 1.1.1 and 3.5 and the arm64 builds for the tests are not fetched; run sudo bash scripts/fetch-openssl.sh && sudo bash scripts/fetch-arm64.sh"
   fi
 fi
 

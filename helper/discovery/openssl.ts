@@ -10,7 +10,9 @@
 //
 // The internal functions are not exported, so they are found as the common target of the
 // first direct call in both wrappers. When that shape is not there (another architecture,
-// another library version), the exported functions are probed instead.
+// another library version), the exported functions are probed instead. arm64 code is read
+// with capstone (arm64.ts): there the probe goes on the internal function's first instruction
+// the kernel simulates (Debian 12: the `adrp` after `sub sp`), arm64.ts says why that is safe.
 //
 // Shapes measured (README, "OpenSSL versions"): 1.1.1 and 3.0 as above. From 3.3 (3.5 in
 // Debian 13) ssl_write_internal takes a flags argument before the count pointer
@@ -22,6 +24,7 @@
 // instruction after it, which every call still passes with the return address on top of the
 // stack, so the return probe works the same.
 import { Code, Decoder, DecoderOptions, FlowControl, Instruction, Mnemonic, OpKind, Register } from 'iced-x86';
+import { Arm64Decoder, Arm64DecoderError, Arm64Site, firstCallArm64, probeSiteArm64 } from './arm64';
 import { ElfError, ElfFile, EM_AARCH64, EM_X86_64 } from './elf';
 
 export type ProbePlan = (
@@ -35,6 +38,8 @@ export type ProbePlan = (
        * (3.3 and later, after the flags).
        */
       writeCountArg: 4 | 5;
+      /** arm64: where in each internal function the probes sit and whether the kernel simulates that instruction (arm64.ts). */
+      placement?: string;
     }
   | { kind: 'exported'; reason: string }
   | { kind: 'go'; reason: string }
@@ -108,6 +113,8 @@ function probeAddress(elf: ElfFile, addr: number): number {
  */
 export function planOpenSsl(path: string, exported: string[] = []): ProbePlan {
   let elf: ElfFile;
+  let arm64: { decoder: Arm64Decoder; done: () => void } | undefined;
+  let decoder: Arm64Decoder | undefined;
   const offsets = new Map<string, number>();
   try {
     elf = ElfFile.open(path);
@@ -121,22 +128,33 @@ export function planOpenSsl(path: string, exported: string[] = []): ProbePlan {
       const off = s && elf.execOffset(s.addr);
       if (off !== undefined) offsets.set(name, off);
     }
-    // The internal functions are found by decoding x86-64 code (iced-x86); on arm64 the
-    // exported functions' entries and returns are probed, which captures the same bytes.
-    if (elf.machine === EM_AARCH64) return { kind: 'exported', reason: 'arm64: the internal functions are found on x86-64 only', offsets };
-    if (elf.machine !== EM_X86_64) return { kind: 'exported', reason: `machine ${elf.machine} is not x86-64`, offsets };
+    if (elf.machine !== EM_X86_64 && elf.machine !== EM_AARCH64) return { kind: 'exported', reason: `machine ${elf.machine} is neither x86-64 nor arm64`, offsets };
+    // x86-64 code is decoded with iced-x86, arm64 code with capstone (arm64.ts).
+    if (elf.machine === EM_AARCH64) {
+      arm64 = Arm64Decoder.acquire();
+      decoder = arm64.decoder;
+    }
+    const sites = new Map<number, Arm64Site>();
+    const call = (addr: number, size: number) => (decoder ? firstCallArm64(decoder, elf.code(addr, Math.min(size || 128, 256)), addr) : firstCall(elf, addr, size));
+    const site = (addr: number): number => {
+      if (!decoder) return probeAddress(elf, addr);
+      const s = probeSiteArm64(decoder, elf.code(addr, 64), addr);
+      sites.set(s.addr, s);
+      return s.addr;
+    };
     // The internal function both wrappers call first, and which of its arguments the int
     // wrapper (`a`) points at its local count.
-    const target = (a: string, b: string): { off: number; countArg?: 4 | 5 } | string => {
+    const target = (a: string, b: string): { off: number; at: number; countArg?: 4 | 5 } | string => {
       const sa = syms.get(a);
       const sb = syms.get(b);
       if (!sa || !sb) return `${!sa ? a : b} is not in the symbol table`;
-      const ca = firstCall(elf, sa.addr, sa.size);
-      const cb = firstCall(elf, sb.addr, sb.size);
+      const ca = call(sa.addr, sa.size);
+      const cb = call(sb.addr, sb.size);
       if (!ca || !cb || ca.target !== cb.target) return `${a} and ${b} do not call one common function`;
       if (elf.inPlt(ca.target)) return `${a} calls a PLT stub first`;
-      const off = elf.execOffset(probeAddress(elf, ca.target));
-      return off === undefined ? `the target of ${a} is outside executable code` : { off, countArg: ca.stackArg };
+      const at = site(ca.target);
+      const off = elf.execOffset(at);
+      return off === undefined ? `the target of ${a} is outside executable code` : { off, at, countArg: ca.stackArg };
     };
     // From 3.3, SSL_write_ex is a jump to SSL_write_ex2, which holds the call.
     let write = target('SSL_write', 'SSL_write_ex');
@@ -150,11 +168,18 @@ export function planOpenSsl(path: string, exported: string[] = []): ProbePlan {
     if (write.off === read.off) return { kind: 'exported', reason: 'the internal functions are inlined in this build (SSL_write and SSL_read first call one shared helper)', offsets };
     if (write.countArg === undefined) return { kind: 'exported', reason: 'SSL_write passes its count pointer to the internal function in no argument known here', offsets };
     if (read.countArg !== 4) return { kind: 'exported', reason: `SSL_read passes its count pointer in argument ${read.countArg ?? 'unknown'}, not the 4th`, offsets };
-    return { kind: 'internal', write: write.off, read: read.off, writeCountArg: write.countArg, offsets };
+    const placed = (name: string, at: number): string => {
+      const s = sites.get(at)!;
+      return `${name}+${s.delta} ${s.insn} (${s.simulated ? `simulated ${s.simulated}` : 'stepped'})`;
+    };
+    const placement = decoder ? { placement: `${placed('ssl_write_internal', write.at)}, ${placed('ssl_read_internal', read.at)}` } : {};
+    return { kind: 'internal', write: write.off, read: read.off, writeCountArg: write.countArg, ...placement, offsets };
   } catch (e) {
-    if (e instanceof ElfError) return { kind: 'exported', reason: e.message, offsets };
+    if (e instanceof Arm64DecoderError) Arm64Decoder.discard();
+    if (e instanceof ElfError || e instanceof Arm64DecoderError) return { kind: 'exported', reason: e.message, offsets };
     throw e;
   } finally {
+    arm64?.done();
     elf.close();
   }
 }
