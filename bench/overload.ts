@@ -206,7 +206,7 @@ function textCounters(stderr: string): Record<string, number> {
   put('bytes_captured', n(/(\d+) captured/));
   put('bytes_shed', n(/(\d+) shed under load/));
   put('bytes_lost', n(/(\d+) lost/));
-  put('output_shed', n(/(\d+) more shed because the output fell behind/));
+  put('output_shed', n(/(\d+) more shed because the renderer or its output fell behind/));
   return out;
 }
 
