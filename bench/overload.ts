@@ -206,7 +206,7 @@ function textCounters(stderr: string): Record<string, number> {
   put('bytes_captured', n(/(\d+) captured/));
   put('bytes_shed', n(/(\d+) shed under load/));
   put('bytes_lost', n(/(\d+) lost/));
-  put('output_shed', n(/(\d+) more shed because the output fell behind/));
+  put('output_shed', n(/(\d+) more shed because the renderer or its output fell behind/));
   return out;
 }
 
@@ -279,20 +279,22 @@ async function main(): Promise<void> {
     .option('--before <cli.js>', "another build's dist/helper/cli.js: the variant 'before'")
     .option('--shed-fill <f>', 'the shed variant: --shed-fill (default: the helper default)')
     .option('--keep', 'keep the output files (they hold test traffic only)')
+    .option('--args <args>', 'more arguments for the helper of every variant (space-separated, e.g. "--ring-size 16777216")')
     .option('--wrap <command>', 'run the helper under this command (space-separated, e.g. "env MALLOC_ARENA_MAX=1" or "heaptrack -o FILE")')
     .option('-o, --out <file>', 'also write the rows as JSON here')
     .parse()
-    .opts<{ duration: number; workloads: string; modes: string; variants: string; before?: string; shedFill?: string; keep?: boolean; wrap?: string; out?: string }>();
+    .opts<{ duration: number; workloads: string; modes: string; variants: string; before?: string; shedFill?: string; keep?: boolean; args?: string; wrap?: string; out?: string }>();
   const cli = path.join(PACKAGE_ROOT, 'dist', 'helper', 'cli.js');
   const all: Record<string, Variant> = {
     before: { name: 'before', cli: opts.before ? path.resolve(opts.before) : '', args: [] },
     noshed: { name: 'noshed', cli, args: ['--shed-fill', '1'] },
     shed: { name: 'shed', cli, args: opts.shedFill ? ['--shed-fill', opts.shedFill] : [] },
   };
+  const extra = (opts.args ?? '').split(' ').filter(Boolean);
   const variants = opts.variants.split(',').map((n) => {
     const v = all[n];
     if (!v || !v.cli) throw new Error(`unknown variant ${n} (before needs --before DIST/helper/cli.js)`);
-    return v;
+    return { ...v, args: [...v.args, ...extra] };
   });
   const dir = tmpDir('https-capture-overload-bench-');
   const nginx = await startBenchNginx(dir);

@@ -47,6 +47,30 @@ static __always_inline int call_enter(void *ssl, const void *buf, void *outlen, 
 	return 0;
 }
 
+// Whether a call's bytes start like an HTTP/1 message: "HTTP/" or a method (3 to 7 capitals)
+// and a space. A server that answers before it has read the whole request body (nginx
+// discarding a POST body) reads the next request after its answer with nothing moving the other
+// way in between: while shedding, such a call keeps its head too, or its exchange is lost.
+static __always_inline bool starts_http1(__u64 buf)
+{
+	char b[8];
+	int i, n = 0;
+
+	if (bpf_probe_read_user(b, sizeof(b), (const void *)buf))
+		return false;
+	if (b[0] == 'H' && b[1] == 'T' && b[2] == 'T' && b[3] == 'P' && b[4] == '/')
+		return true;
+#pragma unroll
+	for (i = 0; i < 8; i++) {
+		if (b[i] == ' ')
+			return n >= 3;
+		if (b[i] < 'A' || b[i] > 'Z')
+			return false;
+		n++;
+	}
+	return false;
+}
+
 // Emits the records of a call; returns the call's connection (NULL if it has none).
 static __always_inline struct conn_state *emit_call(__u64 id, struct call_args *a, __u64 len, __u32 dir)
 {
@@ -99,16 +123,20 @@ static __always_inline struct conn_state *emit_call(__u64 id, struct call_args *
 	c.buf = a->buf;
 	want = len < cap ? len : cap;
 	// Shed bodies, not exchanges: once the ring is filling (the reader is behind), take only
-	// the head of a call that starts a message (HTTP's request line, status and headers) and
-	// none of a call that continues one (only its marked record), and count the rest, so that
+	// the head of a call that starts a message (HTTP's request line, status and headers: the
+	// first since the other direction moved, or one that starts like HTTP/1) and none of a
+	// call that continues one (only its marked record), and count the rest, so that
 	// what is left of the ring holds the heads of every exchange rather than the whole of a
 	// few. Records are dropped (counted as lost) only when even heads find no room.
-	if (cfg && cfg->shed_above && want > cfg->shed_head &&
-	    bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) > cfg->shed_above) {
-		head = turned ? cfg->shed_head : 0;
-		shed = want - head;
-		want = head;
-		c.tmpl.h.flags = CAP_F_TRUNCATED | CAP_F_SHED;
+	// A call that continues a message is shed however short it is: nginx reads a POST body in
+	// calls of 4 KiB at most, which a test of the call's size against the head let through whole.
+	if (cfg && cfg->shed_above && want && bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) > cfg->shed_above) {
+		head = turned || starts_http1(a->buf) ? cfg->shed_head : 0;
+		if (want > head) {
+			shed = want - head;
+			want = head;
+			c.tmpl.h.flags = CAP_F_TRUNCATED | CAP_F_SHED;
+		}
 	}
 	c.ncap = rate_take(tgid, want, cfg ? cfg->rate_cap : 0);
 	if (c.ncap < want) {

@@ -20,11 +20,40 @@ export function openOutput(file: string | undefined): Sink & { close(): Promise<
   // Private even if it existed before with other permissions.
   fs.fchmodSync(fd, 0o600);
   const stream = fs.createWriteStream('', { fd });
+  // The renderers write many short strings: joined here and written once per turn of the event
+  // loop (or every 256 KiB), each write costs the stream a Buffer and a callback otherwise.
+  let parts: string[] = [];
+  let held = 0;
+  let scheduled = false;
+  const flush = (): void => {
+    scheduled = false;
+    if (!parts.length) return;
+    const joined = parts.join('');
+    parts = [];
+    held = 0;
+    stream.write(joined);
+  };
   return {
-    write: (s) => void stream.write(s),
-    close: () => new Promise((resolve) => stream.end(resolve)),
+    write: (s) => {
+      if (typeof s !== 'string') {
+        flush();
+        stream.write(s);
+        return;
+      }
+      parts.push(s);
+      held += s.length;
+      if (held >= 256 << 10) flush();
+      else if (!scheduled) {
+        scheduled = true;
+        setImmediate(flush);
+      }
+    },
+    close: () => {
+      flush();
+      return new Promise((resolve) => stream.end(resolve));
+    },
     // Bytes written but not yet on disk: the standalone command sheds above a bound (formats/shed.ts).
-    pending: () => stream.writableLength,
+    pending: () => stream.writableLength + held,
   };
 }
 

@@ -61,13 +61,20 @@ class StatusLine {
  */
 export const OUTPUT_SHED_HIGH = 8 << 20;
 export const OUTPUT_SHED_LOW = 2 << 20;
+/**
+ * Segments that reach the renderer this late (ms after their call) mean it is behind the ring
+ * buffer: it sheds (and has the kernel shed) until they arrive within RENDER_LAG_LOW_MS again.
+ * A record waits DRAIN_MS (4 ms) at most when the reader keeps up.
+ */
+export const RENDER_LAG_HIGH_MS = 100;
+export const RENDER_LAG_LOW_MS = 25;
 
 export function summary(k: KernelCounters, outputShed = 0): string {
   const lost = k.bytesLost + k.bytesFaulted;
   return (
     `${k.calls} calls, ${k.bytesMoved} bytes moved, ${k.bytesCaptured} captured, ` +
     `${k.bytesTruncated} past the per-call cap, ${k.bytesShed} shed under load (bodies cut to their heads)` +
-    (outputShed ? `, ${outputShed} more shed because the output fell behind` : '') +
+    (outputShed ? `, ${outputShed} more shed because the renderer or its output fell behind` : '') +
     `, ${lost} lost (${k.recordsLost} records: ring buffer full; ${k.readFaults}: memory unreadable)` +
     (k.callsMissed ? `, ${k.callsMissed} calls missed (bytes unknown: docs/protocol.md, calls_missed)` : '')
   );
@@ -88,7 +95,19 @@ export async function runStandalone(o: StandaloneOptions): Promise<number> {
   // keeps nothing; otherwise the writer only answers for its (zero) counters.
   const stream: Writable = recording ?? nowhere();
   // A renderer or an output that falls behind sheds bodies the way the kernel does.
-  const shed = new BehindShed({ pending: () => out.pending(), high: OUTPUT_SHED_HIGH, low: OUTPUT_SHED_LOW, head: o.shedHead ?? DEFAULT_SHED_HEAD });
+  // While it sheds, the kernel sheds too, whatever the ring's fill (Session.shedNow): parsing
+  // and rendering cost more per byte than the kernel's copy, so a renderer that is behind must
+  // get less before the ring fills with heads it will never reach (issue #15).
+  let shedInKernel = (_on: boolean): void => {};
+  const shed = new BehindShed({
+    pending: () => out.pending(),
+    high: OUTPUT_SHED_HIGH,
+    low: OUTPUT_SHED_LOW,
+    head: o.shedHead ?? DEFAULT_SHED_HEAD,
+    lagHighMs: o.shedFill !== undefined && o.shedFill >= 1 ? 0 : RENDER_LAG_HIGH_MS,
+    lagLowMs: RENDER_LAG_LOW_MS,
+    onChange: (on) => shedInKernel(on),
+  });
   const writer = new FrameWriter(stream, { maxQueueBytes: o.maxQueueBytes ?? DEFAULT_MAX_QUEUE_BYTES, validate: o.validate });
   let ready: unknown;
   const session = new Session(
@@ -119,6 +138,7 @@ export async function runStandalone(o: StandaloneOptions): Promise<number> {
       ...(recording ? { recording } : {}),
     },
   );
+  shedInKernel = (on) => session.shedNow(on);
   const end = async (reason: ByeReason): Promise<KernelCounters | undefined> => {
     if (o.readyFile) fs.rmSync(o.readyFile, { force: true }); // not ready any more, first
     const k = await session.stop(reason);

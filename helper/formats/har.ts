@@ -122,8 +122,9 @@ function postData(body: Buffer, mimeType: string, limit: number): { mimeType: st
   return { mimeType, text: t.data, ...(notes.length ? { comment: notes.join('; ') } : {}) };
 }
 
-/** Entries held for sorting at most (their JSON); past it the oldest are written out. */
-export const HAR_HOLD_BYTES = 32 << 20;
+/** Entries held for sorting at most (their JSON); past it the oldest are written out. 32 MiB held
+ * (and the strings JSON.stringify made on the way) took the HAR capture 60–90 MiB above text. */
+export const HAR_HOLD_BYTES = 8 << 20;
 
 /**
  * Entries are held, as JSON, so that the archive lists them in the order their requests

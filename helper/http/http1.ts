@@ -45,6 +45,17 @@ const ZEROS = Buffer.alloc(64 * 1024);
 /** Most missing bytes stepped over inside a body (the largest per-call cap). */
 const MAX_STEP = 64 * 1024 * 1024;
 
+/** `m.raw`: the pieces joined on first read, then kept (an own, enumerable property as before). */
+function lazyRaw(m: Message, parts: Buffer[]): void {
+  let raw: Buffer | undefined;
+  Object.defineProperty(m, 'raw', {
+    enumerable: true,
+    configurable: true,
+    get: () => (raw ??= parts.length === 1 ? parts[0]! : Buffer.concat(parts)),
+    set: (v: Buffer) => void (raw = v),
+  });
+}
+
 /** One direction's messages. */
 class Reader {
   private parser!: Parser;
@@ -78,7 +89,9 @@ class Reader {
     p[HTTPParser.kOnBody] = (chunk, offset, length) => {
       if (!this.cur) return;
       if (this.filling) this.cur.bodyMissing += length;
-      else this.cur.body.push(Buffer.from(chunk.subarray(offset, offset + length)));
+      // A view, not a copy: the bytes given to push() are the caller's to keep (a record's own
+      // copy, a frame read from a file), and complete() joins the pieces once.
+      else this.cur.body.push(chunk.subarray(offset, offset + length));
     };
     p[HTTPParser.kOnHeaders] = (trailers) => {
       if (this.cur) for (let i = 0; i + 1 < trailers.length; i += 2) this.cur.trailers.push([trailers[i]!, trailers[i + 1]!]);
@@ -133,7 +146,9 @@ class Reader {
     if (!c || !c.info || this.sync === 'switched') return;
     this.cur = undefined;
     const filler = this.filling;
-    const raw = Buffer.concat(filler ? c.raw : [...c.raw, this.chunk.subarray(this.chunkStart, endInChunk)]);
+    // The message's bytes are joined only when asked for (the host's raw, replay's check):
+    // the renderers never read them, and joining copied every body a second time.
+    const rawParts = filler ? c.raw : [...c.raw, this.chunk.subarray(this.chunkStart, endInChunk)];
     this.chunkStart = endInChunk;
     const i = c.info;
     const minor = Number(i.versionMinor);
@@ -146,11 +161,10 @@ class Reader {
       lastNs: this.ts,
       headers: c.headers,
       trailers: c.trailers,
-      body: Buffer.concat(c.body),
+      body: c.body.length === 1 ? c.body[0]! : Buffer.concat(c.body),
       bodyMissing: c.bodyMissing,
       headBytes: (c.headEnd ?? endSeq) - c.startSeq,
       complete: framed && c.bodyMissing === 0,
-      raw,
       notes: c.notes,
       version: protocol,
     };
@@ -161,6 +175,7 @@ class Reader {
     } else {
       m = { ...base, status: Number(i.statusCode), statusText: String(i.statusMessage ?? ''), interim: [] };
     }
+    lazyRaw(m, rawParts);
     if (endInChunk < this.chunk.length && this.switchAt === undefined) this.cur = this.begin(this.chunkSeq + endInChunk, this.ts);
     this.conn.message(this, m, protocol);
   }
@@ -223,7 +238,7 @@ class Reader {
       this.chunk = Buffer.alloc(0);
       return;
     }
-    if (this.cur && this.chunkStart < data.length) this.cur.raw.push(Buffer.from(data.subarray(this.chunkStart)));
+    if (this.cur && this.chunkStart < data.length) this.cur.raw.push(data.subarray(this.chunkStart));
     this.chunk = Buffer.alloc(0);
     this.chunkStart = 0;
   }
@@ -344,6 +359,11 @@ class Reader {
     }
   }
 
+  /** A request (or response) whose head is parsed is in progress: its body is being read. */
+  headed(): boolean {
+    return this.sync === 'message' && this.cur?.info !== undefined;
+  }
+
   switchNow(): void {
     this.sync = 'switched';
     this.cur = undefined;
@@ -361,6 +381,8 @@ export class Http1Connection implements ConnParser {
   /** Requests waiting for their responses; each says its version (the exchange's protocol). */
   private readonly waiting: HttpRequestMessage[] = [];
   private interim: HttpResponseMessage[] = [];
+  /** A response that came while its request's body was still being read (an early answer). */
+  private early?: HttpResponseMessage;
   private switched?: string;
   /** A request was lost: responses are paired again only with requests seen after it. */
   private requestLost = false;
@@ -395,6 +417,12 @@ export class Http1Connection implements ConnParser {
 
   end(why: string, ts: bigint): void {
     this.requests.end(why, ts);
+    if (this.early) {
+      // Its request never ended, nor was it handed out cut: the answer stands alone.
+      const early = this.early;
+      this.early = undefined;
+      this.answer(this.waiting.shift(), early);
+    }
     this.responses.end(why, ts);
     for (const r of this.waiting.splice(0)) {
       this.sink.exchange({ protocol: r.version ?? 'HTTP/1.1', request: r, notes: [`no response seen before the connection ended (${why})`] });
@@ -455,6 +483,11 @@ export class Http1Connection implements ConnParser {
         return;
       }
       this.waiting.push(req);
+      const early = this.early;
+      if (early) {
+        this.early = undefined;
+        this.answer(this.waiting.shift(), early);
+      }
       return;
     }
     const res = m as HttpResponseMessage;
@@ -463,8 +496,17 @@ export class Http1Connection implements ConnParser {
       return;
     }
     res.interim = this.interim.splice(0).map((x) => ({ status: x.status, headers: x.headers, tsNs: x.firstNs }));
-    // Requests seen before a loss are still answered in order; later ones are never queued.
-    const req = this.waiting.shift();
+    // A server may answer before it has read the whole request body (nginx's `return`, a 413
+    // or 401 before an upload): the response answers the request in progress, paired once
+    // that request ends. Pairing it with the next request instead paired every later one wrong.
+    if (this.waiting.length === 0 && !this.unpairable && this.requests.headed()) {
+      this.early = res;
+      return;
+    }
+    this.answer(this.waiting.shift(), res);
+  }
+
+  private answer(req: HttpRequestMessage | undefined, res: HttpResponseMessage): void {
     const notes: string[] = [];
     if (!req) notes.push('a response to a request that was not seen');
     let switchedTo: string | undefined;
@@ -478,6 +520,6 @@ export class Http1Connection implements ConnParser {
     } else if (upgrade !== undefined || req?.method === 'CONNECT') {
       this.requests.release(false);
     }
-    this.sink.exchange({ protocol: req?.version ?? protocol, ...(req ? { request: req } : {}), response: res, notes, ...(switchedTo ? { switchedTo } : {}) });
+    this.sink.exchange({ protocol: req?.version ?? res.version ?? 'HTTP/1.1', ...(req ? { request: req } : {}), response: res, notes, ...(switchedTo ? { switchedTo } : {}) });
   }
 }

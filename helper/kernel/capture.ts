@@ -9,7 +9,7 @@ import { exportedOffsets, planOpenSsl, ProbePlan } from '../discovery/openssl';
 import { buildKey } from '../discovery/elf';
 import { TracingProgram, UprobeProgram } from './programs';
 import { cap_config_flags, cap_counter, cap_filter } from '../records/layout';
-import { CALL_CAP_MAX, CaptureRecord, CHUNK_MAX, COMM_LEN, decodeBatch, DEFAULT_CALL_CAP, DEFAULT_RING_BYTES, DEFAULT_SHED_FILL, DEFAULT_SHED_HEAD, encodeConfig, RATE_CAP_MAX } from '../records/records';
+import { CALL_CAP_MAX, CaptureRecord, CHUNK_MAX, COMM_LEN, decodeBatch, DEFAULT_CALL_CAP, joinShedRecords, DEFAULT_RING_BYTES, DEFAULT_SHED_FILL, DEFAULT_SHED_HEAD, encodeConfig, RATE_CAP_MAX } from '../records/records';
 
 export { DEFAULT_CALL_CAP, DEFAULT_RING_BYTES, DEFAULT_SHED_FILL, DEFAULT_SHED_HEAD, RATE_CAP_MAX };
 /** The ring thread is woken once this many bytes wait (bpf targ_wakeup_bytes)... */
@@ -242,6 +242,9 @@ export class Capture {
   /** Load shedding's settings (cap_config.shed_head, shed_above), fixed for the capture's life. */
   private readonly shedHead: number;
   private readonly shedAbove: number;
+  /** shedNow(true): shed whatever the ring's fill, until shedNow(false); the settings last written. */
+  private shedAlways = false;
+  private settings?: [filter: number, cap: number, flags: number, rate: number];
 
   constructor(opts: CaptureOptions = {}) {
     this.floor = opts.floor === true;
@@ -315,11 +318,31 @@ export class Capture {
       for (const k of keys) this.bpf.update(map, k, Buffer.from([1]));
       if (keys.length) filter |= bit;
     }
-    this.bpf.update('settings', Buffer.alloc(4), encodeConfig(filter, cap, opts.execEvents ? cap_config_flags.CAP_CFG_EXEC_EVENTS : 0, rate, this.shedHead, this.shedAbove));
+    this.settings = [filter, cap, opts.execEvents ? cap_config_flags.CAP_CFG_EXEC_EVENTS : 0, rate];
+    this.writeSettings();
     for (const [map, keys] of wanted) {
       const keep = new Set(keys.map((k) => k.toString('hex')));
       for (const k of this.bpf.keys(map)) if (!keep.has(k.toString('hex'))) this.bpf.delete(map, k);
     }
+  }
+
+  /**
+   * Load shedding at run time: `true` sheds bodies whatever the ring's fill (a reader that
+   * knows it is behind, before the ring fills: commands/standalone.ts), `false` goes back to
+   * shedding above the configured fill. No effect when shedding is off (shedFill 1).
+   */
+  shedNow(always: boolean): void {
+    if (always === this.shedAlways || this.stopped) return; // (stopping: the probes are gone)
+    this.shedAlways = always;
+    this.writeSettings();
+  }
+
+  private writeSettings(): void {
+    if (!this.settings) return;
+    const [filter, cap, flags, rate] = this.settings;
+    // shed_above 1: shed as soon as anything waits in the ring (the reader says it is behind).
+    const above = this.shedAlways && this.shedAbove ? 1 : this.shedAbove;
+    this.bpf.update('settings', Buffer.alloc(4), encodeConfig(filter, cap, flags, rate, this.shedHead, above));
   }
 
   /**
@@ -589,8 +612,8 @@ export class Capture {
     this.bpf.startRing(
       'events',
       (batch) => {
-        const records = decodeBatch(batch);
-        for (const r of records) if (r.kind === 'data') r.data = Buffer.from(r.data);
+        const records = joinShedRecords(decodeBatch(batch));
+        for (const r of records) if (r.kind === 'data' && r.data.length) r.data = Buffer.from(r.data);
         onRecords(records);
       },
       { reuse: 4, drainMs: DRAIN_MS, ...opts },

@@ -386,3 +386,34 @@ export function encodeData(r: Omit<DataRecord, 'kind' | 'rateLimited' | 'shed'> 
   r.data.copy(b, O.cap_data);
   return b;
 }
+
+/**
+ * Joins the records of shed calls that carry no bytes (a call that continued a message while
+ * the ring was filling: bpf/calls.h) into one when they follow each other on a connection and
+ * direction with no other record of the connection between: one record of no data for all
+ * their bytes, as if one call had moved them, so a body read in 17 calls costs the renderers
+ * one gap, not 17. Offsets, order within the connection and the counts stay as they were.
+ */
+export function joinShedRecords(records: CaptureRecord[]): CaptureRecord[] {
+  const out: CaptureRecord[] = [];
+  // Per connection: the index in `out` of its last record.
+  const last = new Map<bigint, number>();
+  for (const r of records) {
+    if (r.kind === 'data') {
+      const i = last.get(r.connId);
+      const p = i === undefined ? undefined : out[i];
+      if (r.shed && r.data.length === 0 && r.chunkOff === 0 && p?.kind === 'data' && p.shed && p.data.length === 0 && p.chunkOff === 0 && p.dir === r.dir && p.seq + p.callLen === r.seq) {
+        p.callLen += r.callLen;
+        p.tsNs = r.tsNs;
+        continue;
+      }
+      last.set(r.connId, out.length);
+    } else if (r.kind === 'open' || r.kind === 'close') {
+      last.set(r.connId, out.length);
+    } else {
+      last.clear(); // an exit ends connections: nothing joins across it
+    }
+    out.push(r);
+  }
+  return out;
+}

@@ -223,6 +223,11 @@ export class Session {
     return this.kernel().counters();
   }
 
+  /** Sheds bodies in the kernel whatever the ring's fill (true) or only above --shed-fill (false): Capture.shedNow. */
+  shedNow(always: boolean): void {
+    this.capture?.shedNow(always);
+  }
+
   /**
    * Starts discovery: probes on every TLS file found now, and on those that appear later. With
    * no file probed (and not targeted, where targets may come later) throws a UserError saying

@@ -210,4 +210,26 @@ describe('HTTP/1 exchanges (no root)', () => {
     assert.strictEqual(ex[0]!.response!.body.toString(), '12345');
     assert.match(ex[0]!.response!.notes.join(), /connection ended \(process_exit\)/);
   });
+
+  it('a server that answers before it has read the request body (nginx return, 413): each answer pairs with its own request', () => {
+    const body = 'x'.repeat(30000);
+    const steps: Step[] = [];
+    for (let i = 0; i < 3; i++) {
+      steps.push({ dir: 1, data: `POST /u/${i} HTTP/1.1\r\nHost: h\r\nContent-Length: ${body.length}\r\n\r\n${body.slice(0, 1000)}` });
+      steps.push({ dir: 0, data: OK(`ok${i}`) });
+      steps.push({ dir: 1, data: body.slice(1000) });
+    }
+    // and one whose body never ends before the close: the answer still has its request
+    steps.push({ dir: 1, data: `POST /u/3 HTTP/1.1\r\nHost: h\r\nContent-Length: ${body.length}\r\n\r\nxx` });
+    steps.push({ dir: 0, data: 'HTTP/1.1 413 Request Entity Too Large\r\nContent-Length: 0\r\n\r\n' });
+    const ex = exchanges(run(steps, { role: 'server' }));
+    assert.deepStrictEqual(ex.map((x) => [x.request?.target, x.response?.status, x.response?.body.toString()]), [
+      ['/u/0', 200, 'ok0'],
+      ['/u/1', 200, 'ok1'],
+      ['/u/2', 200, 'ok2'],
+      ['/u/3', 413, ''],
+    ]);
+    assert.ok(ex.slice(0, 3).every((x) => x.request!.complete && x.request!.body.length === body.length));
+  });
 });
+
