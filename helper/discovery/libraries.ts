@@ -318,7 +318,7 @@ export function unknownTlsIn(path: string): string | undefined {
     const tls12 = TLS12_LABELS.every((l) => found.has(l));
     if (!tls13 && !tls12) return undefined;
     const labels = (tls13 ? TLS13_LABELS : TLS12_LABELS).map((l) => `"${l}"`).join(', ');
-    return `TLS code the helper does not know (its data has the TLS ${tls13 ? '1.3' : '1.2'} key-schedule labels ${labels}, and it has no OpenSSL, GnuTLS, Go crypto/tls or rustls symbols: a static or stripped build, or rustls inlined by LTO): its TLS traffic is not captured`;
+    return `TLS code the helper does not know (its data has the TLS ${tls13 ? '1.3' : '1.2'} key-schedule labels ${labels}, and it has no OpenSSL, GnuTLS, Go crypto/tls or rustls symbols: a static or stripped build): its TLS traffic is not captured`;
   } catch {
     return undefined; // not ELF, gone, or unreadable: nothing to say
   } finally {

@@ -125,12 +125,15 @@ export function rustlsIn(path: string): boolean | undefined {
 export function planRustls(path: string): RustlsPlan {
   const elf = ElfFile.open(path);
   try {
-    if (elf.machine !== EM_X86_64) throw new RustlsPlanError(`${path}: rustls is probed on x86-64 only (this file is for machine ${elf.machine})`);
+    if (elf.machine !== EM_X86_64) throw new RustlsPlanError(`rustls is probed on x86-64 only (this file is for machine ${elf.machine})`);
     const plan: Partial<RustlsPlan> = {};
-    for (const [key, method] of Object.entries(METHODS) as [keyof RustlsPlan, string][]) {
-      const syms = elf.functionsMatching(commonStateMethod(method));
+    const methods = Object.entries(METHODS).map(([key, method]) => [key as keyof RustlsPlan, method, commonStateMethod(method)] as const);
+    // One pass over the symbol tables (tens of thousands of names in a Rust executable).
+    const all = elf.functionsMatching((n) => n.includes('CommonState') && methods.some(([, , m]) => m(n)));
+    for (const [key, method, match] of methods) {
+      const syms = all.filter((s) => match(s.name));
       if (syms.length === 0) {
-        throw new RustlsPlanError(`${path}: no rustls::conn::CommonState::${method} function (a stripped build, or one whose optimiser inlined it, as lto = true may): rustls is not captured in it`);
+        throw new RustlsPlanError(`no rustls::conn::CommonState::${method} function (a stripped build, or one whose optimiser inlined it, as lto = true may): rustls is not captured in it`);
       }
       plan[key] = syms.map((s) => probeSite(elf, s));
     }
