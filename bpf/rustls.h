@@ -59,6 +59,31 @@ static __always_inline __u8 rustls_role(int fd, __u64 wrote)
 	return got ? CAP_ROLE_SERVER : CAP_ROLE_CLIENT;
 }
 
+// A connection moves in memory when the program moves the value that holds it (async wrappers
+// hand the stream back by value after the handshake, tokio-rustls at each poll of it): its
+// CommonState, the handle here, is then at a new address. A socket carries one TLS connection,
+// so when a new handle's write_tls goes to a socket another handle holds, that one is the
+// same connection, left behind: the new one takes over its role, and the old one ends (with
+// reason `reused` if it had moved data, silently if it had only done the handshake).
+static __always_inline bool rustls_moved(__u32 tgid, __u64 ssl, struct conn_state *s, int fd)
+{
+	struct fd_key fk = { .tgid = tgid, .fd = fd };
+	struct conn_state *old;
+	__u64 *was, k;
+
+	was = bpf_map_lookup_elem(&fd_conns, &fk);
+	if (!was || *was == ssl)
+		return false;
+	k = *was;
+	old = bpf_map_lookup_elem(&conns, &(struct conn_key){ .tgid = tgid, .ssl = k });
+	if (!old || old->sock.fd != fd)
+		return false;
+	if (s->sock.role == CAP_ROLE_UNKNOWN)
+		s->sock.role = old->sock.role;
+	conn_forget(tgid, k, old, CAP_CLOSE_REUSED);
+	return true;
+}
+
 // write_tls(ret, self, wr): the socket I/O inside names the connection's fd (the handshake
 // slot, as for SSL_do_handshake); `ret` is the io::Result<usize> it fills.
 static __always_inline int rustls_tls_enter(void *ret, void *common)
@@ -93,14 +118,16 @@ static __always_inline int rustls_tls_exit(void)
 	s = conn_get(id >> 32, ssl);
 	if (!s)
 		return 0;
-	if (s->sock.fd < 0 && s->sock.role == CAP_ROLE_UNKNOWN && !s->off[0] && !s->off[1]) {
+	if (s->sock.fd < 0 && rustls_moved(id >> 32, ssl, s, fd))
+		; // its socket and role came along
+	else if (s->sock.fd < 0 && s->sock.role == CAP_ROLE_UNKNOWN && !s->off[0] && !s->off[1]) {
 		// Ok(n): tag 0, then n (rustc's layout of io::Result<usize>, checked by the test).
 		if (!bpf_probe_read_user(res, sizeof(res), (const void *)t->handshake.outlen) && res[0] == 0)
 			s->sock.role = rustls_role(fd, res[1]);
 	}
+	// The connection opens at its first data (emit_call), not here: a handshake's CommonState
+	// may be left behind by a move (above) and should leave no empty connection behind.
 	conn_set_fd(id >> 32, ssl, s, fd);
-	if (s->sock.fd >= 0)
-		conn_open(id >> 32, ssl, s, settings_now());
 	return 0;
 }
 
