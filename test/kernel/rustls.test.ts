@@ -113,6 +113,26 @@ describe('rustls (Debian librust-rustls-dev 0.20, kernel)', function () {
     assert.strictEqual(k.bytesLost + k.bytesFaulted + k.callsMissed, 0, 'nothing lost');
   });
 
+  it('a connection moved in memory after its handshake (as async wrappers do) stays one connection, with its role and socket', async () => {
+    const port = await freePort();
+    const server = await startServer(EXE, ['server', String(port), der.cert, der.key, path.join(dir, 'body.bin')], port, dir);
+    rec = new Recorder({ comms: ['rustls_tls'], discovery: { pollMs: 0 } });
+    const r = rec;
+    const request = Buffer.from('POST /moved HTTP/1.0\r\nContent-Length: 5\r\n\r\nhello');
+    const client = await run(EXE, ['client', String(port), der.cert, 'moved'], { input: request, cwd: dir });
+    assert.strictEqual(client.code, 0, client.stderr.toString());
+    await r.settle({ pid: client.pid }, { pid: server.pid });
+    assert.ok(r.stream(client.pid, 'egress').equals(request), 'the request');
+    assert.ok(r.stream(client.pid, 'ingress').equals(client.stdout), 'the response');
+    // The handshake's CommonState (on the stack) and the one that moved data (in the heap) are
+    // two handles of one connection: one connection reported, opened and closed once.
+    const handles = new Set(r.of(client.pid).map((d) => d.ssl));
+    assert.strictEqual(handles.size, 1);
+    const conns = r.conns.filter((c) => c.pid === client.pid);
+    assert.deepStrictEqual(conns.map((c) => `${c.kind} ${c.sock.role} ${c.sock.fd >= 0}`), ['open client true', 'close client true'], JSON.stringify(conns.map((c) => [c.kind, String(c.connId), c.sock.role, c.reason])));
+    assert.ok(r.of(client.pid).every((d) => d.sock.role === 'client' && d.sock.remotePort === port), 'every record with role and socket');
+  });
+
   it('client <-> nginx (OpenSSL): the exchange identical at both ends, on the port nginx logged', async () => {
     const file = pattern(50_000, 33);
     const nginx = await startNginx({ dir: path.join(dir, 'nginx'), cert, files: { 'f.bin': file } });

@@ -6,7 +6,8 @@
 //!   rustls_tls client PORT CERT.der  connects to 127.0.0.1:PORT, trusts exactly CERT.der (the
 //!                                  test's self-signed certificate), sends its standard input
 //!                                  with one write_all, copies what it reads until the close
-//!                                  to standard output
+//!                                  to standard output; with `moved`, the handshake is done
+//!                                  first and the connection then moved to the heap
 //! The I/O goes through rustls::Stream (Writer::write, complete_io, Reader::read), as in the
 //! rustls examples. Exit code 0 only if every step worked.
 use std::convert::TryFrom;
@@ -103,7 +104,7 @@ fn read_request<R: Read>(tls: &mut R) -> Option<Vec<u8>> {
     }
 }
 
-fn client(port: &str, cert: &str) {
+fn client(port: &str, cert: &str, moved: bool) {
     let config = ClientConfig::builder()
         .with_safe_defaults()
         .with_custom_certificate_verifier(Arc::new(Pinned(read_file(cert))))
@@ -113,7 +114,19 @@ fn client(port: &str, cert: &str) {
     let mut sock = TcpStream::connect(format!("127.0.0.1:{}", port)).unwrap_or_else(|e| die(&format!("connect: {}", e)));
     let name = ServerName::try_from("localhost").unwrap();
     let mut conn = ClientConnection::new(Arc::new(config), name).unwrap_or_else(|e| die(&format!("connection: {}", e)));
-    let mut tls = Stream::new(&mut conn, &mut sock);
+    let mut boxed;
+    let conn = if moved {
+        // As async wrappers do (tokio-rustls hands the stream back by value after the
+        // handshake): the handshake here, then the connection moves to the heap.
+        while conn.is_handshaking() {
+            conn.complete_io(&mut sock).unwrap_or_else(|e| die(&format!("handshake: {}", e)));
+        }
+        boxed = Box::new(conn);
+        &mut *boxed
+    } else {
+        &mut conn
+    };
+    let mut tls = Stream::new(conn, &mut sock);
     tls.write_all(&input).unwrap_or_else(|e| die(&format!("write: {}", e)));
     let mut out = Vec::new();
     let mut buf = [0u8; 16384];
@@ -133,7 +146,8 @@ fn main() {
     let args: Vec<String> = env::args().collect();
     match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
         [_, "server", port, cert, key, file] => server(port, cert, key, file),
-        [_, "client", port, cert] => client(port, cert),
-        _ => die("usage: rustls_tls server PORT CERT.der KEY.der FILE | rustls_tls client PORT CERT.der"),
+        [_, "client", port, cert] => client(port, cert, false),
+        [_, "client", port, cert, "moved"] => client(port, cert, true),
+        _ => die("usage: rustls_tls server PORT CERT.der KEY.der FILE | rustls_tls client PORT CERT.der [moved]"),
     }
 }
