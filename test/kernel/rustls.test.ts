@@ -3,8 +3,10 @@
 // /usr/share/cargo/registry into test/lib/rustls_tls/target (git-ignored; cargo's cache makes
 // later builds quick). The running server's executable is found by the /proc scan, labelled
 // rustls and probed (helper/discovery/rustls.ts, bpf/rustls.h); client and server are captured
-// byte-identical on both ends with roles and mirrored 4-tuples; the client against nginx too,
-// whose access log has the client's port. A stripped copy has none of the symbols: no plan,
+// byte-identical on both ends with roles and mirrored 4-tuples; a client that moves its
+// connection after the handshake, and a tokio-rustls client (test/lib/rustls_tls/src/tokio.rs,
+// Debian's librust-tokio-rustls-dev) that moves it at every poll, stay one connection; the
+// client against nginx too, whose access log has the client's port. A stripped copy has none of the symbols: no plan,
 // and the TLS code is reported as unknown (libraries.ts unknownTlsIn).
 import * as assert from 'assert';
 import * as fs from 'fs';
@@ -20,6 +22,7 @@ import { ROOT } from '../lib/paths';
 const SRC = path.join(ROOT, 'test', 'lib', 'rustls_tls');
 const TARGET = path.join(SRC, 'target');
 const EXE = path.join(TARGET, 'release', 'rustls_tls');
+const TOKIO = path.join(TARGET, 'release', 'rustls_tokio');
 /** Debian's cargo (its rustc matches Debian's crates); another on PATH only if it is absent. */
 const CARGO = fs.existsSync('/usr/bin/cargo') ? '/usr/bin/cargo' : 'cargo';
 const RUSTC = fs.existsSync('/usr/bin/rustc') ? { RUSTC: '/usr/bin/rustc' } : {};
@@ -38,9 +41,10 @@ describe('rustls (Debian librust-rustls-dev 0.20, kernel)', function () {
     this.timeout(900_000); // the first build compiles ring and rustls: minutes on 2 cores
     requireKernel(this);
     if (!fs.existsSync('/usr/share/cargo/registry') || !fs.readdirSync('/usr/share/cargo/registry').some((d) => d.startsWith('rustls-0.20'))) {
-      throw new Error('rustls 0.20 is not in /usr/share/cargo/registry: run bash scripts/setup.sh --test (it installs librust-rustls-dev, cargo and rustc)');
+      throw new Error('rustls 0.20 is not in /usr/share/cargo/registry: run bash scripts/setup.sh --test (it installs librust-rustls-dev, librust-tokio-rustls-dev, cargo and rustc)');
     }
-    const b = await run(CARGO, ['build', '--release', '--offline', '--target-dir', TARGET], { cwd: SRC, timeoutMs: 880_000, env: { ...process.env, ...RUSTC, CARGO_HOME: path.join(TARGET, 'cargo-home') } });
+    // Both programs: rustls_tls, and rustls_tokio on tokio-rustls (librust-tokio-rustls-dev).
+    const b = await run(CARGO, ['build', '--release', '--offline', '--features', 'async', '--target-dir', TARGET], { cwd: SRC, timeoutMs: 880_000, env: { ...process.env, ...RUSTC, CARGO_HOME: path.join(TARGET, 'cargo-home') } });
     assert.strictEqual(b.code, 0, `cargo build of ${SRC}: ${b.stderr.toString()}`);
     dir = tmpDir('https-capture-rustls-');
     cert = await makeCert(dir);
@@ -133,18 +137,46 @@ describe('rustls (Debian librust-rustls-dev 0.20, kernel)', function () {
     assert.ok(r.of(client.pid).every((d) => d.sock.role === 'client' && d.sock.remotePort === port), 'every record with role and socket');
   });
 
+  it('tokio-rustls client (moves its connection while it drives the handshake, on two worker threads) <-> server: identical, one connection; its first write has no socket yet', async () => {
+    const port = await freePort();
+    const server = await startServer(EXE, ['server', String(port), der.cert, der.key, path.join(dir, 'body.bin')], port, dir);
+    // tokio names its worker threads tokio-runtime-worker (comm: its first 15 bytes).
+    rec = new Recorder({ comms: ['rustls_tls', 'rustls_tokio', 'tokio-runtime-w'], discovery: { pollMs: 0, extra: [TOKIO] } });
+    const r = rec;
+    assert.ok(r.reports.includes(`attached ${TOKIO} -1`), r.reports.join('\n'));
+    const request = Buffer.concat([Buffer.from(`POST /tokio HTTP/1.0\r\nContent-Length: ${UPLOAD.length}\r\n\r\n`), UPLOAD]);
+    const client = await run(TOKIO, [String(port), der.cert], { input: request, cwd: dir });
+    assert.strictEqual(client.code, 0, client.stderr.toString());
+    await waitFor(() => r.bytes(client.pid, 'ingress') >= client.stdout.length, { timeoutMs: 10_000, what: 'the response' }).catch(() => undefined);
+    await r.settle({ pid: client.pid }, { pid: server.pid });
+    assert.ok(r.stream(client.pid, 'egress').equals(request), `the request (${r.bytes(client.pid, 'egress')} of ${request.length} bytes)`);
+    assert.ok(r.stream(client.pid, 'ingress').equals(client.stdout), 'the response');
+    assert.ok(r.stream(server.pid, 'ingress').equals(request), 'the server read the request');
+    const recs = r.of(client.pid);
+    assert.strictEqual(new Set(recs.map((d) => d.connId)).size, 1, 'one connection');
+    // The handle that moves the data is not the one the handshake used, and its first write
+    // comes before its first write_tls: that write's records have no socket (README, rustls).
+    const first = recs[0]!;
+    assert.strictEqual(first.func, WRITE);
+    assert.strictEqual(first.sock.fd, -1, 'the first write after the move: not mapped yet');
+    const mapped = recs.filter((d) => d.sock.fd >= 0);
+    assert.ok(mapped.length > 0 && mapped.every((d) => d.sock.role === 'client' && d.sock.remotePort === port), 'from its first write_tls on: the socket, and the role the handshake found');
+    assert.ok(recs.filter((d) => d.dir === 'ingress').every((d) => d.sock.fd >= 0), 'every byte read has the socket');
+  });
+
   it('client <-> nginx (OpenSSL): the exchange identical at both ends, on the port nginx logged', async () => {
     const file = pattern(50_000, 33);
     const nginx = await startNginx({ dir: path.join(dir, 'nginx'), cert, files: { 'f.bin': file } });
-    // No rustls process runs yet: the file is named, as --library PATH names it.
-    rec = new Recorder({ comms: ['rustls_tls', 'nginx'], discovery: { pollMs: 0, extra: [EXE] } });
+    // No rustls process runs yet: the file is named, as --library PATH names it. nginx by the
+    // pid of its worker, not by name: other nginx on the machine may be under load.
+    const worker = nginx.workerPids()[0]!;
+    rec = new Recorder({ comms: ['rustls_tls'], pids: [worker], discovery: { pollMs: 0, extra: [EXE] } });
     const r = rec;
     assert.ok(r.reports.includes(`attached ${EXE} -1`), r.reports.join('\n'));
     const request = Buffer.from('GET /f.bin HTTP/1.0\r\nHost: localhost\r\n\r\n');
     const client = await run(EXE, ['client', String(nginx.port), der.cert], { input: request, cwd: dir });
     assert.strictEqual(client.code, 0, client.stderr.toString());
     assert.ok(client.stdout.subarray(client.stdout.length - file.length).equals(file), 'the client got the file');
-    const worker = nginx.workerPids()[0]!;
     await waitFor(() => r.bytes(client.pid, 'ingress') >= client.stdout.length && r.bytes(worker, 'ingress') >= request.length, { timeoutMs: 10_000, what: 'both ends' }).catch(() => undefined);
     await r.settle({ pid: client.pid }, { pid: worker });
     assert.ok(r.stream(client.pid, 'egress').equals(request), 'the request as the client wrote it');

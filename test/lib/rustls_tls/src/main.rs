@@ -14,38 +14,16 @@ use std::convert::TryFrom;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::Arc;
-use std::time::SystemTime;
 use std::{env, fs, process};
 
-use rustls::client::{ServerCertVerified, ServerCertVerifier};
+#[path = "pinned.rs"]
+mod pinned;
+use pinned::Pinned;
 use rustls::{Certificate, ClientConfig, ClientConnection, PrivateKey, ServerConfig, ServerConnection, ServerName, Stream};
 
 fn die(what: &str) -> ! {
     eprintln!("rustls_tls: {}", what);
     process::exit(1)
-}
-
-/// Trusts one certificate, byte for byte: the test's self-signed certificate is a CA
-/// certificate (openssl req -x509), which webpki refuses as an end entity. The handshake
-/// signatures are still checked against its key (the trait's default methods).
-struct Pinned(Vec<u8>);
-
-impl ServerCertVerifier for Pinned {
-    fn verify_server_cert(
-        &self,
-        end_entity: &Certificate,
-        _intermediates: &[Certificate],
-        _name: &ServerName,
-        _scts: &mut dyn Iterator<Item = &[u8]>,
-        _ocsp: &[u8],
-        _now: SystemTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        if end_entity.0 == self.0 {
-            Ok(ServerCertVerified::assertion())
-        } else {
-            Err(rustls::Error::General("not the pinned certificate".into()))
-        }
-    }
 }
 
 fn read_file(path: &str) -> Vec<u8> {
