@@ -5,9 +5,11 @@
 //!                                  answers 200 with FILE as the body, sends close_notify, exits
 //!   rustls_tls client PORT CERT.der  connects to 127.0.0.1:PORT, trusts exactly CERT.der (the
 //!                                  test's self-signed certificate), sends its standard input
-//!                                  with one write_all, copies what it reads until the close
+//!                                  with one write_all (by default), copies what it reads until the close
 //!                                  to standard output; with `moved`, the handshake is done
-//!                                  first and the connection then moved to the heap
+//!                                  first and the connection then moved to the heap; with a
+//!                                  number CHUNK, the input goes in writes of CHUNK bytes
+//!                                  (bench/rustls-probes.sh: the probes' cost per call)
 //! The I/O goes through rustls::Stream (Writer::write, complete_io, Reader::read), as in the
 //! rustls examples. Exit code 0 only if every step worked.
 use std::convert::TryFrom;
@@ -82,7 +84,7 @@ fn read_request<R: Read>(tls: &mut R) -> Option<Vec<u8>> {
     }
 }
 
-fn client(port: &str, cert: &str, moved: bool) {
+fn client(port: &str, cert: &str, moved: bool, chunk: usize) {
     let config = ClientConfig::builder()
         .with_safe_defaults()
         .with_custom_certificate_verifier(Arc::new(Pinned(read_file(cert))))
@@ -105,7 +107,9 @@ fn client(port: &str, cert: &str, moved: bool) {
         &mut conn
     };
     let mut tls = Stream::new(conn, &mut sock);
-    tls.write_all(&input).unwrap_or_else(|e| die(&format!("write: {}", e)));
+    for part in input.chunks(chunk.max(1)) {
+        tls.write_all(part).unwrap_or_else(|e| die(&format!("write: {}", e)));
+    }
     let mut out = Vec::new();
     let mut buf = [0u8; 16384];
     loop {
@@ -124,8 +128,9 @@ fn main() {
     let args: Vec<String> = env::args().collect();
     match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
         [_, "server", port, cert, key, file] => server(port, cert, key, file),
-        [_, "client", port, cert] => client(port, cert, false),
-        [_, "client", port, cert, "moved"] => client(port, cert, true),
-        _ => die("usage: rustls_tls server PORT CERT.der KEY.der FILE | rustls_tls client PORT CERT.der [moved]"),
+        [_, "client", port, cert] => client(port, cert, false, usize::MAX),
+        [_, "client", port, cert, "moved"] => client(port, cert, true, usize::MAX),
+        [_, "client", port, cert, n] if n.parse::<usize>().is_ok() => client(port, cert, false, n.parse().unwrap()),
+        _ => die("usage: rustls_tls server PORT CERT.der KEY.der FILE | rustls_tls client PORT CERT.der [moved | CHUNK]"),
     }
 }
