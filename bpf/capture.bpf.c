@@ -28,6 +28,7 @@ char LICENSE[] SEC("license") = "GPL";
 #include "nss.h"
 #include "discovery.h"
 #include "syscalls.h"
+#include "rustls.h"
 
 SEC("uprobe")
 int BPF_KPROBE(ssl_write_enter, void *ssl, const void *buf)
@@ -458,6 +459,42 @@ int BPF_KRETPROBE(gnutls_init_exit)
 		set_role((void *)session, (flags & 1) ? CAP_ROLE_SERVER : CAP_ROLE_CLIENT);
 	bpf_map_delete_elem(&gnutls_inits, &id);
 	return 0;
+}
+
+// ---- rustls (helpers in rustls.h; where they sit: helper/discovery/rustls.ts) -------------
+
+// CommonState::send_some_plaintext(&mut self, data: &[u8]) -> usize: the bytes taken.
+SEC("uprobe")
+int BPF_KPROBE(rustls_write_enter, void *common, const void *buf)
+{
+	return call_enter(common, buf, NULL, CAP_FN_RUSTLS_WRITE);
+}
+
+SEC("uretprobe")
+int BPF_KRETPROBE(rustls_write_exit)
+{
+	return call_return(ctx, CAP_FN_RUSTLS_WRITE, CAP_DIR_EGRESS, false);
+}
+
+// CommonState::write_tls(&mut self, wr: &mut dyn Write) -> io::Result<usize> (returned
+// through the pointer in rdi): the socket.
+SEC("uprobe")
+int BPF_KPROBE(rustls_write_tls_enter, void *ret, void *common)
+{
+	return rustls_tls_enter(ret, common);
+}
+
+SEC("uretprobe")
+int BPF_KRETPROBE(rustls_write_tls_exit)
+{
+	return rustls_tls_exit();
+}
+
+// CommonState::take_received_plaintext(&mut self, bytes: Payload): the bytes read.
+SEC("uprobe")
+int BPF_KPROBE(rustls_received, void *common, const void *payload)
+{
+	return rustls_plaintext_in(common, payload);
 }
 
 // ---- discovery (helpers in discovery.h) -----------------------------------------------------

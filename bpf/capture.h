@@ -66,6 +66,11 @@ enum cap_func {
 	CAP_FN_PR_READ = 13,
 	CAP_FN_PR_RECV = 14,
 	CAP_FN_PR_WRITEV = 15, /* each vector's share a call of its own */
+	/* rustls: CommonState::send_some_plaintext (what Writer::write calls) and
+	 * CommonState::take_received_plaintext (decrypted data, in the order Reader::read gives
+	 * it); the &mut CommonState stands for the SSL* (bpf/rustls.h) */
+	CAP_FN_RUSTLS_WRITE = 16,
+	CAP_FN_RUSTLS_RECEIVED = 17,
 };
 
 enum cap_dir {

@@ -13,7 +13,7 @@ say() { echo "setup: $*" >&2; }
 
 # Debian packages: to build the BPF object and the addon; to run the kernel tests.
 build_pkgs=(clang llvm libbpf-dev libelf-dev zlib1g-dev bpftool make g++ pkg-config python3 xz-utils)
-test_pkgs=(curl openssl nginx-light wget gnutls-bin procps util-linux strace libssl-dev gcc golang-go golang-github-vmihailenco-msgpack.v5-dev tshark nghttp2-client android-libboringssl-dev libnss3-tools)
+test_pkgs=(curl openssl nginx-light wget gnutls-bin procps util-linux strace libssl-dev gcc golang-go golang-github-vmihailenco-msgpack.v5-dev tshark nghttp2-client android-libboringssl-dev libnss3-tools librust-rustls-dev librust-tokio-rustls-dev cargo rustc)
 
 bench_pkgs=(wrk nghttp2-client gnuplot-nox)
 

@@ -172,6 +172,31 @@ export class ElfFile {
     return found;
   }
 
+  /**
+   * Defined function symbols whose name passes `match`, from .dynsym and .symtab (a name in
+   * both once): for names that carry a hash or a crate disambiguator, as Rust's do.
+   */
+  functionsMatching(match: (name: string) => boolean): ElfSymbol[] {
+    const found = new Map<string, ElfSymbol>();
+    for (const type of [SHT_DYNSYM, SHT_SYMTAB]) {
+      for (const tab of this.sections.filter((s) => s.type === type)) {
+        const strtab = this.sections[tab.link];
+        if (!strtab || tab.entsize < 24) continue;
+        const syms = this.read(tab.offset, tab.size);
+        const strs = this.read(strtab.offset, strtab.size);
+        for (let at = 0; at + 24 <= syms.length; at += tab.entsize) {
+          const kind = syms[at + 4]! & 0xf;
+          const shndx = syms.readUInt16LE(at + 6);
+          if ((kind !== STT_FUNC && kind !== STT_GNU_IFUNC) || shndx === 0) continue;
+          const name = cstr(strs, syms.readUInt32LE(at));
+          if (found.has(name) || !match(name)) continue;
+          found.set(name, { name, addr: Number(syms.readBigUInt64LE(at + 8)), size: Number(syms.readBigUInt64LE(at + 16)), section: this.sections[shndx]?.name ?? '' });
+        }
+      }
+    }
+    return [...found.values()];
+  }
+
   /** File offset of a virtual address in an executable segment, as uprobes want it. */
   execOffset(addr: number): number | undefined {
     const seg = this.segments.find((s) => s.exec && addr >= s.vaddr && addr < s.vaddr + s.filesz);

@@ -5,6 +5,7 @@ import { execFileSync } from 'child_process';
 import * as fs from 'fs';
 import { ElfError, ElfFile } from './elf';
 import { isGo, isGoTls } from './golang';
+import { rustlsIn } from './rustls';
 
 export interface LibraryFile {
   /** A path that opens this file from our mount namespace. */
@@ -17,7 +18,7 @@ export interface LibraryFile {
   kind: TlsKind;
 }
 
-export type TlsKind = 'openssl' | 'boringssl' | 'gnutls' | 'nss' | 'go';
+export type TlsKind = 'openssl' | 'boringssl' | 'gnutls' | 'nss' | 'go' | 'rustls';
 
 const TLS_LIBRARY = /(^|\/)lib(ssl|gnutls|ssl3|nspr4)\.so(\.[0-9.]+)?$/;
 
@@ -182,8 +183,8 @@ export function findTlsLibraries(extra: string[] = []): LibraryFile[] {
     const key = statKey(path);
     if (!key) return;
     const id = `${key.dev}:${key.ino}`;
-    // A file the user named may be a Go executable; the others are found by name.
-    const kind: TlsKind = source === 'user' && isGoTls(path) ? 'go' : libraryKind(path);
+    // A file the user named may be a Go or rustls executable; the others are found by name.
+    const kind: TlsKind = source === 'user' && isGoTls(path) ? 'go' : source === 'user' && rustlsIn(path) ? 'rustls' : libraryKind(path);
     if (!byFile.has(id)) byFile.set(id, { path, ...key, source, kind });
   };
   for (const p of extra) add(p, 'user');
@@ -217,7 +218,7 @@ export function openSslIn(path: string): boolean | undefined {
 /**
  * What TLS code an executable has inside: 'openssl' (linked in, as node), 'boringssl' (the
  * same API with BoringSSL's own functions, as Envoy links it), 'go' (Go's
- * crypto/tls), null for none (or not ELF), undefined when it cannot tell (the file could not be
+ * crypto/tls), 'rustls' (the rustls crate, by its symbols: helper/discovery/rustls.ts), null for none (or not ELF), undefined when it cannot tell (the file could not be
  * opened: gone with its process, or not readable by us).
  */
 export function tlsKindIn(path: string): TlsKind | null | undefined {
@@ -230,7 +231,10 @@ export function tlsKindIn(path: string): TlsKind | null | undefined {
   // attaching; reading its whole symbol table for OpenSSL would only cost time.
   if (isGo(path)) return isGoTls(path) ? 'go' : null;
   const o = openSslIn(path);
-  return o === undefined ? undefined : o ? (boringSslIn(path) ? 'boringssl' : 'openssl') : null;
+  if (o === undefined) return undefined;
+  if (o) return boringSslIn(path) ? 'boringssl' : 'openssl';
+  const r = rustlsIn(path);
+  return r === undefined ? undefined : r ? 'rustls' : null;
 }
 
 /**
@@ -314,7 +318,7 @@ export function unknownTlsIn(path: string): string | undefined {
     const tls12 = TLS12_LABELS.every((l) => found.has(l));
     if (!tls13 && !tls12) return undefined;
     const labels = (tls13 ? TLS13_LABELS : TLS12_LABELS).map((l) => `"${l}"`).join(', ');
-    return `TLS code the helper does not know (its data has the TLS ${tls13 ? '1.3' : '1.2'} key-schedule labels ${labels}, and it has no OpenSSL, GnuTLS or Go crypto/tls symbols: a static or stripped build): its TLS traffic is not captured`;
+    return `TLS code the helper does not know (its data has the TLS ${tls13 ? '1.3' : '1.2'} key-schedule labels ${labels}, and it has no OpenSSL, GnuTLS, Go crypto/tls or rustls symbols: a static or stripped build): its TLS traffic is not captured`;
   } catch {
     return undefined; // not ELF, gone, or unreadable: nothing to say
   } finally {

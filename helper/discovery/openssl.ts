@@ -43,6 +43,7 @@ export type ProbePlan = (
     }
   | { kind: 'exported'; reason: string }
   | { kind: 'go'; reason: string }
+  | { kind: 'rustls'; reason: string }
 ) & {
   /**
    * File offsets of the exported functions asked for that the file has, so that attaching

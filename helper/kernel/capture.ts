@@ -6,6 +6,7 @@ import { BpfObject, BPF_OBJECT_PATH, BridgeError, monotonicToWallOffset, RingSta
 import { fileVersion, LibraryFile } from '../discovery/libraries';
 import { GO_READ, GO_WRITE, planGoCached } from '../discovery/golang';
 import { exportedOffsets, planOpenSsl, ProbePlan } from '../discovery/openssl';
+import { planRustlsCached } from '../discovery/rustls';
 import { buildKey } from '../discovery/elf';
 import { TracingProgram, UprobeProgram } from './programs';
 import { cap_config_flags, cap_counter, cap_filter } from '../records/layout';
@@ -417,6 +418,45 @@ export class Capture {
   }
 
   /**
+   * Attaches to rustls in an executable (helper/discovery/rustls.ts): CommonState's
+   * send_some_plaintext (entry and return), take_received_plaintext (entry) and write_tls
+   * (entry and return: the socket, the role). Throws if the file cannot be probed.
+   */
+  attachRustls(library: LibraryFile, pid = -1): AttachResult {
+    const plan = planRustlsCached(library.path, `${library.dev}:${library.ino}:${fileVersion(library.path)}`);
+    if (typeof plan === 'string') throw new BridgeError(`cannot probe ${library.path}: ${plan}`, 'ENOENT', 2, 'attach', library.path, '');
+    const sites = [...plan.write, ...plan.writeTls, ...plan.received];
+    const result: AttachResult = {
+      library,
+      plan: { kind: 'rustls', reason: `${sites.filter((s) => s.emulated).length} of ${sites.length} probe sites emulated`, offsets: new Map() },
+      attached: [],
+      failed: [],
+    };
+    const ids: number[] = [];
+    const add = (prog: UprobeProgram, offset: number, retprobe = false): void => {
+      ids.push(this.uprobe(prog, library.path, { offset, pid, retprobe }));
+    };
+    const unpin = this.pin(library);
+    try {
+      // Returns first: an entry without its return would leave a stale stash.
+      for (const s of plan.writeTls) add('rustls_write_tls_exit', s.offset, true);
+      for (const s of plan.writeTls) add('rustls_write_tls_enter', s.offset);
+      for (const s of plan.received) add('rustls_received', s.offset);
+      for (const s of plan.write) add('rustls_write_exit', s.offset, true);
+      for (const s of plan.write) add('rustls_write_enter', s.offset);
+      result.attached.push('rustls::conn::CommonState::write_tls', 'rustls::conn::CommonState::take_received_plaintext', 'rustls::conn::CommonState::send_some_plaintext');
+    } catch (e) {
+      this.bpf.detachMany(ids);
+      throw e;
+    } finally {
+      unpin();
+    }
+    this.links.set(linkKey(library.path, pid), ids);
+    this.kinds.set(library.path, 'rustls');
+    return result;
+  }
+
+  /**
    * Attaches NSS's probes to one of its two files: NSPR's data functions (libnspr4.so), or the
    * SSL layer's descriptor, role and handshake functions (libssl3.so). Either is of use only
    * with the other; each is found and attached as any library file.
@@ -437,6 +477,7 @@ export class Capture {
   /** The probe set that fits the file: OpenSSL, BoringSSL, GnuTLS, NSS or Go. */
   attachLibrary(library: LibraryFile, mode: ProbeMode = 'auto', pid = -1): AttachResult {
     if (library.kind === 'go') return this.attachGo(library, pid);
+    if (library.kind === 'rustls') return this.attachRustls(library, pid);
     if (library.kind === 'nss') return this.attachNss(library, pid);
     return library.kind === 'gnutls' ? this.attachGnutls(library, pid) : this.attachOpenSsl(library, mode, pid);
   }
@@ -527,6 +568,7 @@ export class Capture {
     if (library.kind === 'openssl') this.plan(library, mode);
     if (library.kind === 'boringssl') this.plan(library, 'exported');
     if (library.kind === 'go') planGoCached(library.path);
+    if (library.kind === 'rustls') planRustlsCached(library.path, `${library.dev}:${library.ino}:${fileVersion(library.path)}`);
   }
 
   /** The probe plan of a file, worked out once per version of it (device, inode, size, mtime) and mode. */

@@ -14,6 +14,7 @@ export const UPROBE_PROGRAMS = [
   'nss_import_fd_exit', 'nss_write_enter', 'nss_write_exit', 'nss_send_enter', 'nss_send_exit', 'nss_read_enter', 'nss_read_exit', 'nss_recv_enter', 'nss_recv_exit',
   'nss_writev_enter', 'nss_writev_exit', 'nss_accept_enter', 'nss_accept_exit', 'nss_reset_handshake', 'nss_connect', 'nss_close',
   'go_tls_write_enter', 'go_tls_write_ret', 'go_tls_read_enter', 'go_tls_read_ret', 'go_tls_client_handshake', 'go_tls_server_handshake',
+  'rustls_write_enter', 'rustls_write_exit', 'rustls_write_tls_enter', 'rustls_write_tls_exit', 'rustls_received',
   // The probe floor (--probe-floor): the same places, a program that does nothing.
   'floor_uprobe',
 ] as const;

@@ -414,7 +414,7 @@ export interface ProcessFrame {
    */
   library: string;
   /**
-   * Kind of TLS code probed: "openssl" (libssl, or an executable with OpenSSL inside such as node), "boringssl" (a libssl that is BoringSSL, such as Debian's android-libboringssl, or an executable with BoringSSL inside), "gnutls" (libgnutls), "nss" (NSS: its SSL layer libssl3.so, and NSPR's libnspr4.so whose PR_Write/PR_Read/PR_Send/PR_Recv carry it) or "go" (a Go executable's crypto/tls); "unknown" with state unsupported.
+   * Kind of TLS code probed: "openssl" (libssl, or an executable with OpenSSL inside such as node), "boringssl" (a libssl that is BoringSSL, such as Debian's android-libboringssl, or an executable with BoringSSL inside), "gnutls" (libgnutls), "nss" (NSS: its SSL layer libssl3.so, and NSPR's libnspr4.so whose PR_Write/PR_Read/PR_Send/PR_Recv carry it), "go" (a Go executable's crypto/tls) or "rustls" (an executable with the rustls crate); "unknown" with state unsupported.
    */
   kind: string;
   /**
@@ -593,7 +593,7 @@ export interface ConfigFrame {
    */
   rate_cap?: number;
   /**
-   * Kinds of TLS code to hook, from hello.capabilities.libraries: "openssl" (libssl, and executables with OpenSSL inside such as node), "boringssl" (a libssl or executable that is BoringSSL), "gnutls" (libgnutls), "nss" (NSS: libssl3.so with libnspr4.so), "go" (Go executables' crypto/tls). Another set than the current one detaches everything and attaches the new set; an unknown kind is an error and changes nothing.
+   * Kinds of TLS code to hook, from hello.capabilities.libraries: "openssl" (libssl, and executables with OpenSSL inside such as node), "boringssl" (a libssl or executable that is BoringSSL), "gnutls" (libgnutls), "nss" (NSS: libssl3.so with libnspr4.so), "go" (Go executables' crypto/tls), "rustls" (executables with the rustls crate, by its symbols). Another set than the current one detaches everything and attaches the new set; an unknown kind is an error and changes nothing.
    */
   libraries?: string[];
   /**

@@ -6,7 +6,7 @@ import { MAX_CONTROL_FRAME_BYTES, MAX_DATA_BYTES, MAX_FRAME_BYTES } from './wire
 
 export const PROTOCOL_VERSION = 1;
 /** Kinds of TLS code the helper hooks (hello.capabilities.libraries; config.libraries picks among them). */
-export const SUPPORTED_LIBRARIES = ['openssl', 'gnutls', 'go', 'boringssl', 'nss'] as const;
+export const SUPPORTED_LIBRARIES = ['openssl', 'gnutls', 'go', 'boringssl', 'nss', 'rustls'] as const;
 
 /** The first frame of every stream, --ipc or recording. */
 export function helloFrame(o: { helperVersion: string; pid: number; maxQueueBytes: number; tsNs: bigint }): HelperFrame {

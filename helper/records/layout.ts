@@ -2,7 +2,7 @@
 /* eslint-disable */
 
 /** sha256 of the capture.h this was generated from (test/unit/records.test.ts compares). */
-export const CAPTURE_H_SHA256 = '8740d5e1670c15faef6512100a9683dedc6490d2badb09aed0f95fc5ba156908';
+export const CAPTURE_H_SHA256 = 'b2080a0ec713fd3ec0c1173538aefc8abe12482bfdd0bbde7b354f5bcdb14a6b';
 
 /** Sizes of the structs and byte offsets of their fields. */
 export const OFFSETS = {
@@ -104,6 +104,8 @@ export const enum cap_func {
   CAP_FN_PR_READ = 13,
   CAP_FN_PR_RECV = 14,
   CAP_FN_PR_WRITEV = 15,
+  CAP_FN_RUSTLS_WRITE = 16,
+  CAP_FN_RUSTLS_RECEIVED = 17,
 }
 
 export const enum cap_dir {

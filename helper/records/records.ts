@@ -65,7 +65,9 @@ export type TlsFunction =
   | 'PR_Send'
   | 'PR_Read'
   | 'PR_Recv'
-  | 'PR_Writev';
+  | 'PR_Writev'
+  | 'rustls::conn::CommonState::send_some_plaintext'
+  | 'rustls::conn::CommonState::take_received_plaintext';
 
 const FUNCS: Record<number, TlsFunction> = {
   [cap_func.CAP_FN_SSL_WRITE]: 'SSL_write',
@@ -83,6 +85,8 @@ const FUNCS: Record<number, TlsFunction> = {
   [cap_func.CAP_FN_PR_READ]: 'PR_Read',
   [cap_func.CAP_FN_PR_RECV]: 'PR_Recv',
   [cap_func.CAP_FN_PR_WRITEV]: 'PR_Writev',
+  [cap_func.CAP_FN_RUSTLS_WRITE]: 'rustls::conn::CommonState::send_some_plaintext',
+  [cap_func.CAP_FN_RUSTLS_RECEIVED]: 'rustls::conn::CommonState::take_received_plaintext',
 };
 
 

@@ -117,7 +117,7 @@ export const nowhere = (): Writable => new Writable({ write: (_c, _e, cb) => cb(
 
 /** How a library was probed, in the words of process frames and log lines. */
 export function attachNotes(r: AttachResult): string {
-  const notes = [r.plan.kind === 'internal' ? 'internal functions' : r.plan.kind === 'go' ? `Go crypto/tls, ${r.plan.reason}` : `exported functions: ${r.plan.reason}`];
+  const notes = [r.plan.kind === 'internal' ? 'internal functions' : r.plan.kind === 'go' ? `Go crypto/tls, ${r.plan.reason}` : r.plan.kind === 'rustls' ? `rustls, ${r.plan.reason}` : `exported functions: ${r.plan.reason}`];
   if (r.failed.length) notes.push(`could not probe ${r.failed.map((f) => `${f.func}: ${f.reason}`).join('; ')}`);
   return notes.join('; ');
 }

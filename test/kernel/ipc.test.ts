@@ -47,7 +47,7 @@ describe('--ipc helper (kernel, real programs)', function () {
     host.on('protocol_error', (e) => protocolErrors.push(e.message));
     const hello = await host.ready;
     assert.strictEqual(hello.protocol, 1);
-    assert.deepStrictEqual(hello.capabilities.libraries, ['openssl', 'gnutls', 'go', 'boringssl', 'nss']);
+    assert.deepStrictEqual(hello.capabilities.libraries, ['openssl', 'gnutls', 'go', 'boringssl', 'nss', 'rustls']);
     assert.strictEqual(hello.limits.max_data_bytes, 16384);
     await waitFor(() => frames.some((f) => f.type === 'process' && f.state === 'attached'), { what: 'a process frame (attached)' });
 
@@ -137,7 +137,7 @@ describe('--ipc helper (kernel, real programs)', function () {
     const wrong = await expectError(() => host!.sendRaw({ type: 'config', pids: 'all' }), 'bad_frame');
     assert.strictEqual(wrong.frame_type, 'config');
     assert.match(wrong.message, /\/pids must be array/);
-    await expectError(() => host!.sendRaw({ type: 'config', libraries: ['rustls'] }), 'unknown_library');
+    await expectError(() => host!.sendRaw({ type: 'config', libraries: ['wolfssl'] }), 'unknown_library');
     await expectError(() => host!.sendRaw({ type: 'hello' }), 'bad_frame');
     // An absurd length: reported at once; the announced bytes would be skipped, so send a small
     // one that we then complete, and the stream is in step again.

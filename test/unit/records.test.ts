@@ -122,7 +122,7 @@ describe('records: layout of bpf/capture.h', function () {
   it('encodeData writes size, kind, flags, dir and func as capture.h defines them', function () {
     const funcs = cEnum(header, 'cap_func');
     const dirs = cEnum(header, 'cap_dir');
-    assert.strictEqual(funcs.size, 15);
+    assert.strictEqual(funcs.size, 17);
     // Name in records.ts → enumerator in capture.h.
     const names: [TlsFunction, string][] = [
       ['SSL_write', 'CAP_FN_SSL_WRITE'],
@@ -140,6 +140,8 @@ describe('records: layout of bpf/capture.h', function () {
       ['PR_Read', 'CAP_FN_PR_READ'],
       ['PR_Recv', 'CAP_FN_PR_RECV'],
       ['PR_Writev', 'CAP_FN_PR_WRITEV'],
+      ['rustls::conn::CommonState::send_some_plaintext', 'CAP_FN_RUSTLS_WRITE'],
+      ['rustls::conn::CommonState::take_received_plaintext', 'CAP_FN_RUSTLS_RECEIVED'],
     ];
     for (const [func, enumerator] of names) {
       const want = funcs.get(enumerator);
