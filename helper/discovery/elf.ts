@@ -151,25 +151,7 @@ export class ElfFile {
   /** Function symbols with these names (defined ones only), from .dynsym and then .symtab. */
   functions(names: string[]): Map<string, ElfSymbol> {
     const want = new Set(names);
-    const found = new Map<string, ElfSymbol>();
-    for (const type of [SHT_DYNSYM, SHT_SYMTAB]) {
-      for (const tab of this.sections.filter((s) => s.type === type)) {
-        const strtab = this.sections[tab.link];
-        if (!strtab || tab.entsize < 24) continue;
-        const syms = this.read(tab.offset, tab.size);
-        const strs = this.read(strtab.offset, strtab.size);
-        for (let at = 0; at + 24 <= syms.length; at += tab.entsize) {
-          const kind = syms[at + 4]! & 0xf;
-          const shndx = syms.readUInt16LE(at + 6);
-          if ((kind !== STT_FUNC && kind !== STT_GNU_IFUNC) || shndx === 0) continue;
-          const name = cstr(strs, syms.readUInt32LE(at));
-          if (!want.has(name) || found.has(name)) continue;
-          found.set(name, { name, addr: Number(syms.readBigUInt64LE(at + 8)), size: Number(syms.readBigUInt64LE(at + 16)), section: this.sections[shndx]?.name ?? '' });
-        }
-      }
-      if (found.size === want.size) break;
-    }
-    return found;
+    return this.scanFunctions((name) => want.has(name), want.size);
   }
 
   /**
@@ -177,6 +159,11 @@ export class ElfFile {
    * both once): for names that carry a hash or a crate disambiguator, as Rust's do.
    */
   functionsMatching(match: (name: string) => boolean): ElfSymbol[] {
+    return [...this.scanFunctions(match).values()];
+  }
+
+  /** The symbol tables' defined functions whose name passes `match`; stops after a table once `enough` are found. */
+  private scanFunctions(match: (name: string) => boolean, enough = Infinity): Map<string, ElfSymbol> {
     const found = new Map<string, ElfSymbol>();
     for (const type of [SHT_DYNSYM, SHT_SYMTAB]) {
       for (const tab of this.sections.filter((s) => s.type === type)) {
@@ -193,8 +180,9 @@ export class ElfFile {
           found.set(name, { name, addr: Number(syms.readBigUInt64LE(at + 8)), size: Number(syms.readBigUInt64LE(at + 16)), section: this.sections[shndx]?.name ?? '' });
         }
       }
+      if (found.size >= enough) break;
     }
-    return [...found.values()];
+    return found;
   }
 
   /** File offset of a virtual address in an executable segment, as uprobes want it. */
