@@ -1,17 +1,20 @@
 // capture.ts: runs the helper in one of the benchmark's modes, through the Go host of
-// integrations/apidump (cmd/capture-stats: the apidump path, frames on stdout), and collects
-// what the host got and what the helper cost: CPU seconds while the load ran, peak RSS.
+// integrations/apidump (cmd/capture-stats: the apidump path, frames on stdout) or, in the text
+// mode, as the standalone command a person runs, and collects what the host (or the text) got
+// and what the helper cost: CPU seconds while the load ran, peak RSS.
 import { ChildProcess, spawn } from 'child_process';
+import * as fs from 'fs';
 import * as path from 'path';
 import { statusKiB } from '../../test/lib/procfs';
 import { cpuSeconds } from './load';
 
-export type Mode = 'none' | 'floor' | 'system' | 'targeted' | 'others';
+export type Mode = 'none' | 'floor' | 'system' | 'text' | 'targeted' | 'others';
 
 export const MODES: { mode: Mode; what: string }[] = [
   { mode: 'none', what: 'no capture' },
   { mode: 'floor', what: 'the probe floor: the same probes, doing nothing (--probe-floor)' },
   { mode: 'system', what: 'the helper, every process (probes in nginx and the client), through the apidump path' },
+  { mode: 'text', what: 'the standalone command a person runs, every process, text format with `--print-limit 0` (whole bodies) to a file; its CPU is counted until it exits (what it still renders after the load ends is its cost too)' },
   { mode: 'targeted', what: 'the helper targeted at nginx (--pid WORKER --targeted): only nginx has probes' },
   { mode: 'others', what: 'the helper targeted at an idle python process: nginx and the client are not targets' },
 ];
@@ -27,7 +30,11 @@ export interface ProcAccount {
   truncated: number;
   h1_request_lines: number;
   h1_status_lines: number;
+  /** HTTP/1.1 connections whose last request was in flight when they ended. */
+  h1_unanswered: number;
   h2_headers: [number, number];
+  /** Bytes cut from calls under load (segments marked shed). */
+  shed: number;
 }
 
 export interface HostSummary {
@@ -42,8 +49,12 @@ export interface RunningCapture {
   helperPid: number;
   /** Call when the load starts and when it ends: the helper's CPU in between is its cost. */
   mark(): void;
-  /** Stops the helper; the host's accounts, the CPU seconds of the helper and of the host between the marks, the helper's peak RSS. */
-  finish(): Promise<{ summary: HostSummary; cpuSeconds: number; hostCpuSeconds: number; peakRssMiB: number }>;
+  /**
+   * Stops the helper; the host's accounts (the text mode: its output file and its stderr
+   * instead), the CPU seconds of the helper and of the host between the marks, the helper's
+   * peak RSS.
+   */
+  finish(): Promise<{ summary?: HostSummary; text?: { file: string; stderr: string }; cpuSeconds: number; hostCpuSeconds: number; peakRssMiB: number }>;
 }
 
 export const PACKAGE_ROOT = path.resolve(__dirname, '..', '..', '..');
@@ -64,7 +75,8 @@ function rssKiB(pid: number, field: 'VmRSS' | 'VmHWM'): number {
 }
 
 /** Starts the helper for `mode` (not 'none') and resolves once its probes are in. */
-export async function startCapture(mode: Exclude<Mode, 'none'>, targets: { nginx: number; idle: number }): Promise<RunningCapture> {
+export async function startCapture(mode: Exclude<Mode, 'none'>, targets: { nginx: number; idle: number }, dir: string): Promise<RunningCapture> {
+  if (mode === 'text') return startText(path.join(dir, 'capture.txt'));
   const helper = [process.execPath, cli];
   const hostArgs: string[] = [];
   if (mode === 'floor') helper.push('--probe-floor');
@@ -114,6 +126,46 @@ export async function startCapture(mode: Exclude<Mode, 'none'>, targets: { nginx
       }
       const between = (m: number[]): number => (m.length >= 2 ? m[1]! - m[0]! : 0);
       return { summary, cpuSeconds: between(marks), hostCpuSeconds: between(hostMarks), peakRssMiB: peak / 1024 };
+    },
+  };
+}
+
+/**
+ * The standalone command, text format, whole bodies, to `file` (mode 0600, removed by the
+ * caller): ready when it says it is capturing; stopped with SIGINT as a person stops it, after
+ * which it drains and renders what is left and prints its closing counters on stderr.
+ */
+async function startText(file: string): Promise<RunningCapture> {
+  const child = spawn(process.execPath, [cli, '--format', 'text', '--print-limit', '0', '--no-color', '-o', file], { stdio: ['ignore', 'ignore', 'pipe'] });
+  let err = '';
+  child.stderr!.on('data', (b: Buffer) => (err += b.toString()));
+  const exited = new Promise<void>((r) => child.once('exit', () => r()));
+  const t0 = Date.now();
+  while (!err.includes('capturing TLS plaintext')) {
+    if (child.exitCode !== null || Date.now() - t0 > 120_000) throw new Error(`the capture (text) did not start:\n${err.slice(-4000)}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  const pid = child.pid!;
+  let peak = 0;
+  let cpu0 = 0;
+  let cpu = 0;
+  // /proc/<pid> is gone after the exit: CPU and RSS are sampled while it lives.
+  const sampler = setInterval(() => {
+    peak = Math.max(peak, rssKiB(pid, 'VmRSS'));
+    cpu = Math.max(cpu, cpuSeconds(pid));
+  }, 50);
+  return {
+    helperPid: pid,
+    mark: () => {
+      if (!cpu0) cpu0 = cpuSeconds(pid);
+    },
+    finish: async () => {
+      peak = Math.max(peak, rssKiB(pid, 'VmHWM'));
+      child.kill('SIGINT');
+      await exited;
+      clearInterval(sampler);
+      if (!fs.existsSync(file)) throw new Error(`the capture (text) wrote no ${file}:\n${err.slice(-4000)}`);
+      return { text: { file, stderr: err }, cpuSeconds: cpu - cpu0, hostCpuSeconds: 0, peakRssMiB: peak / 1024 };
     },
   };
 }

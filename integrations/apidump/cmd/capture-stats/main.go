@@ -38,10 +38,14 @@ type Proc struct {
 	// Truncated: bytes past a cap (per call or rate), not delivered by design.
 	Truncated uint64 `json:"truncated"`
 	// Shed: bytes cut from calls under load (segments marked shed), not delivered by design.
-	Shed         uint64    `json:"shed"`
-	RequestLines uint64    `json:"h1_request_lines"`
-	StatusLines  uint64    `json:"h1_status_lines"`
-	H2Headers    [2]uint64 `json:"h2_headers"` // HEADERS frames per direction
+	Shed         uint64 `json:"shed"`
+	RequestLines uint64 `json:"h1_request_lines"`
+	StatusLines  uint64 `json:"h1_status_lines"`
+	// Unanswered: HTTP/1.1 connections with one request line more than status lines: their last
+	// request was in flight when they ended (a load tool that stops closes its connections
+	// without reading the answers nginx logged).
+	Unanswered uint64    `json:"h1_unanswered"`
+	H2Headers  [2]uint64 `json:"h2_headers"` // HEADERS frames per direction
 }
 
 // Summary is the JSON the tool prints at the end.
@@ -64,6 +68,7 @@ type connSummary struct {
 	h2     [2]h2walker
 	truncd [2]bool
 	shedd  [2]bool
+	lines  [2]uint64 // request lines, status lines (both directions)
 }
 
 var preface = []byte("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
@@ -240,8 +245,12 @@ func main() {
 				cs.next[d] = e.Seq + uint64(len(e.Data))
 				cs.truncd[d] = e.Truncated
 				cs.shedd[d] = e.Truncated && e.Shed
-				p.RequestLines += cs.h1[d][0].count(e.Data, []byte("HTTP/1.1\r\n"))
-				p.StatusLines += cs.h1[d][1].count(e.Data, []byte("HTTP/1.1 "))
+				rl := cs.h1[d][0].count(e.Data, []byte("HTTP/1.1\r\n"))
+				sl := cs.h1[d][1].count(e.Data, []byte("HTTP/1.1 "))
+				p.RequestLines += rl
+				p.StatusLines += sl
+				cs.lines[0] += rl
+				cs.lines[1] += sl
 				cs.h2[d].feed(e.Data, &p.H2Headers[d])
 			case *apidump.ConnClose:
 				cs := sum.Conns[e.ConnID]
@@ -278,6 +287,11 @@ func main() {
 	}
 	if err := c.Wait(); err != nil {
 		sum.Errors = append(sum.Errors, err.Error())
+	}
+	for _, cs := range sum.Conns {
+		if cs.lines[0] == cs.lines[1]+1 {
+			proc(cs.pid, "").Unanswered++
+		}
 	}
 	out, _ := json.Marshal(sum)
 	fmt.Println(string(out))
