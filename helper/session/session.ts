@@ -19,6 +19,11 @@ import { helloFrame, SUPPORTED_LIBRARIES } from '../protocol/hello';
 import { FrameWriter, RawFrame } from '../protocol/wire';
 import { CaptureRecord } from '../records/records';
 
+/** The writer's queue, as a fraction of its bound, above which the kernel sheds (Session.checkWriter)... */
+export const WRITER_SHED_HIGH = 1 / 4;
+/** ...and below which it stops. */
+export const WRITER_SHED_LOW = 1 / 16;
+
 export type StopReason = 'shutdown' | 'signal' | 'stdin_closed' | 'parent_exited' | 'fatal_error' | 'stdout_closed';
 export type ByeReason = Exclude<StopReason, 'stdout_closed'>;
 
@@ -163,6 +168,10 @@ export class Session {
   private statsTimer?: NodeJS.Timeout;
   private lossTimer?: NodeJS.Timeout;
   private stopped?: Promise<KernelCounters | undefined>;
+  /** Why the kernel sheds whatever the ring's fill: the front end's renderer ('output'), the host ('writer'). */
+  private readonly shedWhy = new Set<'output' | 'writer'>();
+  /** Times the writer's queue passed WRITER_SHED_HIGH (a host reading slower than the calls move bytes). */
+  writerShedSpells = 0;
 
   constructor(
     private readonly opts: SessionOptions,
@@ -223,9 +232,40 @@ export class Session {
     return this.kernel().counters();
   }
 
-  /** Sheds bodies in the kernel whatever the ring's fill (true) or only above --shed-fill (false): Capture.shedNow. */
+  /**
+   * Sheds bodies in the kernel whatever the ring's fill (true) or only above --shed-fill
+   * (false), for the front end's renderer (commands/standalone.ts): Capture.shedNow. The
+   * session's own reason (the writer's queue, below) counts as well: the kernel sheds while
+   * either holds.
+   */
   shedNow(always: boolean): void {
-    this.capture?.shedNow(always);
+    this.shedFor('output', always);
+  }
+
+  private shedFor(why: 'output' | 'writer', on: boolean): void {
+    if (on) this.shedWhy.add(why);
+    else this.shedWhy.delete(why);
+    this.capture?.shedNow(this.shedWhy.size > 0);
+  }
+
+  /**
+   * A host that reads frames slower than the traced calls move bytes (apidump busy, a slow
+   * pipe) fills the writer's queue while the ring stays nearly empty, since the helper drains
+   * the ring into the queue: the kernel, seeing no fill, would not shed, and the queue, once
+   * full, drops whole segments, heads with bodies (issue #15: 58 % of the exchanges of a
+   * 256 KiB load reached the Go host). So the queue's own fill has the kernel shed too, above
+   * a quarter of its bound, until it is back under a sixteenth: calls are cut to their heads
+   * before anything must be dropped.
+   */
+  private checkWriter(): void {
+    const w = this.out.writer;
+    const q = w.queuedBytes;
+    const behind = this.shedWhy.has('writer') ? q >= w.maxQueueBytes * WRITER_SHED_LOW : q > w.maxQueueBytes * WRITER_SHED_HIGH;
+    if (behind === this.shedWhy.has('writer')) return;
+    if (behind && this.writerShedSpells++ === 0) {
+      this.opts.log(`the host reads frames slower than the traced programs move bytes: bodies are shed (each call's head kept, --shed-head) while more than ${Math.round((w.maxQueueBytes * WRITER_SHED_HIGH) / 2 ** 20)} MiB wait for it; the bytes are counted in kernel.bytes_shed`);
+    }
+    this.shedFor('writer', behind);
   }
 
   /**
@@ -272,7 +312,13 @@ export class Session {
       );
     } else {
       // Frames only as bytes: segments are encoded from the ring's batches without objects.
-      capture.startRaw((batch) => builder.pushBatch(batch, this.out.writer, onRecord), { onError });
+      capture.startRaw(
+        (batch) => {
+          builder.pushBatch(batch, this.out.writer, onRecord);
+          this.checkWriter();
+        },
+        { onError },
+      );
     }
     if (this.opts.lossIntervalMs > 0) this.lossTimer = setInterval(() => this.losses.report(capture.counters()), this.opts.lossIntervalMs);
     this.setStatsInterval(this.state.stats_interval_ms);
