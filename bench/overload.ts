@@ -233,7 +233,9 @@ async function main(): Promise<void> {
     }
   } finally {
     await nginx.stop();
-    fs.rmSync(dir, { recursive: true, force: true });
+    // --keep: the outputs stay (test traffic only), with the directory that holds them.
+    if (opts.keep) process.stderr.write(`overload: outputs kept in ${dir}\n`);
+    else fs.rmSync(dir, { recursive: true, force: true });
   }
   const mb = (x: number | undefined): string => (x === undefined ? '' : (x / 1e6).toFixed(0));
   const pct = (x: number | undefined): string => (x === undefined ? 'n/a' : `${(100 * x).toFixed(2)} %`);
