@@ -19,6 +19,7 @@ import { startBenchNginx } from './lib/nginx';
 import { PACKAGE_ROOT } from './lib/capture';
 import { tmpDir } from '../test/lib/servers';
 import { cpuSeconds, statusKiB } from '../test/lib/procfs';
+import { NODE_FLAGS } from '../helper/package';
 import { countFrames, countHar, countJsonl, countText, textCounters } from './lib/count';
 
 type Mode = 'ipc' | 'text' | 'raw' | 'jsonl' | 'har' | 'pcapng';
@@ -68,7 +69,7 @@ interface Row {
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 async function startHelper(v: Variant, mode: Mode, out: string, filter: string[], wrap: string[]): Promise<{ child: ChildProcess; stderr: () => string; stop: () => Promise<void>; peak: () => number; cpu: () => number }> {
-  const args = [v.cli, ...filter, ...v.args];
+  const args = [...NODE_FLAGS, v.cli, ...filter, ...v.args];
   // --wrap: the helper runs under another program (heaptrack, env MALLOC_ARENA_MAX=1, ...).
   const spawnNode = (argv: string[], o: Parameters<typeof spawn>[2]): ChildProcess =>
     wrap.length ? spawn(wrap[0]!, [...wrap.slice(1), process.execPath, ...argv], o) : spawn(process.execPath, argv, o);

@@ -7,6 +7,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { statusKiB } from '../../test/lib/procfs';
 import { cpuSeconds } from './load';
+import { NODE_FLAGS } from '../../helper/package';
 
 export type Mode = 'none' | 'floor' | 'system' | 'text' | 'targeted' | 'others';
 
@@ -77,7 +78,7 @@ function rssKiB(pid: number, field: 'VmRSS' | 'VmHWM'): number {
 /** Starts the helper for `mode` (not 'none') and resolves once its probes are in. */
 export async function startCapture(mode: Exclude<Mode, 'none'>, targets: { nginx: number; idle: number }, dir: string): Promise<RunningCapture> {
   if (mode === 'text') return startText(path.join(dir, 'capture.txt'));
-  const helper = [process.execPath, cli];
+  const helper = [process.execPath, ...NODE_FLAGS, cli];
   const hostArgs: string[] = [];
   if (mode === 'floor') helper.push('--probe-floor');
   if (mode === 'targeted' || mode === 'others') {
@@ -136,7 +137,7 @@ export async function startCapture(mode: Exclude<Mode, 'none'>, targets: { nginx
  * which it drains and renders what is left and prints its closing counters on stderr.
  */
 async function startText(file: string): Promise<RunningCapture> {
-  const child = spawn(process.execPath, [cli, '--format', 'text', '--print-limit', '0', '--no-color', '-o', file], { stdio: ['ignore', 'ignore', 'pipe'] });
+  const child = spawn(process.execPath, [...NODE_FLAGS, cli, '--format', 'text', '--print-limit', '0', '--no-color', '-o', file], { stdio: ['ignore', 'ignore', 'pipe'] });
   let err = '';
   child.stderr!.on('data', (b: Buffer) => (err += b.toString()));
   const exited = new Promise<void>((r) => child.once('exit', () => r()));
