@@ -165,6 +165,10 @@ fi
 run=$cache/run
 rm -rf "$run"; mkdir -p "$run"
 printf '%s\n' "${tests[@]/%/.test.js}" | sed 's|^|dist/test/|' >"$run/tests"
+# The guest is always emulated (TCG): every timeout and wait of the tests is five times longer,
+# as in test-kernels.sh's TCG guests (mocha's through test/lib/time-scale.js, the test
+# library's through HTTPS_CAPTURE_TEST_TIME_SCALE). Runs 1-3 of docs/arm64.md had none.
+echo 5 >"$run/time-scale"
 say "booting $(cat "$cache/kernel" 2>/dev/null || echo vmlinuz) under TCG (-smp $cpus, $mem) for setup.sh --test and ${#tests[@]} test files: ${tests[*]}"
 t0=$(date +%s)
 nice -n 10 qemu-system-aarch64 -M virt -cpu neoverse-n1 -accel tcg,thread=multi -m "$mem" -smp "$cpus" \
