@@ -57,8 +57,7 @@
 #define SYS_ARG2(r) ((r)->regs[1])
 
 // Go's ABIInternal on arm64 (Go >= 1.18): integer arguments and results in x0, x1, x2, …;
-// g in x28. helper/discovery/golang.ts does not plan Go probes on arm64 yet: these are here
-// so that the one source builds, not because Go on arm64 is captured.
+// g in x28. helper/discovery/golang.ts plans the arm64 sites (planArm64Function).
 #define GO_ARG1(r) ((r)->regs[0])
 #define GO_ARG2(r) ((r)->regs[1])
 #define GO_RET1(r) ((r)->regs[0])

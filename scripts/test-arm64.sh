@@ -98,8 +98,21 @@ if [ ! -f "$cache/rootfs.img" ] || [ "$(cat "$cache/stamp" 2>/dev/null)" != "$st
     # the package's copy by --force-confold, skips that second run; set back to yes after.
     mkdir -p "$r/etc/initramfs-tools"
     echo update_initramfs=no >"$r/etc/initramfs-tools/update-initramfs.conf"
-    nice -n 10 debootstrap --arch=arm64 --variant=minbase --include="$pkgs" bookworm "$r" http://deb.debian.org/debian >"$cache/debootstrap.log" 2>&1 \
-      || { say "debootstrap failed: see $cache/debootstrap.log"; exit 1; }
+    # debootstrap's own resolver does not follow dependencies on virtual packages (the
+    # librust-*+default-dev that librust-rustls-dev wants): it unpacks what it found and fails
+    # to configure those. apt-get -f install in the chroot then fetches and configures the rest.
+    if ! nice -n 10 debootstrap --arch=arm64 --variant=minbase --include="$pkgs" bookworm "$r" http://deb.debian.org/debian >"$cache/debootstrap.log" 2>&1; then
+      [ -x "$r/usr/bin/apt-get" ] || { say "debootstrap failed: see $cache/debootstrap.log"; exit 1; }
+      say "debootstrap left packages unconfigured: completing them with apt-get -f install in the chroot"
+      mount -t proc proc "$r/proc"
+      cp /etc/resolv.conf "$r/etc/resolv.conf"
+      ok=1
+      { chroot "$r" /usr/bin/env DEBIAN_FRONTEND=noninteractive PATH=/usr/sbin:/usr/bin:/sbin:/bin \
+          sh -c 'apt-get update -qq && apt-get -f install -y -qq --no-install-recommends && apt-get clean'; } >>"$cache/debootstrap.log" 2>&1 || ok=0
+      missing=$(chroot "$r" dpkg-query -W -f='${Package} ${Status}\n' $(echo "$pkgs" | tr , ' ') 2>&1 | grep -v ' install ok installed$' || true)
+      rm -f "$r/etc/resolv.conf"; umount "$r/proc"
+      [ $ok = 1 ] && [ -z "$missing" ] || { say "debootstrap failed and apt-get -f install did not complete it: see $cache/debootstrap.log ${missing:+(not installed: $missing)}"; exit 1; }
+    fi
     sed -i 's/^update_initramfs=no/update_initramfs=yes/' "$r/etc/initramfs-tools/update-initramfs.conf"
     echo "$pkgs" >"$r/.pkgs"
   fi
@@ -165,6 +178,10 @@ fi
 run=$cache/run
 rm -rf "$run"; mkdir -p "$run"
 printf '%s\n' "${tests[@]/%/.test.js}" | sed 's|^|dist/test/|' >"$run/tests"
+# The guest is always emulated (TCG): every timeout and wait of the tests is five times longer,
+# as in test-kernels.sh's TCG guests (mocha's through test/lib/time-scale.js, the test
+# library's through HTTPS_CAPTURE_TEST_TIME_SCALE). Runs 1-3 of docs/arm64.md had none.
+echo 5 >"$run/time-scale"
 say "booting $(cat "$cache/kernel" 2>/dev/null || echo vmlinuz) under TCG (-smp $cpus, $mem) for setup.sh --test and ${#tests[@]} test files: ${tests[*]}"
 t0=$(date +%s)
 nice -n 10 qemu-system-aarch64 -M virt -cpu neoverse-n1 -accel tcg,thread=multi -m "$mem" -smp "$cpus" \
