@@ -127,7 +127,6 @@ async function runOne(w: Workload, mode: Mode, ctx: { port: number; worker: numb
     peakRssMiB: fin.peakRssMiB,
     errors: s.errors ?? [],
   };
-
 }
 
 /**

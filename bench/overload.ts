@@ -10,15 +10,13 @@
 // the same run so that their ratios compare: the helper without shedding (--shed-fill 1), with
 // it (the defaults), and optionally another build (--before DIST_CLI, e.g. the commit before
 // shedding). A script, never a test.
-import { ChildProcess, spawn } from 'child_process';
 import { Command } from 'commander';
 import * as fs from 'fs';
 import * as path from 'path';
 import { runLoad, WORKLOADS } from './lib/load';
 import { startBenchNginx } from './lib/nginx';
-import { PACKAGE_ROOT } from './lib/capture';
+import { HelperProcess, PACKAGE_ROOT, startHelperProcess } from './lib/capture';
 import { tmpDir } from '../test/lib/servers';
-import { cpuSeconds, statusKiB } from '../test/lib/procfs';
 import { NODE_FLAGS } from '../helper/package';
 import { countFrames, countHar, countJsonl, countText, textCounters } from './lib/count';
 
@@ -68,64 +66,8 @@ interface Row {
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
-async function startHelper(v: Variant, mode: Mode, out: string, filter: string[], wrap: string[]): Promise<{ child: ChildProcess; stderr: () => string; stop: () => Promise<void>; peak: () => number; cpu: () => number }> {
-  const args = [...NODE_FLAGS, v.cli, ...filter, ...v.args];
-  // --wrap: the helper runs under another program (heaptrack, env MALLOC_ARENA_MAX=1, ...).
-  const spawnNode = (argv: string[], o: Parameters<typeof spawn>[2]): ChildProcess =>
-    wrap.length ? spawn(wrap[0]!, [...wrap.slice(1), process.execPath, ...argv], o) : spawn(process.execPath, argv, o);
-  let child: ChildProcess;
-  if (mode === 'ipc') {
-    const fd = fs.openSync(out, 'w', 0o600);
-    child = spawnNode([...args, '--ipc'], { stdio: ['pipe', fd, 'pipe'] });
-    fs.closeSync(fd);
-  } else {
-    child = spawnNode([...args, '--format', mode, '--print-limit', '0', '--no-color', '-o', out], { stdio: ['ignore', 'ignore', 'pipe'] });
-  }
-  let err = '';
-  child.stderr!.on('data', (b: Buffer) => (err += b.toString()));
-  const exited = new Promise<void>((r) => child.once('exit', () => r()));
-  const t0 = Date.now();
-  while (!err.includes('capturing TLS plaintext')) {
-    if (child.exitCode !== null || Date.now() - t0 > 120_000) throw new Error(`the helper (${v.name}, ${mode}) did not start:\n${err}`);
-    await sleep(50);
-  }
-  let peak = 0;
-  let cpu = 0;
-  const cpu0 = cpuSeconds(child.pid!);
-  const sampler = setInterval(() => {
-    try {
-      peak = Math.max(peak, statusKiB(child.pid!, 'VmRSS'));
-      cpu = cpuSeconds(child.pid!) - cpu0;
-    } catch {
-      // gone
-    }
-  }, 200);
-  return {
-    child,
-    stderr: () => err,
-    peak: () => peak / 1024,
-    cpu: () => cpu,
-    stop: async () => {
-      clearInterval(sampler);
-      try {
-        peak = Math.max(peak, statusKiB(child.pid!, 'VmHWM'));
-      } catch {
-        // gone
-      }
-      // Until exit (draining what is left, rendering it): sampled on the exit itself.
-      const tail = setInterval(() => {
-        try {
-          cpu = cpuSeconds(child.pid!) - cpu0;
-        } catch {
-          // gone
-        }
-      }, 50);
-      void exited.then(() => clearInterval(tail));
-      if (mode === 'ipc') child.stdin!.end();
-      else child.kill('SIGINT');
-      await exited;
-    },
-  };
+function startHelper(v: Variant, mode: Mode, out: string, filter: string[], wrap: string[]): Promise<HelperProcess> {
+  return startHelperProcess({ argv: [...NODE_FLAGS, v.cli, ...filter, ...v.args], mode, out, wrap, name: v.name });
 }
 
 async function main(): Promise<void> {

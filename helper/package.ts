@@ -18,7 +18,7 @@ function findRoot(from: string): string {
 /**
  * Options node runs the helper with: the shebang of helper/cli.ts (what `https-capture`, the
  * package's bin, the image and the systemd unit run), `npm start`, and the benchmarks that
- * spawn it say the same (test/unit/package.test.ts checks). A young generation of 4 MiB semi-
+ * spawn it say the same (test/unit/node-flags.test.ts checks). A young generation of 4 MiB semi-
  * spaces instead of V8's 16: under load the helper allocates fast and short-lived (segments,
  * parsed messages, rendered text) and a large new space is resident memory that buys nothing
  * (issue #15, measured on 256 KiB responses in text: peak RSS 278 -> 223 MiB, the same CPU).

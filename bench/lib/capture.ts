@@ -131,42 +131,86 @@ export async function startCapture(mode: Exclude<Mode, 'none'>, targets: { nginx
   };
 }
 
+/** The helper as its own process, with its output to a file: what bench.ts's text mode and overload.ts run. */
+export interface HelperProcess {
+  child: ChildProcess;
+  stderr: () => string;
+  /** Stops it (--ipc: stdin closed; otherwise SIGINT, as a person stops it) and waits for its exit. */
+  stop: () => Promise<void>;
+  /** Peak RSS in MiB so far. */
+  peak: () => number;
+  /** CPU seconds since it said it was capturing (until its exit, once stopped: draining and rendering count). */
+  cpu: () => number;
+}
+
 /**
- * The standalone command, text format, whole bodies, to `file` (mode 0600, removed by the
- * caller): ready when it says it is capturing; stopped with SIGINT as a person stops it, after
- * which it drains and renders what is left and prints its closing counters on stderr.
+ * Starts `node argv...` (argv: node's flags, the cli, the helper's options) in --ipc mode (frames
+ * to `out`) or as the standalone command in format `mode` (whole bodies, to `out`, mode 0600),
+ * under `wrap` if given (heaptrack, env MALLOC_ARENA_MAX=1, ...), and resolves once it is
+ * capturing.
  */
-async function startText(file: string): Promise<RunningCapture> {
-  const child = spawn(process.execPath, [...NODE_FLAGS, cli, '--format', 'text', '--print-limit', '0', '--no-color', '-o', file], { stdio: ['ignore', 'ignore', 'pipe'] });
+export async function startHelperProcess(o: { argv: string[]; mode: string; out: string; wrap?: string[]; name?: string }): Promise<HelperProcess> {
+  const wrap = o.wrap ?? [];
+  const spawnNode = (argv: string[], so: Parameters<typeof spawn>[2]): ChildProcess =>
+    wrap.length ? spawn(wrap[0]!, [...wrap.slice(1), process.execPath, ...argv], so) : spawn(process.execPath, argv, so);
+  let child: ChildProcess;
+  if (o.mode === 'ipc') {
+    const fd = fs.openSync(o.out, 'w', 0o600);
+    child = spawnNode([...o.argv, '--ipc'], { stdio: ['pipe', fd, 'pipe'] });
+    fs.closeSync(fd);
+  } else {
+    child = spawnNode([...o.argv, '--format', o.mode, '--print-limit', '0', '--no-color', '-o', o.out], { stdio: ['ignore', 'ignore', 'pipe'] });
+  }
   let err = '';
   child.stderr!.on('data', (b: Buffer) => (err += b.toString()));
   const exited = new Promise<void>((r) => child.once('exit', () => r()));
   const t0 = Date.now();
   while (!err.includes('capturing TLS plaintext')) {
-    if (child.exitCode !== null || Date.now() - t0 > 120_000) throw new Error(`the capture (text) did not start:\n${err.slice(-4000)}`);
+    if (child.exitCode !== null || Date.now() - t0 > 120_000) throw new Error(`the helper (${o.name ?? 'bench'}, ${o.mode}) did not start:\n${err.slice(-4000)}`);
     await new Promise((r) => setTimeout(r, 50));
   }
   const pid = child.pid!;
   let peak = 0;
-  let cpu0 = 0;
   let cpu = 0;
-  // /proc/<pid> is gone after the exit: CPU and RSS are sampled while it lives.
-  const sampler = setInterval(() => {
+  const cpu0 = cpuSeconds(pid);
+  // /proc/<pid> is gone after the exit: CPU and RSS are sampled while it lives (0 once gone).
+  const sample = (): void => {
     peak = Math.max(peak, rssKiB(pid, 'VmRSS'));
-    cpu = Math.max(cpu, cpuSeconds(pid));
-  }, 50);
+    cpu = Math.max(cpu, cpuSeconds(pid) - cpu0);
+  };
+  let sampler = setInterval(sample, 200);
   return {
-    helperPid: pid,
-    mark: () => {
-      if (!cpu0) cpu0 = cpuSeconds(pid);
-    },
-    finish: async () => {
+    child,
+    stderr: () => err,
+    peak: () => peak / 1024,
+    cpu: () => cpu,
+    stop: async () => {
       peak = Math.max(peak, rssKiB(pid, 'VmHWM'));
-      child.kill('SIGINT');
+      // Until exit (draining what is left, rendering it), more often.
+      clearInterval(sampler);
+      sampler = setInterval(sample, 50);
+      if (o.mode === 'ipc') child.stdin!.end();
+      else child.kill('SIGINT');
       await exited;
       clearInterval(sampler);
-      if (!fs.existsSync(file)) throw new Error(`the capture (text) wrote no ${file}:\n${err.slice(-4000)}`);
-      return { text: { file, stderr: err }, cpuSeconds: cpu - cpu0, hostCpuSeconds: 0, peakRssMiB: peak / 1024 };
+    },
+  };
+}
+
+/**
+ * The text mode: the standalone command, whole bodies, to `file` (removed by the caller); its
+ * CPU from the first mark to its exit.
+ */
+async function startText(file: string): Promise<RunningCapture> {
+  const h = await startHelperProcess({ argv: [...NODE_FLAGS, cli], mode: 'text', out: file });
+  let cpu0: number | undefined;
+  return {
+    helperPid: h.child.pid!,
+    mark: () => void (cpu0 ??= h.cpu()),
+    finish: async () => {
+      await h.stop();
+      if (!fs.existsSync(file)) throw new Error(`the capture (text) wrote no ${file}:\n${h.stderr().slice(-4000)}`);
+      return { text: { file, stderr: h.stderr() }, cpuSeconds: h.cpu() - (cpu0 ?? 0), hostCpuSeconds: 0, peakRssMiB: h.peak() };
     },
   };
 }

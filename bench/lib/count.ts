@@ -10,18 +10,14 @@ import { HttpExchange, Session } from '../../helper/http/exchanges';
 export type Counts = { perPid: Map<number, number>; unanswered: Map<number, number> };
 
 /** Exchanges of a frame recording with a request line, a status and headers on both sides, per pid. */
-export async function countFrames(file: string): Promise<{ perPid: Map<number, number>; unanswered: Map<number, number>; kernel?: Record<string, number>; writer?: Record<string, number> }> {
-  const perPid = new Map<number, number>();
-  const unanswered = new Map<number, number>();
-  // Per connection, whether its last exchange was a request with no response.
-  const last = new Map<string, { pid: number; unanswered: boolean }>();
+export async function countFrames(file: string): Promise<Counts & { kernel?: Record<string, number>; writer?: Record<string, number> }> {
+  const t = new Tally();
   let kernel: Record<string, number> | undefined;
   let writer: Record<string, number> | undefined;
   const session = new Session((e) => {
     if (e.type !== 'exchange') return;
     const x = e.exchange;
-    if (headed(x)) perPid.set(x.conn.pid, (perPid.get(x.conn.pid) ?? 0) + 1);
-    last.set(x.conn.key, { pid: x.conn.pid, unanswered: !!x.request && x.request.headers.length > 0 && !x.response });
+    t.add(x.conn.pid, x.conn.key, headed(x), !!x.request && x.request.headers.length > 0 && !x.response);
   });
   for await (const f of replayFrames(file, { validate: false })) {
     if (f.type === 'bye') {
@@ -31,8 +27,7 @@ export async function countFrames(file: string): Promise<{ perPid: Map<number, n
     session.push(f);
   }
   session.end();
-  for (const l of last.values()) if (l.unanswered) unanswered.set(l.pid, (unanswered.get(l.pid) ?? 0) + 1);
-  return { perPid, unanswered, ...(kernel ? { kernel } : {}), ...(writer ? { writer } : {}) };
+  return { ...t.counts(), ...(kernel ? { kernel } : {}), ...(writer ? { writer } : {}) };
 }
 
 function headed(x: HttpExchange): boolean {
@@ -45,15 +40,12 @@ function headed(x: HttpExchange): boolean {
  * HTTP/x`, a status line (`< HTTP/1.x NNN`, HTTP/2: `< NNN`), and a header line on each side.
  * Bodies here are base64 or 'x' runs: no line of them starts with '> ' or '< '.
  */
-export async function countText(file: string): Promise<{ perPid: Map<number, number>; unanswered: Map<number, number> }> {
-  const perPid = new Map<number, number>();
-  const unanswered = new Map<number, number>();
+export async function countText(file: string): Promise<Counts> {
+  const t = new Tally();
   const head = /^\d\d:\d\d:\d\d\.\d+ \S+\[(\d+)\] conn (\d+) HTTP\/(?:1\.[01]|2 stream \d+) /;
-  const last = new Map<string, { pid: number; unanswered: boolean }>();
   let cur: { conn: string; pid: number; req: boolean; res: boolean; reqH: boolean; resH: boolean; noResponse: boolean } | undefined;
   const done = (): void => {
-    if (cur && cur.req && cur.res && cur.reqH && cur.resH) perPid.set(cur.pid, (perPid.get(cur.pid) ?? 0) + 1);
-    if (cur) last.set(cur.conn, { pid: cur.pid, unanswered: cur.req && cur.reqH && !cur.res && cur.noResponse });
+    if (cur) t.add(cur.pid, cur.conn, cur.req && cur.res && cur.reqH && cur.resH, cur.req && cur.reqH && !cur.res && cur.noResponse);
     cur = undefined;
   };
   const rl = readline.createInterface({ input: fs.createReadStream(file, { highWaterMark: 1 << 20 }), crlfDelay: Infinity });
@@ -73,8 +65,7 @@ export async function countText(file: string): Promise<{ perPid: Map<number, num
     else if (/^< :?[^ :]+: /.test(line)) cur.resH = true;
   }
   done();
-  for (const l of last.values()) if (l.unanswered) unanswered.set(l.pid, (unanswered.get(l.pid) ?? 0) + 1);
-  return { perPid, unanswered };
+  return t.counts();
 }
 
 /** Tallies exchanges per pid, and per connection whether its last one was a request left unanswered. */

@@ -20,9 +20,9 @@ import { FrameWriter, RawFrame } from '../protocol/wire';
 import { CaptureRecord } from '../records/records';
 
 /** The writer's queue, as a fraction of its bound, above which the kernel sheds (Session.checkWriter)... */
-export const WRITER_SHED_HIGH = 1 / 4;
+const WRITER_SHED_HIGH = 1 / 4;
 /** ...and below which it stops. */
-export const WRITER_SHED_LOW = 1 / 16;
+const WRITER_SHED_LOW = 1 / 16;
 
 export type StopReason = 'shutdown' | 'signal' | 'stdin_closed' | 'parent_exited' | 'fatal_error' | 'stdout_closed';
 export type ByeReason = Exclude<StopReason, 'stdout_closed'>;
@@ -170,8 +170,8 @@ export class Session {
   private stopped?: Promise<KernelCounters | undefined>;
   /** Why the kernel sheds whatever the ring's fill: the front end's renderer ('output'), the host ('writer'). */
   private readonly shedWhy = new Set<'output' | 'writer'>();
-  /** Times the writer's queue passed WRITER_SHED_HIGH (a host reading slower than the calls move bytes). */
-  writerShedSpells = 0;
+  /** Whether the log has said once that the host reads slower than the calls move bytes. */
+  private saidSlowHost = false;
 
   constructor(
     private readonly opts: SessionOptions,
@@ -252,7 +252,7 @@ export class Session {
    * A host that reads frames slower than the traced calls move bytes (apidump busy, a slow
    * pipe) fills the writer's queue while the ring stays nearly empty, since the helper drains
    * the ring into the queue: the kernel, seeing no fill, would not shed, and the queue, once
-   * full, drops whole segments, heads with bodies (issue #15: 58 % of the exchanges of a
+   * full, drops whole segments, heads with bodies (issue #15: 49 % of the exchanges of a
    * 256 KiB load reached the Go host). So the queue's own fill has the kernel shed too, above
    * a quarter of its bound, until it is back under a sixteenth: calls are cut to their heads
    * before anything must be dropped.
@@ -262,7 +262,8 @@ export class Session {
     const q = w.queuedBytes;
     const behind = this.shedWhy.has('writer') ? q >= w.maxQueueBytes * WRITER_SHED_LOW : q > w.maxQueueBytes * WRITER_SHED_HIGH;
     if (behind === this.shedWhy.has('writer')) return;
-    if (behind && this.writerShedSpells++ === 0) {
+    if (behind && !this.saidSlowHost) {
+      this.saidSlowHost = true;
       this.opts.log(`the host reads frames slower than the traced programs move bytes: bodies are shed (each call's head kept, --shed-head) while more than ${Math.round((w.maxQueueBytes * WRITER_SHED_HIGH) / 2 ** 20)} MiB wait for it; the bytes are counted in kernel.bytes_shed`);
     }
     this.shedFor('writer', behind);
