@@ -14,6 +14,7 @@
 #include <sys/eventfd.h>
 #include <csignal>
 #include <pthread.h>
+#include <malloc.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -670,6 +671,13 @@ Napi::Value LibbpfVersion(const Napi::CallbackInfo &info) {
   return Napi::String::New(info.Env(), libbpf_version_string());
 }
 
+// mallopt(M_MMAP_THRESHOLD): glibc has no other way in. Setting it also stops glibc raising the
+// threshold each time a large block is freed (helper/kernel/bridge.ts says why that matters).
+Napi::Value PinMmapThreshold(const Napi::CallbackInfo &info) {
+  const int bytes = info[0].As<Napi::Number>().Int32Value();
+  return Napi::Boolean::New(info.Env(), mallopt(M_MMAP_THRESHOLD, bytes) == 1);
+}
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   const char *dbg = getenv("HTTPS_CAPTURE_LIBBPF_DEBUG");
   g_log_echo = dbg && *dbg && strcmp(dbg, "0") != 0;
@@ -678,6 +686,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("clock", Napi::Function::New(env, Clock));
   exports.Set("possibleCpus", Napi::Function::New(env, PossibleCpus));
   exports.Set("libbpfVersion", Napi::Function::New(env, LibbpfVersion));
+  exports.Set("pinMmapThreshold", Napi::Function::New(env, PinMmapThreshold));
   return exports;
 }
 
