@@ -12,6 +12,8 @@
 #include <linux/types.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <linux/bpf.h>
 #include <csignal>
 #include <pthread.h>
 #include <malloc.h>
@@ -103,6 +105,87 @@ void DestroyLinks(std::vector<bpf_link *> links) {
   for (auto &t : threads) t.join();
 }
 
+// ---- the ring buffer's consumer ----------------------------------------------------------
+//
+// Written here rather than taken from libbpf's ring_buffer because of how that one maps the
+// data area: twice, back to back, so that a record that wraps past the end reads as one piece.
+// The kernel fills every page of a ring buffer mapping when it is made, so the second copy is
+// resident from the start and a 32 MiB ring shows as 64 MiB of the helper's RSS. The same
+// physical pages, but RSS is what a host's monitoring reads. This reader maps the data once and
+// hands a wrapping record over in two pieces (the ring thread copies every record into a batch
+// slot anyway, so the pieces cost nothing). The protocol is the kernel's (uapi linux/bpf.h:
+// BPF_RINGBUF_*, kernel/bpf/ringbuf.c): a consumer position page we write, a producer
+// position page and the data pages we read; each record is an 8-byte header (length with busy
+// and discard bits) and its sample, 8-byte aligned; a header never wraps.
+class RingReader {
+ public:
+  // One record: `a` then `b` (b_len 0 unless the record wraps past the end of the data).
+  using Sample = void (*)(void *ctx, const uint8_t *a, size_t a_len, const uint8_t *b, size_t b_len);
+
+  // Returns 0 or an errno.
+  int Open(int map_fd, uint32_t data_size) {
+    page_ = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+    if (data_size == 0 || (data_size & (data_size - 1)) != 0 || data_size % page_ != 0) return EINVAL;
+    fd_ = map_fd;
+    size_ = data_size;
+    void *c = mmap(nullptr, page_, PROT_READ | PROT_WRITE, MAP_SHARED, map_fd, 0);
+    if (c == MAP_FAILED) return errno;
+    cons_ = static_cast<uint8_t *>(c);
+    // The producer position page and the data, once (offset: one page in).
+    void *p = mmap(nullptr, page_ + size_, PROT_READ, MAP_SHARED, map_fd, static_cast<off_t>(page_));
+    if (p == MAP_FAILED) {
+      int err = errno;
+      Close();
+      return err;
+    }
+    prod_ = static_cast<uint8_t *>(p);
+    data_ = prod_ + page_;
+    return 0;
+  }
+
+  void Close() {
+    if (cons_) munmap(cons_, page_);
+    if (prod_) munmap(prod_, page_ + size_);
+    cons_ = prod_ = data_ = nullptr;
+  }
+
+  int Fd() const { return fd_; }
+
+  // Hands every committed record to `fn`, advancing the consumer position after each (so BPF's
+  // fill level, which decides its shedding, counts only what is not yet copied out). Stops at a
+  // record still being written. Returns the number of records handed over.
+  uint64_t Consume(Sample fn, void *ctx) {
+    auto *cons_pos = reinterpret_cast<unsigned long *>(cons_);
+    auto *prod_pos = reinterpret_cast<unsigned long *>(prod_);
+    const unsigned long mask = size_ - 1;
+    uint64_t n = 0;
+    unsigned long cons = __atomic_load_n(cons_pos, __ATOMIC_ACQUIRE);
+    for (;;) {
+      unsigned long prod = __atomic_load_n(prod_pos, __ATOMIC_ACQUIRE);
+      if (cons >= prod) return n;
+      while (cons < prod) {
+        auto *hdr = reinterpret_cast<uint32_t *>(data_ + (cons & mask));
+        uint32_t len = __atomic_load_n(hdr, __ATOMIC_ACQUIRE);
+        if (len & BPF_RINGBUF_BUSY_BIT) return n;  // reserved, not yet submitted
+        uint32_t sample = len & ~(BPF_RINGBUF_BUSY_BIT | BPF_RINGBUF_DISCARD_BIT);
+        if (!(len & BPF_RINGBUF_DISCARD_BIT)) {
+          size_t at = ((cons & mask) + BPF_RINGBUF_HDR_SZ) & mask;
+          size_t a = sample < size_ - at ? sample : size_ - at;
+          fn(ctx, data_ + at, a, data_, sample - a);
+          n++;
+        }
+        cons += (static_cast<unsigned long>(sample) + BPF_RINGBUF_HDR_SZ + 7) & ~7UL;
+        __atomic_store_n(cons_pos, cons, __ATOMIC_RELEASE);
+      }
+    }
+  }
+
+ private:
+  int fd_ = -1;
+  size_t page_ = 0, size_ = 0;
+  uint8_t *cons_ = nullptr, *prod_ = nullptr, *data_ = nullptr;
+};
+
 class Capture : public Napi::ObjectWrap<Capture> {
  public:
   static Napi::Function Init(Napi::Env env) {
@@ -168,7 +251,8 @@ class Capture : public Napi::ObjectWrap<Capture> {
   std::map<uint32_t, bpf_link *> links_;
   uint32_t next_link_ = 1;
 
-  ring_buffer *rb_ = nullptr;
+  RingReader ring_;
+  bool ring_open_ = false;
   int stop_fd_ = -1;
   std::thread thread_;
   Napi::ThreadSafeFunction tsfn_;
@@ -181,7 +265,7 @@ class Capture : public Napi::ObjectWrap<Capture> {
   int ring_err_ = 0;
   const char *ring_err_op_ = "";
   Napi::FunctionReference on_error_;
-  std::atomic<uint64_t> batches_{0}, records_{0}, bytes_{0};
+  std::atomic<uint64_t> batches_{0}, records_{0}, bytes_{0}, wrapped_{0};
   // The slots: the buffers, who may write them, and the batch being filled.
   size_t slot_cap_ = 0;
   std::vector<uint8_t *> slot_data_;                          // written by the ring thread
@@ -398,19 +482,32 @@ class Capture : public Napi::ObjectWrap<Capture> {
 
   // ---- ring buffer: a native thread drains it and hands batches to JavaScript ------------
 
-  static int OnSample(void *ctx, void *data, size_t size) {
+  // One record, in one piece or (wrapping past the end of the ring) two.
+  static void OnSample(void *ctx, const uint8_t *a, size_t a_len, const uint8_t *b, size_t b_len) {
     auto *self = static_cast<Capture *>(ctx);
+    size_t size = a_len + b_len;
     // Records are reserved in size classes; their first u32 says how much is meaningful.
     uint32_t used = 0;
-    if (size >= sizeof(uint32_t)) memcpy(&used, data, sizeof(used));
+    if (size >= sizeof(uint32_t)) {
+      uint8_t head[sizeof(uint32_t)];
+      size_t ha = a_len < sizeof(head) ? a_len : sizeof(head);
+      memcpy(head, a, ha);
+      memcpy(head + ha, b, sizeof(head) - ha);
+      memcpy(&used, head, sizeof(used));
+    }
     if (used < sizeof(uint32_t) || used > size) used = static_cast<uint32_t>(size);
     if (self->cur_slot_ >= 0 && self->cur_used_ + used > self->slot_cap_) self->Flush();
     if (self->cur_slot_ < 0) self->AcquireSlot();
-    memcpy(self->slot_data_[self->cur_slot_] + self->cur_used_, data, used);
+    uint8_t *to = self->slot_data_[self->cur_slot_] + self->cur_used_;
+    size_t first = used < a_len ? used : a_len;
+    memcpy(to, a, first);
+    if (used > first) {
+      memcpy(to + first, b, used - first);
+      self->wrapped_++;
+    }
     self->cur_used_ += used;
     self->cur_records_++;
     if (self->cur_used_ >= self->batch_bytes_) self->Flush();
-    return 0;
   }
 
   static void CallJsSlot(Napi::Env env, Napi::Function cb, SlotBatch *b) {
@@ -464,6 +561,11 @@ class Capture : public Napi::ObjectWrap<Capture> {
     }
   }
 
+  void CloseRing() {
+    if (ring_open_) ring_.Close();
+    ring_open_ = false;
+  }
+
   // Ends the thread's loop early: what failed is told to JavaScript when the thread is done.
   void RingFailed(const char *op, int err) {
     ring_err_op_ = op;
@@ -474,7 +576,7 @@ class Capture : public Napi::ObjectWrap<Capture> {
     int ep = epoll_create1(EPOLL_CLOEXEC);
     epoll_event ev{};
     ev.events = EPOLLIN;
-    ev.data.fd = ring_buffer__epoll_fd(rb_);
+    ev.data.fd = ring_.Fd();  // a ring buffer map polls readable when BPF wakes it
     if (ep < 0)
       RingFailed("epoll_create1", errno);
     else if (epoll_ctl(ep, EPOLL_CTL_ADD, ev.data.fd, &ev) < 0)
@@ -496,11 +598,7 @@ class Capture : public Napi::ObjectWrap<Capture> {
       }
       for (int i = 0; i < n; i++)
         if (got[i].data.fd == stop_fd_) stop = true;
-      int got_n = ring_buffer__consume(rb_);  // on stop too: what is in the ring is delivered
-      if (got_n < 0 && !ring_err_) {
-        RingFailed("ring_buffer__consume", -got_n);
-        stop = true;
-      }
+      ring_.Consume(OnSample, this);  // on stop too: what is in the ring is delivered
       Flush();
     }
     if (ep >= 0) close(ep);
@@ -543,13 +641,14 @@ class Capture : public Napi::ObjectWrap<Capture> {
 
     bpf_map *map = FindMap(env, name);
     LogReset();
-    rb_ = ring_buffer__new(bpf_map__fd(map), OnSample, this, nullptr);
-    if (!rb_) throw BridgeError(env, "open ring buffer", name, errno);
+    if (bpf_map__type(map) != BPF_MAP_TYPE_RINGBUF) throw BridgeError(env, "open ring buffer", name, EINVAL);
+    int ring_err = ring_.Open(bpf_map__fd(map), bpf_map__max_entries(map));
+    if (ring_err) throw BridgeError(env, "map ring buffer", name, ring_err);
+    ring_open_ = true;
     stop_fd_ = eventfd(0, EFD_CLOEXEC);
     if (stop_fd_ < 0) {
       int err = errno;
-      ring_buffer__free(rb_);
-      rb_ = nullptr;
+      CloseRing();
       throw BridgeError(env, "eventfd", name, err);
     }
     // The finalizer runs on the JS thread once the ring thread has released the function
@@ -566,8 +665,7 @@ class Capture : public Napi::ObjectWrap<Capture> {
     if (thread_.joinable()) thread_.join();
     slot_ref_.clear();
     slot_data_.clear();
-    ring_buffer__free(rb_);
-    rb_ = nullptr;
+    CloseRing();
     close(stop_fd_);
     stop_fd_ = -1;
     ring_running_ = false;
@@ -617,6 +715,8 @@ class Capture : public Napi::ObjectWrap<Capture> {
     o.Set("batches", Napi::Number::New(env, static_cast<double>(batches_.load())));
     o.Set("records", Napi::Number::New(env, static_cast<double>(records_.load())));
     o.Set("bytes", Napi::Number::New(env, static_cast<double>(bytes_.load())));
+    // Records that wrapped past the end of the ring and were put together from two pieces.
+    o.Set("wrapped", Napi::Number::New(env, static_cast<double>(wrapped_.load())));
     return o;
   }
 
@@ -641,8 +741,7 @@ class Capture : public Napi::ObjectWrap<Capture> {
     for (auto &l : links_) bpf_link__destroy(l.second);
     links_.clear();
     if (ring_running_) return;  // RingEnded() frees the rest
-    if (rb_) ring_buffer__free(rb_);
-    rb_ = nullptr;
+    CloseRing();
     if (obj_) bpf_object__close(obj_);
     obj_ = nullptr;
   }

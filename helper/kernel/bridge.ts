@@ -42,6 +42,8 @@ export interface RingStats {
   batches: number;
   records: number;
   bytes: number;
+  /** Records that crossed the end of the ring's data and were put together from two pieces. */
+  wrapped: number;
 }
 
 interface NativeCapture {

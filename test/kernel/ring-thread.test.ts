@@ -29,16 +29,22 @@ function epolls(): Map<number, number[]> {
   return out;
 }
 
+/** What an fd of this process is (its /proc/self/fd link), or '' once it is closed. */
+function fdKind(fd: number): string {
+  try {
+    return fs.readlinkSync(`/proc/self/fd/${fd}`);
+  } catch {
+    return '';
+  }
+}
+
 /**
- * The ring thread's epoll fd: new since `before`, and watching another epoll fd (libbpf's ring
- * buffer epoll, which itself watches the ring map), where libuv's and libbpf's watch none.
+ * The ring thread's epoll fd: new since `before`, and watching the ring buffer map itself
+ * (anon_inode:bpf-map), where libuv's epoll fds watch none.
  */
 async function ringThreadEpoll(before: Set<number>): Promise<number> {
   return waitFor(
-    () => {
-      const now = epolls();
-      return [...now].find(([fd, watched]) => !before.has(fd) && watched.some((w) => now.has(w)))?.[0];
-    },
+    () => [...epolls()].find(([fd, watched]) => !before.has(fd) && watched.some((w) => fdKind(w) === 'anon_inode:bpf-map'))?.[0],
     { what: "the ring thread's epoll fd", timeoutMs: 5000 },
   );
 }
