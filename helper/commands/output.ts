@@ -19,25 +19,47 @@ export function openOutput(file: string | undefined): Sink & { close(): Promise<
   }
   // Private even if it existed before with other permissions.
   fs.fchmodSync(fd, 0o600);
-  const stream = fs.createWriteStream('', { fd });
-  // The renderers write many short strings: joined here and written once per turn of the event
-  // loop (or every 256 KiB), each write costs the stream a Buffer and a callback otherwise.
+  // Written synchronously. An fs.WriteStream writes one chunk per turn of the event loop, and
+  // a capture under load renders many batches per turn: its queue grew to 100 MiB of 256 KiB
+  // chunks (a heap snapshot at the peak of a text capture, issue #15) however fast the disk
+  // was. A write to a file is a copy into the page cache; when the disk is slower than that
+  // (a full page cache, a network file system), the write blocks the event loop, the records
+  // wait in the ring, arrive late, and the renderer sheds bodies (formats/shed.ts), as it does
+  // when it cannot render fast enough. Writing a string with fs.writeSync leaves no Buffer
+  // behind for the collector. The renderers write many short strings: joined here and written
+  // once per turn of the event loop (or every 256 KiB).
   let parts: string[] = [];
   let held = 0;
   let scheduled = false;
+  let failed: UserError | undefined;
+  const writeAll = (chunk: string | Buffer): void => {
+    if (failed) return;
+    try {
+      let buf: Buffer | undefined;
+      let done = typeof chunk === 'string' ? fs.writeSync(fd, chunk) : 0;
+      // Whole writes are the rule for a file; a short one (a signal, a full disk) goes on as bytes.
+      if (typeof chunk !== 'string' || done < Buffer.byteLength(chunk)) {
+        buf = typeof chunk === 'string' ? Buffer.from(chunk) : chunk;
+        while (done < buf.length) done += fs.writeSync(fd, buf, done, buf.length - done);
+      }
+    } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code ?? (e as Error).message;
+      failed = new UserError(`cannot write the output file ${file} (${code}): the output stopped there`, code === 'ENOSPC' ? 'free space on its file system, or write it elsewhere with --output' : 'write it elsewhere with --output');
+    }
+  };
   const flush = (): void => {
     scheduled = false;
     if (!parts.length) return;
     const joined = parts.join('');
     parts = [];
     held = 0;
-    stream.write(joined);
+    writeAll(joined);
   };
   return {
     write: (s) => {
       if (typeof s !== 'string') {
         flush();
-        stream.write(s);
+        writeAll(s);
         return;
       }
       parts.push(s);
@@ -48,12 +70,14 @@ export function openOutput(file: string | undefined): Sink & { close(): Promise<
         setImmediate(flush);
       }
     },
+    // The first write error, if any, is the command's error (the capture itself went on).
     close: () => {
       flush();
-      return new Promise((resolve) => stream.end(resolve));
+      fs.closeSync(fd);
+      return failed ? Promise.reject(failed) : Promise.resolve();
     },
-    // Bytes written but not yet on disk: the standalone command sheds above a bound (formats/shed.ts).
-    pending: () => stream.writableLength + held,
+    // Only what is joined and not yet written: writes are synchronous.
+    pending: () => held,
   };
 }
 
