@@ -67,7 +67,17 @@ interface Row {
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 function startHelper(v: Variant, mode: Mode, out: string, filter: string[], wrap: string[]): Promise<HelperProcess> {
-  return startHelperProcess({ argv: [...NODE_FLAGS, v.cli, ...filter, ...v.args], mode, out, wrap, name: v.name });
+  return startHelperProcess({ argv: [...nodeFlagsOf(v.cli), v.cli, ...filter, ...v.args], mode, out, wrap, name: v.name });
+}
+
+/**
+ * The node flags a build runs its helper with: those of its cli.js shebang (helper/package.ts
+ * NODE_FLAGS of that build), so that a build from before a change of flags is measured as it ran.
+ */
+function nodeFlagsOf(cli: string): string[] {
+  const first = fs.readFileSync(cli, 'utf8').split('\n', 1)[0]!;
+  const m = /^#!\/usr\/bin\/env -S node(.*)$/.exec(first);
+  return m ? m[1]!.trim().split(/\s+/).filter(Boolean) : NODE_FLAGS;
 }
 
 async function main(): Promise<void> {

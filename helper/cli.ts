@@ -1,4 +1,4 @@
-#!/usr/bin/env -S node --max-semi-space-size=4
+#!/usr/bin/env -S node --max-semi-space-size=4 --heap-growing-percent=100
 // cli.ts: the `https-capture` command. With no arguments it attaches to every TLS library on
 // the system, for all processes, and prints the HTTP requests and responses (or, with
 // --format, JSON Lines, HAR, pcapng or every call) until Ctrl-C; `replay FILE` renders a

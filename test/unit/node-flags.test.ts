@@ -1,7 +1,8 @@
 // node-flags.test.ts: the helper runs with helper/package.ts NODE_FLAGS however it is started:
 // the shebang of the `https-capture` command (the package's bin, the image, the systemd unit)
-// and `npm start` carry the same flags, and the flag does what it is there for (a small young
-// generation: resident memory under load, issue #15).
+// and `npm start` carry the same flags, and the flags do what they are there for (a small young
+// generation, an old generation that grows less past what is live: resident memory under load,
+// issue #15).
 import * as assert from 'assert';
 import { execFileSync } from 'child_process';
 import * as fs from 'fs';
@@ -34,5 +35,19 @@ describe('node flags of the helper (no root)', () => {
     const dflt = size([]);
     assert.ok(small <= 8 << 20, `new space with ${NODE_FLAGS.join(' ')}: ${small} bytes`);
     assert.ok(dflt > small, `new space without: ${dflt} bytes, with: ${small}`);
+  });
+
+  it('with NODE_FLAGS the old generation grows less past what is live (20 MiB live, strings replaced)', function () {
+    this.timeout(30_000);
+    // 20 000 strings of 1 KB live, each replaced 20 times: the old space's largest size.
+    const probe =
+      "const v8=require('v8');let max=0;const live=new Array(20000);" +
+      "for(let i=0;i<400000;i++){live[i%20000]='y'.repeat(1000)+i;if(i%2000===0){const s=v8.getHeapSpaceStatistics().find(s=>s.space_name==='old_space').space_size;if(s>max)max=s}}" +
+      'process.stdout.write(String(max))';
+    const size = (flags: string[]): number => Number(execFileSync(process.execPath, [...flags, '-e', probe], { encoding: 'utf8' }));
+    const young = NODE_FLAGS.filter((f) => f.startsWith('--max-semi-space-size'));
+    const withFlags = size(NODE_FLAGS);
+    const without = size(young);
+    assert.ok(withFlags < without, `old space peak with ${NODE_FLAGS.join(' ')}: ${withFlags >> 20} MiB, with only ${young.join(' ')}: ${without >> 20} MiB`);
   });
 });
