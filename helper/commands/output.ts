@@ -35,11 +35,10 @@ export function openOutput(file: string | undefined): Sink & { close(): Promise<
   const writeAll = (chunk: string | Buffer): void => {
     if (failed) return;
     try {
-      let buf: Buffer | undefined;
       let done = typeof chunk === 'string' ? fs.writeSync(fd, chunk) : 0;
       // Whole writes are the rule for a file; a short one (a signal, a full disk) goes on as bytes.
       if (typeof chunk !== 'string' || done < Buffer.byteLength(chunk)) {
-        buf = typeof chunk === 'string' ? Buffer.from(chunk) : chunk;
+        const buf = typeof chunk === 'string' ? Buffer.from(chunk) : chunk;
         while (done < buf.length) done += fs.writeSync(fd, buf, done, buf.length - done);
       }
     } catch (e) {
