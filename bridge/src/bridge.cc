@@ -151,6 +151,14 @@ class RingReader {
 
   int Fd() const { return fd_; }
 
+  // Bytes BPF has reserved that the consumer has not passed yet (0 when not mapped).
+  uint64_t Pending() const {
+    if (!cons_ || !prod_) return 0;
+    unsigned long cons = __atomic_load_n(reinterpret_cast<const unsigned long *>(cons_), __ATOMIC_ACQUIRE);
+    unsigned long prod = __atomic_load_n(reinterpret_cast<const unsigned long *>(prod_), __ATOMIC_ACQUIRE);
+    return prod > cons ? prod - cons : 0;
+  }
+
   // Hands every committed record to `fn`, advancing the consumer position after each (so BPF's
   // fill level, which decides its shedding, counts only what is not yet copied out). Stops at a
   // record still being written. Returns the number of records handed over.
@@ -202,6 +210,7 @@ class Capture : public Napi::ObjectWrap<Capture> {
                            InstanceMethod("startRing", &Capture::StartRing),
                            InstanceMethod("stopRing", &Capture::StopRing),
                            InstanceMethod("ringStats", &Capture::RingStats),
+                           InstanceMethod("ringPending", &Capture::RingPending),
                            InstanceMethod("close", &Capture::Close),
                        });
   }
@@ -707,6 +716,11 @@ class Capture : public Napi::ObjectWrap<Capture> {
       return d.Promise();
     }
     return stopped_->Promise();
+  }
+
+  // ringPending() -> bytes waiting in the ring buffer (read from its positions, no syscall).
+  Napi::Value RingPending(const Napi::CallbackInfo &info) {
+    return Napi::Number::New(info.Env(), static_cast<double>(ring_open_ ? ring_.Pending() : 0));
   }
 
   Napi::Value RingStats(const Napi::CallbackInfo &info) {

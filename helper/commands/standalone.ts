@@ -68,6 +68,13 @@ export const OUTPUT_SHED_LOW = 2 << 20;
  */
 export const RENDER_LAG_HIGH_MS = 100;
 export const RENDER_LAG_LOW_MS = 25;
+/**
+ * ...but lateness sheds only while the ring holds this share of its size (1 MiB of the default
+ * 32): a renderer that stalled for a moment with little waiting (attaching to a new process,
+ * slower still under emulation) catches up without cutting bodies. Seen in a 6.1 TCG guest: a
+ * lone curl's 5 KiB response shed because its segments arrived 100 ms late.
+ */
+export const RENDER_LAG_MIN_BACKLOG_SHARE = 1 / 32;
 
 export function summary(k: KernelCounters, outputShed = 0): string {
   const lost = k.bytesLost + k.bytesFaulted;
@@ -99,6 +106,7 @@ export async function runStandalone(o: StandaloneOptions): Promise<number> {
   // and rendering cost more per byte than the kernel's copy, so a renderer that is behind must
   // get less before the ring fills with heads it will never reach (issue #15).
   let shedInKernel = (_on: boolean): void => {};
+  let ringPending = (): number => 0;
   const shed = new BehindShed({
     pending: () => out.pending(),
     high: OUTPUT_SHED_HIGH,
@@ -106,6 +114,8 @@ export async function runStandalone(o: StandaloneOptions): Promise<number> {
     head: o.shedHead ?? DEFAULT_SHED_HEAD,
     lagHighMs: o.shedFill !== undefined && o.shedFill >= 1 ? 0 : RENDER_LAG_HIGH_MS,
     lagLowMs: RENDER_LAG_LOW_MS,
+    backlog: () => ringPending(),
+    lagMinBacklog: Math.max(64 << 10, Math.floor(o.ringBytes * RENDER_LAG_MIN_BACKLOG_SHARE)),
     onChange: (on) => shedInKernel(on),
   });
   const writer = new FrameWriter(stream, { maxQueueBytes: o.maxQueueBytes ?? DEFAULT_MAX_QUEUE_BYTES, validate: o.validate });
@@ -139,6 +149,7 @@ export async function runStandalone(o: StandaloneOptions): Promise<number> {
     },
   );
   shedInKernel = (on) => session.shedNow(on);
+  ringPending = () => session.ringPending();
   const end = async (reason: ByeReason): Promise<KernelCounters | undefined> => {
     if (o.readyFile) fs.rmSync(o.readyFile, { force: true }); // not ready any more, first
     const k = await session.stop(reason);

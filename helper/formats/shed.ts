@@ -8,7 +8,8 @@
 // and the segment is marked truncated and shed. seq and len_total are not touched, so the
 // parsers step over the missing bytes by offset (helper/http/exchanges.ts) and every exchange
 // keeps its request line, status and headers. Shedding stops once segments are fresh again
-// (under `lagLowMs`) and the output is back under `low` bytes; `onChange` hears each switch
+// (under `lagLowMs`) and the output is back under `low` bytes; lateness counts only while the
+// ring holds a backlog (`lagMinBacklog`), not for a moment's stall; `onChange` hears each switch
 // (the standalone command then has the kernel shed too, before the ring fills).
 // Pure code: the pending count and the clock are given.
 import { RawFrame } from '../protocol/wire';
@@ -26,6 +27,13 @@ export interface ShedOptions {
   lagHighMs?: number;
   /** ...and stop once they are younger than this. */
   lagLowMs?: number;
+  /**
+   * Bytes waiting in the ring buffer now; with `lagMinBacklog`, lateness starts shedding only
+   * while at least that many wait. A renderer that stalled for a moment (planning a library,
+   * a garbage collection) and has little to catch up with then sheds nothing.
+   */
+  backlog?: () => number;
+  lagMinBacklog?: number;
   /** Unix time in ms now (segments' ts_ns are Unix ns). */
   now?: () => number;
   /** Shedding started (true) or stopped (false). */
@@ -89,7 +97,7 @@ export class BehindShed {
     const hi = this.o.lagHighMs ?? 0;
     if (hi > 0) {
       const lag = this.now() - Number(f.ts_ns as bigint) / 1e6;
-      if (!this.late && lag > hi) {
+      if (!this.late && lag > hi && (this.o.backlog === undefined || this.o.backlog() >= (this.o.lagMinBacklog ?? 0))) {
         this.late = true;
         this.lateSpells++;
       } else if (this.late && lag < (this.o.lagLowMs ?? hi / 4)) this.late = false;

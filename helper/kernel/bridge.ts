@@ -58,6 +58,7 @@ interface NativeCapture {
   startRing(map: string, onBatch: (batch: Buffer, records: number, used: number) => void, opts: RingOptions): void;
   stopRing(): Promise<void>;
   ringStats(): RingStats;
+  ringPending(): number;
   close(): void;
 }
 
@@ -223,6 +224,11 @@ export class BpfObject {
 
   ringStats(): RingStats {
     return this.native.ringStats();
+  }
+
+  /** Bytes waiting in the ring buffer now (its producer and consumer positions; no syscall). */
+  ringPending(): number {
+    return this.native.ringPending();
   }
 
   /** Detaches every probe and frees the object (after the ring thread, if running, ends). */

@@ -706,4 +706,9 @@ export class Capture {
   ringStats(): RingStats {
     return this.bpf.ringStats();
   }
+
+  /** Bytes waiting in the ring buffer now. */
+  ringPending(): number {
+    return this.running ? this.bpf.ringPending() : 0;
+  }
 }

@@ -242,6 +242,11 @@ export class Session {
     this.shedFor('output', always);
   }
 
+  /** Bytes waiting in the ring buffer now (0 before start and after stop). */
+  ringPending(): number {
+    return this.capture?.ringPending() ?? 0;
+  }
+
   private shedFor(why: 'output' | 'writer', on: boolean): void {
     if (on) this.shedWhy.add(why);
     else this.shedWhy.delete(why);

@@ -115,6 +115,26 @@ describe('shedding when the output falls behind (formats/shed.ts)', () => {
     assert.strictEqual(shed.lateSpells, 1);
   });
 
+  it('lateness sheds only while the ring holds a backlog (lagMinBacklog): a moment\'s stall with little waiting cuts nothing', () => {
+    let now = 0;
+    let backlog = 0;
+    const shed = new BehindShed({ pending: () => 0, high: 100, low: 10, head: 16, lagHighMs: 100, lagLowMs: 20, backlog: () => backlog, lagMinBacklog: 1000, now: () => now });
+    const frames = exchanges(3).filter((f) => f.type === 'segment');
+    const at = (f: RawFrame, lagMs: number): RawFrame => {
+      now = Number((f.ts_ns as bigint) / 1_000_000n) + lagMs;
+      return shed.pass(f);
+    };
+    backlog = 999;
+    assert.strictEqual(at(frames[0]!, 500), frames[0], 'late, but under the backlog: whole');
+    assert.strictEqual(shed.lateSpells, 0);
+    backlog = 1000;
+    assert.strictEqual(at(frames[1]!, 150).shed, true, 'late with a backlog: cut');
+    backlog = 0;
+    assert.strictEqual(at(frames[2]!, 50).shed, true, 'once late, the backlog does not end it: freshness does');
+    assert.strictEqual(at(frames[3]!, 5), frames[3]);
+    assert.strictEqual(shed.lateSpells, 1);
+  });
+
   it('joinShedRecords: dataless shed records that follow each other on a connection and direction become one, nothing else moves', () => {
     const sock = { fd: 3, role: 'server' as const, family: 'ipv4' as const, localIp: '127.0.0.1', localPort: 1, remoteIp: '127.0.0.1', remotePort: 2, midStream: false };
     const rec = (conn: bigint, dir: 'egress' | 'ingress', seq: number, len: number, data: number, shed: boolean): DataRecord => ({
