@@ -43,7 +43,11 @@ describe('package: npm pack, install without a compiler, capture (kernel, npm, n
       fs.symlinkSync(which.stdout.toString().trim(), path.join(bin, t));
     }
     fs.symlinkSync(fs.realpathSync((await run('sh', ['-c', 'command -v npm'])).stdout.toString().trim()), path.join(bin, 'npm'));
-    const env = { PATH: bin, HOME: process.env.HOME ?? '/root' };
+    // What npm needs to reach the registry stays (its config, the CA bundle and proxy of a network
+    // that intercepts TLS): without them npm waits on the registry until the timeout when its cache
+    // lacks a package's metadata, as on a fresh machine. Only the PATH is what the test is about.
+    const passed = Object.entries(process.env).filter(([k]) => /^(npm_config_.*|NODE_EXTRA_CA_CERTS|SSL_CERT_FILE|SSL_CERT_DIR|https?_proxy|HTTPS?_PROXY|no_proxy|NO_PROXY)$/.test(k));
+    const env = { ...Object.fromEntries(passed), PATH: bin, HOME: process.env.HOME ?? '/root' };
     const none = await run('sh', ['-c', 'for t in clang gcc cc make bpftool python3 node-gyp; do command -v $t; done; true'], { env });
     assert.strictEqual(none.stdout.toString(), '', 'no compiler on the PATH');
     const prefix = path.join(dir, 'prefix');
