@@ -122,9 +122,11 @@ describe('rustls (Debian librust-rustls-dev 0.20, kernel)', function () {
     const server = await startServer(EXE, ['server', String(port), der.cert, der.key, path.join(dir, 'body.bin')], port, dir);
     rec = new Recorder({ comms: ['rustls_tls'], discovery: { pollMs: 0 } });
     const r = rec;
+    assert.ok(r.reports.includes(`attached ${EXE} -1`), r.reports.join('\n'));
     const request = Buffer.from('POST /moved HTTP/1.0\r\nContent-Length: 5\r\n\r\nhello');
     const client = await run(EXE, ['client', String(port), der.cert, 'moved'], { input: request, cwd: dir });
     assert.strictEqual(client.code, 0, client.stderr.toString());
+    await waitFor(() => r.bytes(client.pid, 'ingress') >= client.stdout.length, { timeoutMs: 10_000, what: 'the response' }).catch(() => undefined);
     await r.settle({ pid: client.pid }, { pid: server.pid });
     assert.ok(r.stream(client.pid, 'egress').equals(request), 'the request');
     assert.ok(r.stream(client.pid, 'ingress').equals(client.stdout), 'the response');
