@@ -20,6 +20,7 @@ import { HelperHost } from '../helper/host/host';
 import { ProcessFrame, SegmentFrame } from '../helper/protocol/generated';
 import { run, startNginx, stopAll, testLibFile, tmpDir, waitFor } from '../test/lib/servers';
 import { CLI } from '../test/lib/paths';
+import { nodeFlagsOf } from './lib/capture';
 
 interface Row {
   scenario: string;
@@ -57,7 +58,7 @@ async function main(): Promise<void> {
   const nginx = await startNginx({ dir: path.join(dir, 'nginx'), files: { 'hello.txt': Buffer.from('hello\n') } });
   const url = `https://127.0.0.1:${nginx.port}/hello.txt`;
 
-  const host = new HelperHost({ args: [opts.cli, '--ipc'] });
+  const host = new HelperHost({ args: [...nodeFlagsOf(opts.cli), opts.cli, '--ipc'] });
   await host.ready;
   const segments = new Map<number, Buffer[]>();
   const processFrames: { at: number; f: ProcessFrame }[] = [];

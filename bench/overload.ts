@@ -15,9 +15,8 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { runLoad, WORKLOADS } from './lib/load';
 import { startBenchNginx } from './lib/nginx';
-import { HelperProcess, PACKAGE_ROOT, startHelperProcess } from './lib/capture';
+import { HelperProcess, nodeFlagsOf, PACKAGE_ROOT, startHelperProcess } from './lib/capture';
 import { tmpDir } from '../test/lib/servers';
-import { NODE_FLAGS } from '../helper/package';
 import { countFrames, countHar, countJsonl, countText, textCounters } from './lib/count';
 
 type Mode = 'ipc' | 'text' | 'raw' | 'jsonl' | 'har' | 'pcapng';
@@ -68,16 +67,6 @@ const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms
 
 function startHelper(v: Variant, mode: Mode, out: string, filter: string[], wrap: string[]): Promise<HelperProcess> {
   return startHelperProcess({ argv: [...nodeFlagsOf(v.cli), v.cli, ...filter, ...v.args], mode, out, wrap, name: v.name });
-}
-
-/**
- * The node flags a build runs its helper with: those of its cli.js shebang (helper/package.ts
- * NODE_FLAGS of that build), so that a build from before a change of flags is measured as it ran.
- */
-function nodeFlagsOf(cli: string): string[] {
-  const first = fs.readFileSync(cli, 'utf8').split('\n', 1)[0]!;
-  const m = /^#!\/usr\/bin\/env -S node(.*)$/.exec(first);
-  return m ? m[1]!.trim().split(/\s+/).filter(Boolean) : NODE_FLAGS;
 }
 
 async function main(): Promise<void> {

@@ -9,6 +9,16 @@ import { statusKiB } from '../../test/lib/procfs';
 import { cpuSeconds } from './load';
 import { NODE_FLAGS } from '../../helper/package';
 
+/**
+ * The node flags a build runs its helper with: those of its cli.js shebang (helper/package.ts
+ * NODE_FLAGS of that build), so that a build from before a change of flags is measured as it ran.
+ */
+export function nodeFlagsOf(cli: string): string[] {
+  const first = fs.readFileSync(cli, 'utf8').split('\n', 1)[0]!;
+  const m = /^#!\/usr\/bin\/env -S node(.*)$/.exec(first);
+  return m ? m[1]!.trim().split(/\s+/).filter(Boolean) : NODE_FLAGS;
+}
+
 export type Mode = 'none' | 'floor' | 'system' | 'text' | 'targeted' | 'others';
 
 export const MODES: { mode: Mode; what: string }[] = [

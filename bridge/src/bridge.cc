@@ -161,26 +161,24 @@ class RingReader {
 
   // Hands every committed record to `fn`, advancing the consumer position after each (so BPF's
   // fill level, which decides its shedding, counts only what is not yet copied out). Stops at a
-  // record still being written. Returns the number of records handed over.
-  uint64_t Consume(Sample fn, void *ctx) {
+  // record still being written.
+  void Consume(Sample fn, void *ctx) {
     auto *cons_pos = reinterpret_cast<unsigned long *>(cons_);
     auto *prod_pos = reinterpret_cast<unsigned long *>(prod_);
     const unsigned long mask = size_ - 1;
-    uint64_t n = 0;
     unsigned long cons = __atomic_load_n(cons_pos, __ATOMIC_ACQUIRE);
     for (;;) {
       unsigned long prod = __atomic_load_n(prod_pos, __ATOMIC_ACQUIRE);
-      if (cons >= prod) return n;
+      if (cons >= prod) return;
       while (cons < prod) {
         auto *hdr = reinterpret_cast<uint32_t *>(data_ + (cons & mask));
         uint32_t len = __atomic_load_n(hdr, __ATOMIC_ACQUIRE);
-        if (len & BPF_RINGBUF_BUSY_BIT) return n;  // reserved, not yet submitted
+        if (len & BPF_RINGBUF_BUSY_BIT) return;  // reserved, not yet submitted
         uint32_t sample = len & ~(BPF_RINGBUF_BUSY_BIT | BPF_RINGBUF_DISCARD_BIT);
         if (!(len & BPF_RINGBUF_DISCARD_BIT)) {
           size_t at = ((cons & mask) + BPF_RINGBUF_HDR_SZ) & mask;
           size_t a = sample < size_ - at ? sample : size_ - at;
           fn(ctx, data_ + at, a, data_, sample - a);
-          n++;
         }
         cons += (static_cast<unsigned long>(sample) + BPF_RINGBUF_HDR_SZ + 7) & ~7UL;
         __atomic_store_n(cons_pos, cons, __ATOMIC_RELEASE);
